@@ -1,0 +1,46 @@
+"""Gradients of a scalar function of a tree θ, one autograd root per leaf.
+
+``autograd.grad`` of a function of a dict boxes the whole container: every leaf access
+then builds a zero copy of the container on the way back, O(P²) in the number of leaves
+P (≈10 ms a step at 72 tensors, 76 ms at 200: harmless for PEFT's handful of tensors,
+costly for full fine-tuning). Here each leaf gets its own root node, the tree handed to
+the function is a plain dict of ArrayBoxes, and the backward pass keeps the cotangent
+that reaches each root: O(P). Pinned to autograd 1.9's tracer (``trace_stack``,
+``new_box``, ``VJPNode.new_root``, ``toposort``, ``add_outgrads``, ``vspace``).
+"""
+from __future__ import annotations
+
+from autograd.core import VJPNode, add_outgrads, vspace
+from autograd.tracer import isbox, new_box, toposort, trace_stack
+
+from .tree import leaves_with_paths, map_leaves
+
+
+def value_and_grad(fun, theta):
+    """Return (fun(θ), ∂fun/∂θ), the gradient a tree with θ's nesting.
+
+    fun: tree -> scalar (0-d array or float). Leaves of θ that ``fun`` does not use get
+    zero gradients. Works for any number of leaves in O(P) bookkeeping.
+    """
+    pairs = leaves_with_paths(theta)
+    roots = [VJPNode.new_root() for _ in pairs]
+    with trace_stack.new_trace() as t:
+        boxes = {p: new_box(leaf, t, node) for (p, leaf), node in zip(pairs, roots)}
+        end = fun(map_leaves(lambda p, _: boxes[p], theta))
+        traced = isbox(end) and end._trace == t
+    if not traced:
+        return end, map_leaves(lambda p, leaf: vspace(leaf).zeros(), theta)
+    value, end_node = end._value, end._node
+    root_index = {id(node): i for i, node in enumerate(roots)}
+    found = [None] * len(roots)
+    outgrads = {end_node: (vspace(value).ones(), False)}
+    for node in toposort(end_node):
+        g = outgrads.pop(node)[0]
+        i = root_index.get(id(node))
+        if i is not None:
+            found[i] = g
+            continue
+        for parent, ingrad in zip(node.parents, node.vjp(g)):
+            outgrads[parent] = add_outgrads(outgrads.get(parent), ingrad)
+    grads = {p: (g if g is not None else vspace(leaf).zeros()) for (p, leaf), g in zip(pairs, found)}
+    return value, map_leaves(lambda p, _: grads[p], theta)

@@ -1,0 +1,138 @@
+"""The ``minipeft`` command: pretrain, info, train.
+
+Every method's options become ``train`` flags automatically, from its dataclass fields
+(``metadata["help"]`` is the help text), so a new method needs no CLI code.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from . import data, tree
+from .methods import REGISTRY, method_class
+
+
+def _method_flags(parser, name):
+    cls = method_class(name)
+    group = parser.add_argument_group(f"options of --method {name}")
+    for f in dataclasses.fields(cls):
+        if f.name == "name":
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kw = {"help": f.metadata.get("help", "") + f" (default: {default})", "dest": f"opt_{f.name}",
+              "default": dataclasses.MISSING}
+        typ = f.metadata.get("type") or (type(default) if default is not None else str)
+        if isinstance(default, bool) or typ is bool:
+            kw["type"] = lambda s: s.lower() in ("1", "true", "yes", "on")
+            kw["metavar"] = "BOOL"
+        elif isinstance(default, tuple) or f.metadata.get("nargs"):
+            kw["nargs"] = "+"
+            kw["type"] = f.metadata.get("item_type", type(default[0]) if default else str)
+        else:
+            kw["type"] = typ
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        group.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
+def build_parser(method: str | None = None):
+    """The argparse parser; with ``method``, ``train`` also gets that method's flags."""
+    p = argparse.ArgumentParser(prog="minipeft", description="Parameter-efficient fine-tuning in NumPy + autograd.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("pretrain", help="train (or rebuild) the cached pretrained backbone and report its accuracy")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--rebuild", action="store_true", help="train again even if a valid cache exists")
+
+    s = sub.add_parser("info", help="the backbone's config, parameter counts and cache file")
+    s.add_argument("--seed", type=int, default=0)
+
+    methods_list = ", ".join(sorted(REGISTRY))
+    s = sub.add_parser("train", help="fine-tune the pretrained backbone with a method on a downstream task",
+                       description=f"Methods: {methods_list}. Tasks: {', '.join(data.DOWNSTREAM)}. "
+                                   "`minipeft train --method NAME --help` lists that method's options.")
+    s.add_argument("--method", required=True, choices=sorted(REGISTRY))
+    s.add_argument("--task", default="digits", choices=data.DOWNSTREAM)
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the method's suggestion)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--frozen-head", action="store_true", help="keep the (new, random) head frozen")
+    s.add_argument("--out", default=None, help="adapter file to write (default: minipeft-METHOD-TASK.npz)")
+    if method is not None:
+        _method_flags(s, method)
+    return p
+
+
+def _cmd_pretrain(args):
+    from .pretrained import backbone_path, load_backbone
+
+    _, info = load_backbone(seed=args.seed, rebuild=args.rebuild)
+    print(f"backbone: {backbone_path(seed=args.seed)}")
+    print(f"pretraining task 'mnist': val acc {info['val_acc']:.3f}, test acc {info['test_acc']:.3f} "
+          f"(trained in {info['seconds']} s)")
+
+
+def _cmd_info(args):
+    from .pretrained import DEFAULT_CONFIG, backbone_path
+
+    cfg = DEFAULT_CONFIG
+    print("config:", json.dumps(cfg.to_dict()))
+    print(f"backbone parameters: {cfg.n_params:,}")
+    path = backbone_path(cfg, args.seed)
+    print(f"cache: {path} ({'present' if os.path.exists(path) else 'not built yet: run `minipeft pretrain`'})")
+
+
+def _cmd_train(args):
+    from .adapters import save_adapter
+    from .methods import attach, trainable
+    from .pretrained import DEFAULT_CONFIG, load_backbone
+    from .train import evaluate, fit
+    from .transformer import new_head
+
+    cls = method_class(args.method)
+    opts = {k[4:]: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items()
+            if k.startswith("opt_") and v is not dataclasses.MISSING}
+    method = cls(**opts)
+    cfg = DEFAULT_CONFIG
+    backbone, _ = load_backbone(cfg)
+    task = data.load_task(args.task)
+    params = attach(new_head(backbone, task.n_classes, seed=args.seed), [method], cfg, seed=args.seed)
+    train_head = not args.frozen_head
+    n_train = tree.count(tree.split(params, trainable([method], train_head))[0])
+    lr = args.lr if args.lr is not None else getattr(method, "suggested_lr", 1e-3)
+    print(f"method {args.method} {json.dumps(method.options())}")
+    print(f"task {task.name}: {task.description}; sizes {task.sizes()}")
+    print(f"trainable numbers: {n_train:,} = {100 * n_train / cfg.n_params:.3f}% of the backbone ({cfg.n_params:,})")
+    params, hist = fit(params, task.train, cfg, [method], train_head=train_head, epochs=args.epochs, lr=lr,
+                       batch_size=args.batch_size, seed=args.seed, desc=f"{args.method} on {task.name}")
+    val, test = evaluate(params, task.val, cfg, [method]), evaluate(params, task.test, cfg, [method])
+    print(f"final train loss {hist['loss'][-1]:.4f}; val acc {val['acc']:.3f}; test acc {test['acc']:.3f}")
+    out = args.out or f"minipeft-{args.method}-{task.name}.npz"
+    save_adapter(out, params, [method], cfg, train_head=train_head,
+                 extra={"task": task.name, "test_acc": test["acc"], "epochs": args.epochs, "lr": lr})
+    print(f"adapter saved: {out}")
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``minipeft`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    method = None
+    if "--method" in argv:
+        i = argv.index("--method")
+        if i + 1 < len(argv) and argv[i + 1] in REGISTRY:
+            method = argv[i + 1]
+    args = build_parser(method).parse_args(argv)
+    try:
+        {"pretrain": _cmd_pretrain, "info": _cmd_info, "train": _cmd_train}[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"minipeft: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""PEFT methods: one file per family, each a frozen dataclass filling some seams.
+
+``REGISTRY`` maps a method's command-line name to "module:Class"; classes load lazily.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .base import HOOKS, Method, attach, count_trainable, trainable
+from .baselines import FullFineTune, LinearProbe
+
+REGISTRY = {
+    "linear-probe": "baselines:LinearProbe",
+    "full": "baselines:FullFineTune",
+}
+
+
+def method_class(name: str):
+    """The Method subclass registered as ``name`` (ValueError listing the allowed names)."""
+    if name not in REGISTRY:
+        raise ValueError(f"method must be one of {sorted(REGISTRY)}, got {name!r}")
+    mod, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{mod}"), cls)
+
+
+__all__ = ["HOOKS", "Method", "REGISTRY", "FullFineTune", "LinearProbe", "attach", "count_trainable",
+           "method_class", "trainable"]

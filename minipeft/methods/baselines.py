@@ -1,0 +1,33 @@
+"""The two baselines every PEFT method is compared with.
+
+Linear probe: θ = the head (W, b) only: C·d + C numbers.
+Full fine-tuning: θ = every leaf of φ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Method
+
+
+@dataclass(frozen=True)
+class LinearProbe(Method):
+    """Train only the head: y = CLS Wᵀ + b with the backbone frozen. n = C·d + C."""
+
+    name: str = "linear_probe"
+
+    def n_params(self, cfg) -> int:
+        return cfg.n_classes * cfg.d + cfg.n_classes
+
+
+@dataclass(frozen=True)
+class FullFineTune(Method):
+    """Train everything: θ = φ. n = every number of the backbone."""
+
+    name: str = "full"
+
+    def trains_backbone(self, path) -> bool:
+        return True
+
+    def n_params(self, cfg) -> int:
+        return cfg.n_params

@@ -1,0 +1,12 @@
+"""Pure functions of the transformer (equations.md, "Transformer").
+
+What trains are the fused primitives (``primitives.py``); the composed readable forms
+of the same equations are in ``reference.py``.
+"""
+from .attention import attention, merge_heads, prepend, split_heads
+from .primitives import cross_entropy, gelu, layer_norm, linear, log_softmax, softmax
+
+__all__ = [
+    "attention", "cross_entropy", "gelu", "layer_norm", "linear", "log_softmax",
+    "merge_heads", "prepend", "softmax", "split_heads",
+]

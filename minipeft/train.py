@@ -1,0 +1,121 @@
+"""Training: the loss of θ with φ frozen, Adam on θ only, minibatch ``fit``, ``evaluate``.
+
+    L(θ) = CE(forward(combine(θ, φ), x), y)        gradient w.r.t. θ only: φ is a constant,
+                                                   so no weight-gradient GEMM runs for it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as onp
+
+from . import tree
+from .autodiff import value_and_grad
+from .methods.base import trainable as method_trainable
+from .nn import cross_entropy
+from .progress import bar
+from .transformer import check_batch, check_labels, forward
+
+
+def loss(theta, phi, x, y, cfg, methods=()):
+    """Mean cross-entropy of the combined model on a batch. x (B, …), y (B,) -> scalar."""
+    return cross_entropy(forward(tree.combine(theta, phi), x, cfg, methods), y)
+
+
+# ----------------------------------------------------------------------------- Adam
+def adam_init(theta) -> dict:
+    """Adam state for θ only: first and second moments (zeros like θ) and the step t."""
+    zeros = tree.map_leaves(lambda p, a: a * 0, theta)
+    return {"m": zeros, "v": tree.map_leaves(lambda p, a: a * 0, theta), "t": 0}
+
+
+def adam_step(theta, grads, state, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
+    """One Adam(W) step (Kingma & Ba; decoupled decay as in AdamW):
+
+        m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,  θ ← θ − lr·(m̂ / (√v̂ + ε) + λθ)
+        with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ).
+
+    Returns (θ', state'); all trees share θ's nesting and dtype.
+    """
+    t = state["t"] + 1
+    c1, c2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+    paths = [p for p, _ in tree.leaves_with_paths(theta)]
+    new_t, new_m, new_v = {}, {}, {}
+    for p in paths:
+        w, g = tree.get(theta, p), tree.get(grads, p)
+        m = b1 * tree.get(state["m"], p) + (1.0 - b1) * g
+        v = b2 * tree.get(state["v"], p) + (1.0 - b2) * (g * g)
+        step = (m / c1) / ((v / c2) ** 0.5 + eps)
+        if weight_decay:
+            step = step + weight_decay * w
+        new_t[p], new_m[p], new_v[p] = w - lr * step, m, v
+    rebuild = lambda d: tree.map_leaves(lambda p, _: d[p], theta)  # noqa: E731
+    return rebuild(new_t), {"m": rebuild(new_m), "v": rebuild(new_v), "t": t}
+
+
+# ------------------------------------------------------------------------------ fit
+SCHEDULES = ("constant", "cosine")
+
+
+def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epochs=1, steps=None,
+        batch_size=64, lr=1e-3, schedule="constant", weight_decay=0.0, seed=0, progress=None, desc="fit"):
+    """Minibatch Adam on θ = the leaves ``trainable`` selects; φ (the rest) is untouched.
+
+    params: full tree (backbone + attached methods); data: (X, y) training arrays.
+    trainable: predicate (path, leaf) -> bool; default ``methods.trainable(methods, train_head)``.
+    Runs ``steps`` steps, or ``epochs`` passes over shuffled data (order from ``seed``).
+    schedule: "constant" (lr throughout) or "cosine" (lr_t = lr · ½(1 + cos(π t / steps))).
+    Returns (params', history) with history["loss"] the loss of every step; every φ leaf
+    of params' is the very array of ``params`` (bit-identical).
+    """
+    X, y = data
+    dtype = params["embed"]["pos"].dtype
+    X = check_batch(X, cfg, dtype)
+    y = check_labels(y, params["head"]["W"].shape[0], X.shape[0])
+    for f, v in (("batch_size", batch_size), ("epochs", epochs)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{f} must be a positive int, got {v!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    pred = trainable if trainable is not None else method_trainable(methods, train_head)
+    theta, phi = tree.split(params, pred)
+    if tree.count(theta) == 0:
+        raise ValueError("trainable: selects no parameter; nothing would train")
+    n = X.shape[0]
+    per_epoch = max(1, math.ceil(n / batch_size))
+    total = steps if steps is not None else epochs * per_epoch
+    rng = onp.random.default_rng(seed)
+    state = adam_init(theta)
+    objective = lambda th, xb, yb: loss(th, phi, xb, yb, cfg, methods)  # noqa: E731
+    history = {"loss": []}
+    order = onp.empty(0, dtype=int)
+    with bar(total, desc, progress) as pbar:
+        for step in range(total):
+            if len(order) < batch_size:
+                order = onp.concatenate([order, rng.permutation(n)])
+            idx, order = order[:batch_size], order[batch_size:]
+            value, grads = value_and_grad(lambda th: objective(th, X[idx], y[idx]), theta)
+            lr_t = lr if schedule == "constant" else lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+            theta, state = adam_step(theta, grads, state, lr=lr_t, weight_decay=weight_decay)
+            history["loss"].append(float(value))
+            pbar.update(1)
+            if step % 10 == 0:
+                pbar.set_postfix(loss=f"{float(value):.3f}")
+    return tree.combine(theta, phi), history
+
+
+def predict(params, X, cfg, methods=(), batch_size=256):
+    """Logits for all of X, computed in batches.  (n, …) -> (n, n_classes)."""
+    X = check_batch(X, cfg, params["embed"]["pos"].dtype)
+    outs = [forward(params, X[i:i + batch_size], cfg, methods) for i in range(0, X.shape[0], batch_size)]
+    return onp.concatenate(outs, axis=0) if outs else onp.zeros((0, params["head"]["W"].shape[0]))
+
+
+def evaluate(params, data, cfg, methods=(), batch_size=256) -> dict:
+    """{"acc": fraction correct, "loss": mean cross-entropy} on (X, y)."""
+    X, y = data
+    logits = predict(params, X, cfg, methods, batch_size)
+    y = check_labels(y, logits.shape[1], logits.shape[0])
+    return {"acc": float((logits.argmax(axis=1) == y).mean()), "loss": float(cross_entropy(logits, y))}

@@ -1,0 +1,135 @@
+"""The forward pass, with the named seams where PEFT methods enter.
+
+    X'_ℓ = X_{ℓ-1} + MSA(LN₁(X_{ℓ-1}))            (equations.md, "Transformer")
+    X_ℓ  = X'_ℓ   + MLP(LN₂(X'_ℓ))
+    y    = Head(LN_f(X_N)[CLS])
+
+Seams. Each is a call ``_seam(methods, params, "on_<seam>", value, **ctx)`` that hands
+``value`` through every active method's hook of that name, in the order the methods
+are listed, and is the identity when none has one. A hook is called as
+``hook(theta_m, value, **ctx)`` with θ_m = params[method.name] and returns the new value.
+
+    seam        value (shape)                          ctx                 who uses it
+    tokens      Z₀ = [x₀; E₀]  (B, 1+n, d)             cfg                 prompt tuning, VPT-Shallow
+    layer_in    X_{ℓ-1}  (B, T, d) entering block ℓ    layer, cfg          VPT-Deep
+    linear      y = x Wᵀ + b (B, T, d_out)             x, layer, name, cfg LoRA, (IA)³, SSF
+                name ∈ q, k, v, o, mlp1, mlp2
+    kv          (K, V)  (B, S, d) each                 layer, cfg          prefix tuning
+    ff_hidden   GELU(x W₁ᵀ + b₁)  (B, T, d_ff)         layer, cfg          (IA)³ l_ff
+    mlp         MLP(LN₂(X'))  (B, T, d)                x_norm, x_resid,    AdaptFormer
+                                                        layer, cfg
+    after       a module's output (B, T, d);           layer, name, cfg    serial adapters,
+                name ∈ ln1, attn, ln2, mlp, ln_f                               SSF on LN
+
+``layer`` counts blocks from 0 (block ℓ of the notes is layer ℓ-1); it is None at ln_f.
+"attn" is after the output projection, "mlp" after W₂, both before the residual add;
+on the MLP branch "after" runs before "mlp".
+"""
+from __future__ import annotations
+
+import autograd.numpy as np
+
+from ..nn import attention, gelu, layer_norm, linear, prepend
+from .config import Config
+from .inputs import check_batch
+
+SEAMS = ("tokens", "layer_in", "linear", "kv", "ff_hidden", "mlp", "after")
+
+
+def _seam(methods, params, hook, value, **ctx):
+    """Pass ``value`` through each method's ``hook`` (identity when none has it)."""
+    for m in methods:
+        fn = getattr(m, hook, None)
+        if fn is not None:
+            value = fn(params[m.name] if m.name in params else {}, value, **ctx)
+    return value
+
+
+def _proj(methods, params, x, W, b, layer, name, cfg):
+    """y = x Wᵀ + b, then the "linear" seam.  (B, T, d_in) -> (B, T, d_out)."""
+    return _seam(methods, params, "on_linear", linear(x, W, b), x=x, layer=layer, name=name, cfg=cfg)
+
+
+def patchify(images, patch):
+    """(B, C, H, W) -> (B, m, C·patch²), patches in row-major order (I_j of the notes)."""
+    B, C, H, W = images.shape
+    x = np.reshape(images, (B, C, H // patch, patch, W // patch, patch))
+    x = np.transpose(x, (0, 2, 4, 1, 3, 5))  # (B, H/P, W/P, C, P, P)
+    return np.reshape(x, (B, (H // patch) * (W // patch), C * patch * patch))
+
+
+def embed(params, x, cfg: Config):
+    """Z₀ = [x₀; E₀] + pos.  vision: E₀ = Embed(I_j); text: E₀ = W_tok[ids].  -> (B, 1+n, d)."""
+    p = params["embed"]
+    if cfg.front == "vision":
+        E = linear(patchify(x, cfg.patch), p["W"], p["b"])  # (B, m, d)
+    else:
+        E = p["W_tok"][x]  # (B, n, d)
+    Z = prepend(p["cls"][None], E)  # (B, 1+n, d)
+    return Z + p["pos"][: Z.shape[1]]
+
+
+def block(params, X, layer, cfg: Config, methods=(), trace=None):
+    """One pre-LN block ℓ = layer + 1 with all its seams.  (B, T, d) -> (B, T, d)."""
+    bp = params["blocks"][layer]
+    a, m = bp["attn"], bp["mlp"]
+    X = _seam(methods, params, "on_layer_in", X, layer=layer, cfg=cfg)
+
+    h1 = layer_norm(X, bp["ln1"]["gamma"], bp["ln1"]["beta"], cfg.eps)
+    h1 = _seam(methods, params, "on_after", h1, layer=layer, name="ln1", cfg=cfg)
+    Q = _proj(methods, params, h1, a["W_q"], a["b_q"], layer, "q", cfg)
+    K = _proj(methods, params, h1, a["W_k"], a["b_k"], layer, "k", cfg)
+    V = _proj(methods, params, h1, a["W_v"], a["b_v"], layer, "v", cfg)
+    K, V = _seam(methods, params, "on_kv", (K, V), layer=layer, cfg=cfg)  # (B, S, d), S ≥ T
+    Z, A = attention(Q, K, V, cfg.h, return_weights=True)  # (B, T, d), (B, h, T, S)
+    O = _proj(methods, params, Z, a["W_o"], a["b_o"], layer, "o", cfg)
+    O = _seam(methods, params, "on_after", O, layer=layer, name="attn", cfg=cfg)
+    X1 = X + O  # X'_ℓ
+
+    h2 = layer_norm(X1, bp["ln2"]["gamma"], bp["ln2"]["beta"], cfg.eps)
+    h2 = _seam(methods, params, "on_after", h2, layer=layer, name="ln2", cfg=cfg)
+    H = gelu(_proj(methods, params, h2, m["W_1"], m["b_1"], layer, "mlp1", cfg))  # (B, T, d_ff)
+    H = _seam(methods, params, "on_ff_hidden", H, layer=layer, cfg=cfg)
+    M = _proj(methods, params, H, m["W_2"], m["b_2"], layer, "mlp2", cfg)  # (B, T, d)
+    M = _seam(methods, params, "on_after", M, layer=layer, name="mlp", cfg=cfg)
+    M = _seam(methods, params, "on_mlp", M, x_norm=h2, x_resid=X1, layer=layer, cfg=cfg)
+    if trace is not None:
+        trace.setdefault("attn", []).append(A)
+    return X1 + M  # X_ℓ
+
+
+def features(params, x, cfg: Config, methods=(), trace=None):
+    """LN_f(X_N)[CLS], the representation the head reads.  x -> (B, d).
+
+    ``trace``, if a dict, receives "hidden": [Z₀ after the tokens seam, X_1, …, X_N]
+    and "attn": [A_1, …, A_N], A_ℓ (B, h, T, S) the attention weights of block ℓ.
+    """
+    x = check_batch(x, cfg, params["embed"]["pos"].dtype)
+    _check_methods(params, methods)
+    X = embed(params, x, cfg)
+    X = _seam(methods, params, "on_tokens", X, cfg=cfg)  # (B, T, d), T = 1 + n (+ prompts)
+    if trace is not None:
+        trace["hidden"] = [X]
+    for layer in range(cfg.N):
+        X = block(params, X, layer, cfg, methods, trace)
+        if trace is not None:
+            trace["hidden"].append(X)
+    X = layer_norm(X, params["ln_f"]["gamma"], params["ln_f"]["beta"], cfg.eps)
+    X = _seam(methods, params, "on_after", X, layer=None, name="ln_f", cfg=cfg)
+    return X[:, 0]  # CLS row, (B, d)
+
+
+def forward(params, x, cfg: Config, methods=(), trace=None):
+    """Logits y = Head(LN_f(X_N)[CLS]) = CLS Wᵀ + b.  x (see ``check_batch``) -> (B, n_classes)."""
+    f = features(params, x, cfg, methods, trace)
+    return linear(f, params["head"]["W"], params["head"]["b"])
+
+
+def _check_methods(params, methods):
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"methods: each active method needs its own name, got {names}")
+    for m in methods:
+        if getattr(m, "needs_params", True) and m.name not in params:
+            raise ValueError(f"methods: params has no entry {m.name!r} for method {type(m).__name__}; "
+                             f"call attach(params, methods, cfg) first (or it was merged already)")

@@ -1,0 +1,79 @@
+"""Deterministic initialisation of the backbone φ as a nested dict (picoGPT-style)."""
+from __future__ import annotations
+
+import numpy as onp
+
+from ..backend import resolve_dtype, xp
+from .config import Config
+
+
+def _normal(rng, shape, std):
+    return rng.standard_normal(shape) * std
+
+
+def init_linear(rng, d_out, d_in, bias=True):
+    """{"W": (d_out, d_in) ~ N(0, 1/d_in), "b": zeros (d_out,)} in float64."""
+    p = {"W": _normal(rng, (d_out, d_in), d_in ** -0.5)}
+    if bias:
+        p["b"] = onp.zeros(d_out)
+    return p
+
+
+def init_params(cfg: Config, seed: int = 0, dtype=None) -> dict:
+    """φ for ``cfg``, drawn from ``numpy.random.default_rng(seed)``; same seed, same bits.
+
+    Linear weights W ∈ R^{d_out×d_in} ~ N(0, 1/d_in), biases 0, LayerNorm γ = 1, β = 0,
+    CLS and positions ~ N(0, 0.02²). Numbers are drawn in float64 and cast to ``dtype``
+    (default: backend.default_dtype()), so a float32 model is the rounding of the float64 one.
+
+    Layout: {"embed": {...}, "blocks": [{"ln1", "attn", "ln2", "mlp"}] * N, "ln_f", "head"}
+    with attn = {W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o}, mlp = {W_1, b_1, W_2, b_2}.
+    """
+    dtype = resolve_dtype(dtype)
+    rng = onp.random.default_rng(seed)
+    d = cfg.d
+    if cfg.front == "vision":
+        pe = init_linear(rng, d, cfg.patch_dim)
+        embed = {"W": pe["W"], "b": pe["b"]}
+    else:
+        embed = {"W_tok": _normal(rng, (cfg.vocab, d), 0.02)}
+    embed["cls"] = _normal(rng, (d,), 0.02)
+    embed["pos"] = _normal(rng, (cfg.n_positions, d), 0.02)
+
+    def ln():
+        return {"gamma": onp.ones(d), "beta": onp.zeros(d)}
+
+    blocks = []
+    for _ in range(cfg.N):
+        attn = {}
+        for n in ("q", "k", "v", "o"):
+            lin = init_linear(rng, d, d)
+            attn["W_" + n], attn["b_" + n] = lin["W"], lin["b"]
+        m1, m2 = init_linear(rng, cfg.d_ff, d), init_linear(rng, d, cfg.d_ff)
+        mlp = {"W_1": m1["W"], "b_1": m1["b"], "W_2": m2["W"], "b_2": m2["b"]}
+        blocks.append({"ln1": ln(), "attn": attn, "ln2": ln(), "mlp": mlp})
+    params = {"embed": embed, "blocks": blocks, "ln_f": ln(), "head": init_linear(rng, cfg.n_classes, d)}
+    return cast(params, dtype)
+
+
+def cast(tree, dtype):
+    """Every leaf as an array of ``dtype`` on the backend's array module."""
+    mod = xp()
+    if isinstance(tree, dict):
+        return {k: cast(v, dtype) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [cast(v, dtype) for v in tree]
+    return mod.asarray(tree, dtype=dtype)
+
+
+def new_head(params: dict, n_classes: int, seed: int = 0, std: float = 0.01) -> dict:
+    """``params`` with a fresh head for ``n_classes`` classes: W ~ N(0, std²), b = 0.
+
+    For a downstream task whose label set differs from pretraining. (C, d), (C,).
+    """
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
+        raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
+    W0 = params["head"]["W"]
+    rng = onp.random.default_rng(seed)
+    head = {"W": _normal(rng, (n_classes, W0.shape[1]), std), "b": onp.zeros(n_classes)}
+    return {**params, "head": cast(head, W0.dtype)}

@@ -1,0 +1,48 @@
+import os
+
+import numpy as onp
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Numeric code on a slow shared 2-core machine has no fair deadline.
+settings.register_profile("minipeft", deadline=None, print_blob=True, max_examples=25,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minipeft"))
+
+import minipeft as mp  # noqa: E402
+
+
+@pytest.fixture
+def tiny_cfg():
+    """A 2-layer ViT on 8×8 images, patch 4: T = 1 + 4 tokens."""
+    return mp.Config(d=16, h=2, N=2, d_ff=24, n_classes=3, image_size=8, patch=4)
+
+
+@pytest.fixture
+def text_cfg():
+    return mp.Config(d=16, h=4, N=2, d_ff=32, n_classes=3, front="text", vocab=11, max_len=6)
+
+
+def images(cfg, B, seed=0, dtype="float64"):
+    """A reproducible batch of random images for ``cfg``: (B, C, H, W) in [0, 1]."""
+    rng = onp.random.default_rng(seed)
+    return rng.random((B, cfg.channels, cfg.image_size, cfg.image_size)).astype(dtype)
+
+
+def randomize(params, seed=0, scale=0.3):
+    """A copy of ``params`` with every leaf perturbed (so LN γ ≠ 1, biases ≠ 0, …)."""
+    rng = onp.random.default_rng(seed)
+    return mp.tree.map_leaves(lambda p, a: (a + scale * rng.standard_normal(a.shape)).astype(a.dtype), params)
+
+
+def finite_diff_check(f, x, eps=1e-6, n=6, seed=0, rtol=1e-5, atol=1e-7):
+    """Compare autograd's gradient of scalar f at x (float64) with central differences
+    along ``n`` random directions: g·u ≈ (f(x+εu) − f(x−εu)) / 2ε."""
+    from autograd import grad
+
+    g = grad(f)(x)
+    rng = onp.random.default_rng(seed)
+    for _ in range(n):
+        u = rng.standard_normal(x.shape)
+        fd = (f(x + eps * u) - f(x - eps * u)) / (2 * eps)
+        assert onp.allclose(onp.sum(g * u), fd, rtol=rtol, atol=atol), (onp.sum(g * u), fd)
