@@ -12,6 +12,16 @@ from .baselines import FullFineTune, LinearProbe
 REGISTRY = {
     "linear-probe": "baselines:LinearProbe",
     "full": "baselines:FullFineTune",
+    "prompt": "prompt:PromptTuning",
+    "vpt-shallow": "vpt:VPTShallow",
+    "vpt-deep": "vpt:VPTDeep",
+    "prefix": "prefix:PrefixTuning",
+    "adaptformer": "adapter:AdaptFormer",
+    "serial-adapter": "adapter:SerialAdapter",
+    "lora": "lora:LoRA",
+    "bitfit": "bitfit:BitFit",
+    "ia3": "ia3:IA3",
+    "ssf": "ssf:SSF",
 }
 
 
