@@ -14,8 +14,10 @@ from .transformer import Config, new_head
 
 def registry_name(method) -> str:
     """The REGISTRY name of ``method``'s class (ValueError if it is not registered)."""
-    for name in REGISTRY:
-        if method_class(name) is type(method):
+    cls = type(method)
+    for name, spec in REGISTRY.items():  # compare "module:Class" strings: imports no other method
+        mod, clsname = spec.split(":")
+        if (cls.__module__, cls.__name__) == (f"minipeft.methods.{mod}", clsname):
             return name
     raise ValueError(f"method {type(method).__name__} is not in methods.REGISTRY; register it to save it")
 
@@ -61,6 +63,9 @@ def load_adapter(path, backbone, cfg: Config):
     expected, _ = tree.split(attach(base, methods, cfg), trainable(methods, meta["train_head"]))
     io.check_same_shapes(theta, expected, what=f"{path}")
     dtype = base["embed"]["pos"].dtype
-    theta = tree.map_leaves(lambda p, a: io.from_host(a, dtype), theta)
+    # rebuilt on the nesting attach makes (a file keeps leaves only: empty {} entries and
+    # trailing {} of lists are not stored), with the file's leaves, bit-exact
+    ref = base["embed"]["pos"]  # θ goes to the backbone's device (a NumPy file into a CuPy model)
+    theta = tree.map_leaves(lambda p, a: io.from_host(tree.get(theta, p), dtype, like=ref), expected)
     _, phi = tree.split(base, trainable(methods, meta["train_head"]))
     return tree.combine(theta, phi), methods, meta

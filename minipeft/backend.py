@@ -6,18 +6,52 @@ dtype of *new* parameters and of data batches cast for a model.
 
     >>> from minipeft import backend
     >>> backend.set_default_dtype("float64")
+
+The array module is NumPy unless CuPy is asked for, by one call or one environment
+variable (read when minipeft is imported):
+
+    backend.use_backend("cupy")          # or: MINIPEFT_BACKEND=cupy python ...
+    params = backend.to_device(params)   # a tree made before the switch
+
+From then on everything minipeft creates — the backbone (``init_params``,
+``load_backbone``), heads, every method's θ (``attach``), loaded adapters — lives on the
+GPU, data batches are moved there at the boundary (``fit``, ``predict``, ``forward``),
+and autograd differentiates CuPy arrays (``minipeft.cupy_patches``). If CuPy cannot be
+used, ``use_backend("cupy")`` raises ``BackendError`` saying why (not installed, no
+driver, no device, no working kernel) and nothing changes. ``pip install
+"minipeft[gpu]"`` installs cupy-cuda12x.
+
+A model's *device* is the module of its arrays (``module_of(params["embed"]["pos"])``);
+``fit`` and ``predict`` refuse a tree whose leaves are not all on the current backend
+(ValueError naming the leaf), rather than silently computing on the host.
 """
 from __future__ import annotations
+
+import os
+import types
 
 import numpy
 
 _ALLOWED_DTYPES = ("float32", "float64")
-_state = {"xp": numpy, "dtype": numpy.dtype("float32")}
+BACKENDS = ("numpy", "cupy")
+ENV = "MINIPEFT_BACKEND"
+_state = {"xp": numpy, "name": "numpy", "dtype": numpy.dtype("float32")}
+#: device array type -> its array module, for every module ``use_backend`` has selected
+_DEVICE_MODULES: dict = {}
+
+
+class BackendError(RuntimeError):
+    """The requested array backend cannot be used here; the message says why."""
 
 
 def xp():
     """The array module in use (``numpy``; CuPy once selected)."""
     return _state["xp"]
+
+
+def backend_name() -> str:
+    """"numpy", "cupy", or the ``__name__`` of a test module selected with ``use_backend``."""
+    return _state["name"]
 
 
 def default_dtype() -> numpy.dtype:
@@ -44,3 +78,150 @@ def set_default_dtype(dtype) -> None:
 def resolve_dtype(dtype=None) -> numpy.dtype:
     """``dtype`` checked, or the default dtype when None."""
     return default_dtype() if dtype is None else check_dtype(dtype)
+
+
+# ------------------------------------------------------------------- the switch
+def use_backend(backend):
+    """Select the array module for everything minipeft creates from now on; returns it.
+
+    backend: "numpy" (the default) or "cupy". For tests only, a module object that has
+    an ``ndarray`` attribute (its array type) and NumPy's function names, such as
+    ``tests/fake_device.fake_xp``: it is registered with autograd like CuPy is.
+    Asking for CuPy where it cannot run raises ``BackendError`` (why: no CuPy, no driver,
+    no device, no kernel) and leaves the backend as it was.
+    """
+    if isinstance(backend, str):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "numpy":
+            _state.update(xp=numpy, name="numpy")
+            return numpy
+        module, name = _load_cupy(), "cupy"
+    elif isinstance(backend, types.ModuleType) and isinstance(getattr(backend, "ndarray", None), type):
+        module, name = backend, backend.__name__
+    else:
+        raise TypeError(f"backend must be one of {BACKENDS} (or, in tests, an array module with an `ndarray` "
+                        f"type), got {backend!r}")
+    _register(module)
+    _state.update(xp=module, name=name)
+    return module
+
+
+def _register(module) -> None:
+    """Teach autograd the module's array type (once); see ``minipeft.cupy_patches``."""
+    if module.ndarray not in _DEVICE_MODULES:
+        from . import cupy_patches
+
+        cupy_patches.install(module.ndarray, module)
+        _DEVICE_MODULES[module.ndarray] = module
+
+
+def _load_cupy():
+    """Import CuPy and prove it can run a kernel on a GPU; BackendError saying why not."""
+    try:
+        import cupy
+    except ImportError as e:
+        raise BackendError(f"backend 'cupy': CuPy is not installed ({e}); "
+                           f"`pip install \"minipeft[gpu]\"` installs cupy-cuda12x") from None
+    except Exception as e:  # a broken install (missing CUDA libraries, …)
+        raise BackendError(f"backend 'cupy': CuPy is installed but failed to import: {type(e).__name__}: {e}") from None
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        text = str(e)
+        if "Driver" in text or "driver" in text:
+            why = "no NVIDIA driver, or one too old for the CUDA runtime CuPy was built with"
+        elif "NoDevice" in text or "no CUDA-capable device" in text:
+            why = "no CUDA device is visible (check CUDA_VISIBLE_DEVICES)"
+        else:
+            why = "the CUDA runtime could not start"
+        raise BackendError(f"backend 'cupy': {why} ({type(e).__name__}: {e})") from None
+    if n < 1:
+        raise BackendError("backend 'cupy': no CUDA device is visible (0 devices; check CUDA_VISIBLE_DEVICES)")
+    try:  # one elementwise kernel, one reduction, one GEMM: compiler and cuBLAS both work
+        a = cupy.arange(6, dtype=numpy.float32).reshape(2, 3)
+        ok = float((a @ a.T).sum() + (a * 2).sum()) == 100.0
+    except Exception as e:
+        raise BackendError(f"backend 'cupy': {n} CUDA device(s) found, but a test kernel failed: "
+                           f"{type(e).__name__}: {e}") from None
+    if not ok:
+        raise BackendError("backend 'cupy': a test kernel ran but computed a wrong result")
+    return cupy
+
+
+# ------------------------------------------------------------- moving arrays
+def module_of(a):
+    """The array module an array lives on: a registered device module, else ``numpy``.
+
+    Looks through autograd boxes, so it works on traced values too.
+    """
+    while hasattr(a, "_value") and hasattr(a, "_node"):  # an autograd Box
+        a = a._value
+    return _DEVICE_MODULES.get(type(a), numpy)
+
+
+def is_device_array(a) -> bool:
+    """True for an array of a registered device module (CuPy, or the tests' stand-in)."""
+    return module_of(a) is not numpy
+
+
+def _is_array(a) -> bool:
+    return isinstance(a, (numpy.ndarray, numpy.generic)) or type(a) in _DEVICE_MODULES
+
+
+def to_module(tree, module):
+    """``tree`` (an array, or nested dicts/lists/tuples of arrays) with every array on ``module``.
+
+    Host → device copies with ``module.asarray``; device → host with ``.get()``; arrays
+    already there are returned as they are (same object). dtypes are kept; non-array
+    leaves (ints, strings, None) are left alone. Tuples come back as tuples.
+    """
+    if isinstance(tree, dict):
+        return {k: to_module(v, module) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        out = [to_module(v, module) for v in tree]
+        return type(tree)(out) if isinstance(tree, tuple) and not hasattr(tree, "_fields") else out
+    if not _is_array(tree) or module_of(tree) is module:
+        return tree
+    host = tree if module_of(tree) is numpy else tree.get()
+    return host if module is numpy else module.asarray(host)
+
+
+def to_device(tree):
+    """``tree`` moved onto the current backend (``xp()``): the way to bring a param tree
+    or a data batch made before ``use_backend`` onto the GPU (or back, under NumPy)."""
+    return to_module(tree, xp())
+
+
+def to_host(tree):
+    """``tree`` with every array as a NumPy array (device arrays copied with ``.get()``)."""
+    return to_module(tree, numpy)
+
+
+def like(tree, ref):
+    """``tree`` moved onto the module of the array ``ref`` (a model's device)."""
+    return to_module(tree, module_of(ref))
+
+
+def check_on_backend(tree, what: str = "params") -> None:
+    """ValueError naming the first leaf of ``tree`` that is not on the current backend.
+
+    Guards the training and inference entry points: a NumPy tree under the CuPy backend
+    (or the reverse) would otherwise compute silently on the other device.
+    """
+    from .tree import leaves_with_paths, path_str
+
+    mod = xp()
+    for p, leaf in leaves_with_paths(tree):
+        if _is_array(leaf) and module_of(leaf) is not mod:
+            raise ValueError(f"{what}: leaf {path_str(p) or '(root)'} is a {module_of(leaf).__name__} array but the "
+                             f"backend is {backend_name()!r}; move the tree with minipeft.backend.to_device({what}) "
+                             f"(or select its backend with minipeft.backend.use_backend)")
+
+
+# ------------------------------------------------------------ the environment
+_env = os.environ.get(ENV, "").strip()
+if _env:
+    if _env not in BACKENDS:
+        raise ValueError(f"{ENV} must be one of {BACKENDS}, got {_env!r}")
+    use_backend(_env)

@@ -111,8 +111,9 @@ def check_same_shapes(params, reference, what: str = "params") -> None:
         raise ValueError(f"{what}: unexpected leaves {extra[:5]}")
 
 
-def from_host(a, dtype):
-    """A NumPy array moved onto the backend's array module, cast to ``dtype``."""
-    from .backend import xp
+def from_host(a, dtype, like=None):
+    """A NumPy array moved onto the array module of ``like`` (a model's array; default: the
+    backend's module), cast to ``dtype``."""
+    from .backend import module_of, xp
 
-    return xp().asarray(a, dtype=dtype)
+    return (xp() if like is None else module_of(like)).asarray(a, dtype=dtype)

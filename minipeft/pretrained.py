@@ -93,4 +93,4 @@ def load_backbone(cfg: Config = DEFAULT_CONFIG, seed: int = 0, build: bool = Tru
               file=sys.stderr, flush=True)
         params, info = pretrain(cfg, seed, progress)
         io.save_tree(path, params, {"kind": "backbone", **info})
-    return (cast(params, dtype) if dtype is not None else params), info
+    return cast(params, dtype if dtype is not None else params["embed"]["pos"].dtype), info  # on the backend

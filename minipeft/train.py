@@ -10,6 +10,7 @@ import math
 import numpy as onp
 
 from . import tree
+from .backend import check_on_backend, like, module_of
 from .autodiff import value_and_grad
 from .methods.base import trainable as method_trainable
 from .nn import cross_entropy
@@ -69,9 +70,11 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
     of params' is the very array of ``params`` (bit-identical).
     """
     X, y = data
+    check_on_backend(params, "params")
     dtype = params["embed"]["pos"].dtype
     X = check_batch(X, cfg, dtype)
     y = check_labels(y, params["head"]["W"].shape[0], X.shape[0])
+    X, y = like(X, params["embed"]["pos"]), like(y, params["embed"]["pos"])  # data on the model's device, once
     for f, v in (("batch_size", batch_size), ("epochs", epochs)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{f} must be a positive int, got {v!r}")
@@ -108,14 +111,17 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
 
 def predict(params, X, cfg, methods=(), batch_size=256):
     """Logits for all of X, computed in batches.  (n, …) -> (n, n_classes)."""
-    X = check_batch(X, cfg, params["embed"]["pos"].dtype)
+    check_on_backend(params, "params")
+    ref = params["embed"]["pos"]
+    X = like(check_batch(X, cfg, ref.dtype), ref)  # on the model's device
     outs = [forward(params, X[i:i + batch_size], cfg, methods) for i in range(0, X.shape[0], batch_size)]
-    return onp.concatenate(outs, axis=0) if outs else onp.zeros((0, params["head"]["W"].shape[0]))
+    mod = module_of(ref)
+    return mod.concatenate(outs, axis=0) if outs else mod.zeros((0, params["head"]["W"].shape[0]), dtype=ref.dtype)
 
 
 def evaluate(params, data, cfg, methods=(), batch_size=256) -> dict:
     """{"acc": fraction correct, "loss": mean cross-entropy} on (X, y)."""
     X, y = data
     logits = predict(params, X, cfg, methods, batch_size)
-    y = check_labels(y, logits.shape[1], logits.shape[0])
+    y = like(check_labels(y, logits.shape[1], logits.shape[0]), logits)
     return {"acc": float((logits.argmax(axis=1) == y).mean()), "loss": float(cross_entropy(logits, y))}

@@ -32,7 +32,8 @@ def images(cfg, B, seed=0, dtype="float64"):
 def randomize(params, seed=0, scale=0.3):
     """A copy of ``params`` with every leaf perturbed (so LN γ ≠ 1, biases ≠ 0, …)."""
     rng = onp.random.default_rng(seed)
-    return mp.tree.map_leaves(lambda p, a: (a + scale * rng.standard_normal(a.shape)).astype(a.dtype), params)
+    noise = lambda a: mp.backend.like(scale * rng.standard_normal(a.shape), a)  # noqa: E731  (on a's device)
+    return mp.tree.map_leaves(lambda p, a: (a + noise(a)).astype(a.dtype), params)
 
 
 def finite_diff_check(f, x, eps=1e-6, n=6, seed=0, rtol=1e-5, atol=1e-7):

@@ -18,6 +18,7 @@ import dataclasses
 import numpy as onp
 
 from .. import tree
+from ..backend import like
 
 
 HOOKS = ("on_tokens", "on_layer_in", "on_linear", "on_kv", "on_ff_hidden", "on_mlp", "on_after")
@@ -72,12 +73,13 @@ def attach(params: dict, methods, cfg, seed: int = 0) -> dict:
     """``params`` with each method's θ_m added at params[method.name].
 
     Method i draws from ``numpy.random.default_rng([seed, i])``: same seed, same θ.
+    θ_m is put on the backbone's device (a method may build it with NumPy).
     """
     out = dict(params)
     for i, m in enumerate(methods):
         if m.name in tree_backbone_keys():
             raise ValueError(f"name: {m.name!r} is a backbone key; choose another method name")
-        out[m.name] = m.init(cfg, out, onp.random.default_rng([seed, i]))
+        out[m.name] = like(m.init(cfg, out, onp.random.default_rng([seed, i])), params["embed"]["pos"])
     return out
 
 

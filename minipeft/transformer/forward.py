@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import autograd.numpy as np
 
+from ..backend import like
 from ..nn import attention, gelu, layer_norm, linear, prepend
 from .config import Config
 from .inputs import check_batch
@@ -104,7 +105,7 @@ def features(params, x, cfg: Config, methods=(), trace=None):
     ``trace``, if a dict, receives "hidden": [Z₀ after the tokens seam, X_1, …, X_N]
     and "attn": [A_1, …, A_N], A_ℓ (B, h, T, S) the attention weights of block ℓ.
     """
-    x = check_batch(x, cfg, params["embed"]["pos"].dtype)
+    x = like(check_batch(x, cfg, params["embed"]["pos"].dtype), params["embed"]["pos"])  # on the model's device
     _check_methods(params, methods)
     X = embed(params, x, cfg)
     X = _seam(methods, params, "on_tokens", X, cfg=cfg)  # (B, T, d), T = 1 + n (+ prompts)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as onp
 
-from ..backend import resolve_dtype, xp
+from ..backend import module_of, resolve_dtype, xp
 from .config import Config
 
 
@@ -56,13 +56,13 @@ def init_params(cfg: Config, seed: int = 0, dtype=None) -> dict:
     return cast(params, dtype)
 
 
-def cast(tree, dtype):
-    """Every leaf as an array of ``dtype`` on the backend's array module."""
-    mod = xp()
+def cast(tree, dtype, module=None):
+    """Every leaf as an array of ``dtype`` on ``module`` (default: the backend's array module)."""
+    mod = xp() if module is None else module
     if isinstance(tree, dict):
-        return {k: cast(v, dtype) for k, v in tree.items()}
+        return {k: cast(v, dtype, mod) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [cast(v, dtype) for v in tree]
+        return [cast(v, dtype, mod) for v in tree]
     return mod.asarray(tree, dtype=dtype)
 
 
@@ -76,4 +76,4 @@ def new_head(params: dict, n_classes: int, seed: int = 0, std: float = 0.01) -> 
     W0 = params["head"]["W"]
     rng = onp.random.default_rng(seed)
     head = {"W": _normal(rng, (n_classes, W0.shape[1]), std), "b": onp.zeros(n_classes)}
-    return {**params, "head": cast(head, W0.dtype)}
+    return {**params, "head": cast(head, W0.dtype, module_of(W0))}  # on the model's device
