@@ -1,4 +1,4 @@
-"""The ``minipeft`` command: pretrain, info, train.
+"""The ``minipeft`` command: pretrain, info, train, merge.
 
 Every method's options become ``train`` flags automatically, from its dataclass fields
 (``metadata["help"]`` is the help text), so a new method needs no CLI code.
@@ -64,6 +64,16 @@ def build_parser(method: str | None = None):
     s.add_argument("--out", default=None, help="adapter file to write (default: minipeft-METHOD-TASK.npz)")
     if method is not None:
         _method_flags(s, method)
+
+    s = sub.add_parser("merge", help="fold a trained adapter (LoRA, BitFit, IA3, SSF) into the backbone's weights",
+                       description="Writes the merged backbone (the original architecture, no extra cost) and "
+                                   "prints max |Δ| between merged and unmerged logits on the task's test split.")
+    s.add_argument("adapter", help="adapter file written by `minipeft train`")
+    s.add_argument("--out", default=None, help="merged backbone file to write (default: ADAPTER-merged.npz)")
+    s.add_argument("--task", default=None, choices=data.DOWNSTREAM,
+                   help="task whose test split is compared (default: the adapter's)")
+    s.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   help="dtype to merge and compare in (default: float32, the backbone's)")
     return p
 
 
@@ -117,6 +127,47 @@ def _cmd_train(args):
     print(f"adapter saved: {out}")
 
 
+def _cmd_merge(args):
+    from .adapters import load_adapter
+    from .io import load_tree, save_tree
+    from .merge import check_mergeable, merge_methods
+    from .pretrained import DEFAULT_CONFIG, load_backbone
+    from .train import evaluate, predict
+
+    _, meta = load_tree(args.adapter)
+    if meta.get("kind") != "adapter":
+        raise ValueError(f"{args.adapter}: not an adapter file (kind={meta.get('kind')!r})")
+    cfg = DEFAULT_CONFIG
+    if meta.get("config") != cfg.to_dict():
+        raise ValueError(f"{args.adapter}: adapter was trained for a backbone with config {meta.get('config')}, "
+                         f"the pretrained backbone has {cfg.to_dict()}")
+    try:
+        methods = [method_class(r["type"])(**{k: tuple(v) if isinstance(v, list) else v
+                                              for k, v in r["options"].items()}) for r in meta["methods"]]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{args.adapter}: malformed method record: {e!r}") from None
+    check_mergeable(methods)  # before loading anything big
+    task_name = args.task or meta.get("task")
+    if task_name not in data.DOWNSTREAM:
+        raise ValueError(f"task: the adapter's record names no downstream task ({task_name!r}); "
+                         f"pass --task, one of {data.DOWNSTREAM}")
+    backbone, _ = load_backbone(cfg, dtype=args.dtype)
+    params, methods, meta = load_adapter(args.adapter, backbone, cfg)
+    merged, _ = merge_methods(params, methods)
+    task = data.load_task(task_name, args.dtype)
+    X = task.test[0]
+    delta = float(abs(predict(merged, X, cfg) - predict(params, X, cfg, methods)).max())
+    acc_u, acc_m = evaluate(params, task.test, cfg, methods)["acc"], evaluate(merged, task.test, cfg)["acc"]
+    out = args.out or os.path.splitext(args.adapter)[0] + "-merged.npz"
+    save_tree(out, merged, {"kind": "merged-backbone", "methods": meta["methods"], "config": cfg.to_dict(),
+                            "n_classes": int(meta["n_classes"]), "task": task.name, "dtype": args.dtype,
+                            "source": os.path.basename(args.adapter), "max_abs_diff": delta})
+    names = " + ".join(r["type"] for r in meta["methods"])
+    print(f"merged {names} into the backbone ({args.dtype}): test acc unmerged {acc_u:.3f}, merged {acc_m:.3f}")
+    print(f"max |Δ| merged vs unmerged logits on {task.name} test ({X.shape[0]} images): {delta:.3e}")
+    print(f"merged backbone saved: {out}")
+
+
 def main(argv=None) -> int:
     """Entry point of the ``minipeft`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -127,7 +178,7 @@ def main(argv=None) -> int:
             method = argv[i + 1]
     args = build_parser(method).parse_args(argv)
     try:
-        {"pretrain": _cmd_pretrain, "info": _cmd_info, "train": _cmd_train}[args.command](args)
+        {"pretrain": _cmd_pretrain, "info": _cmd_info, "train": _cmd_train, "merge": _cmd_merge}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"minipeft: error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ class LinearProbe(Method):
     """Train only the head: y = CLS Wᵀ + b with the backbone frozen. n = C·d + C."""
 
     name: str = "linear_probe"
+    not_mergeable_because = "it adds nothing to merge: the trained head is already part of the backbone tree"
 
     def n_params(self, cfg) -> int:
         return cfg.n_classes * cfg.d + cfg.n_classes
@@ -25,6 +26,7 @@ class FullFineTune(Method):
     """Train everything: θ = φ. n = every number of the backbone."""
 
     name: str = "full"
+    not_mergeable_because = "it adds nothing to merge: the trained weights are the backbone"
 
     def trains_backbone(self, path) -> bool:
         return True

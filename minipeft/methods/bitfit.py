@@ -1,0 +1,72 @@
+"""BitFit (equations.md, "BitFit"; Ben Zaken et al. 2022): train only bias terms.
+
+    trainable: b_q, b_k, b_v, b_o (attention), b₁, b₂ (MLP), β of every LayerNorm
+    frozen:    every weight matrix and every LayerNorm γ
+
+Scale-and-shift with γ fixed to 1: y = x Wᵀ + b with only b trained. The head (W and
+b) trains or not by the usual head flag, counted separately.
+n = N·(Σ selected bias widths) (+ d for LN_f's β when "beta" is selected).
+
+Merge. BitFit adds no computation and no θ of its own: the trained biases *are* backbone
+leaves, so the merged backbone is params itself. ``attach`` leaves an empty marker at
+params[name] (the adapter is attached and not merged); ``merge`` removes it, so a second
+merge is refused like every other method's, and ``unmerge`` puts it back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..merge import check_choice, check_unmerge, linear_width, take_theta, without
+from .base import Method
+
+#: bias name -> (module key in a block, width as a function of cfg)
+BIASES = {"b_q": "attn", "b_k": "attn", "b_v": "attn", "b_o": "attn", "b_1": "mlp", "b_2": "mlp", "beta": "ln"}
+_WIDTH_OF = {"b_q": "q", "b_k": "k", "b_v": "v", "b_o": "o", "b_1": "mlp1", "b_2": "mlp2"}
+
+
+@dataclass(frozen=True)
+class BitFit(Method):
+    """Unfreeze the selected biases of every block (and LN_f's β with "beta") ("BitFit").
+
+    The paper's strongest pair is the query bias and the MLP's expanding bias:
+    ``BitFit(biases=("b_q", "b_1"))``.
+    """
+
+    name: str = "bitfit"
+    biases: tuple = field(default=tuple(BIASES), metadata={
+        "help": f"which biases train, among {tuple(BIASES)} (beta = every LayerNorm's β)"})
+
+    #: the best validation accuracy among 3e-3, 1e-2, 3e-2 (digits, 10 epochs; benchmarks/reparam_table.py)
+    suggested_lr = 3e-2
+
+    def __post_init__(self):
+        object.__setattr__(self, "biases", check_choice("biases", self.biases, tuple(BIASES)))
+
+    @property
+    def needs_params(self) -> bool:
+        """No hook reads θ: forward works with or without the marker."""
+        return False
+
+    def trains_backbone(self, path) -> bool:
+        """b_* leaves of the blocks' attention/MLP, and β of ln1, ln2, ln_f, when selected."""
+        leaf = path[-1]
+        if leaf not in self.biases:
+            return False
+        if leaf == "beta":
+            return (path[0] == "blocks" and path[2] in ("ln1", "ln2")) or path[0] == "ln_f"
+        return path[0] == "blocks" and path[2] == BIASES[leaf]
+
+    def n_params(self, cfg) -> int:
+        """N·Σ widths (d for b_q…b_o, b₂; d_ff for b₁; 2d for the blocks' β) + d (LN_f β)."""
+        per_block = sum(2 * cfg.d if b == "beta" else linear_width(cfg, _WIDTH_OF[b]) for b in self.biases)
+        return cfg.N * per_block + (cfg.d if "beta" in self.biases else 0)
+
+    def merge(self, params) -> dict:
+        """The trained biases already sit in the backbone: params without the marker params[name]."""
+        take_theta(params, self)
+        return without(params, self.name)
+
+    def unmerge(self, params, theta=None) -> dict:
+        """params with the marker back (the trained biases stay: they are the adapter)."""
+        check_unmerge(params, self)
+        return {**params, self.name: {} if theta is None else theta}

@@ -1,0 +1,115 @@
+"""(IA)³ (equations.md, "(IA)³"; Liu et al. 2022): learned vectors rescale activations.
+
+    Attn = softmax((l_q ⊙ Q)(l_k ⊙ K)ᵀ / sqrt(d_h)) (l_v ⊙ V)
+    MLP(x) = (l_ff ⊙ GELU(x W₁ᵀ + b₁)) W₂ᵀ + b₂
+
+variant "notes": l_q, l_k, l_v ∈ R^d (n = 3dN); variant "paper": l_k, l_v ∈ R^d and
+l_ff ∈ R^{d_ff} (n = (2d + d_ff)N). All init to ones: step 0 is the original model.
+Merge: l ⊙ (x Wᵀ + b) = x (diag(l) W)ᵀ + l ⊙ b folds l_q, l_k, l_v into their projections'
+rows and biases; (l_ff ⊙ H) W₂ᵀ = H (W₂ diag(l_ff))ᵀ folds l_ff into W₂'s columns.
+Unmerge divides by l (defined when no entry of l is 0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as onp
+
+from .. import tree
+from ..merge import (LINEARS, check_unmerge, fold_in, fold_out, linear_width, nonzero, take_theta, unfold_in,
+                     unfold_out, without)
+from .base import Method
+
+VARIANTS = {"notes": ("q", "k", "v"), "paper": ("k", "v")}
+
+
+@dataclass(frozen=True)
+class IA3(Method):
+    """l ⊙ Q, l ⊙ K, l ⊙ V (and l_ff ⊙ H in the paper variant) per layer ("(IA)³").
+
+    θ = {"blocks": [{"l_q", "l_k", "l_v"} or {"l_k", "l_v", "l_ff"} per layer]}, ones at init.
+    """
+
+    name: str = "ia3"
+    variant: str = field(default="notes", metadata={
+        "help": "notes: scale Q, K, V (l_q, l_k, l_v); paper: scale K, V and the MLP hidden (l_k, l_v, l_ff)",
+        "choices": tuple(VARIANTS)})
+
+    #: the best validation accuracy among 3e-3, 1e-2, 3e-2 (digits, 10 epochs; benchmarks/reparam_table.py)
+    suggested_lr = 1e-2
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {self.variant!r}")
+
+    @property
+    def scaled(self) -> tuple:
+        """Projections whose output is rescaled: (q, k, v) or (k, v)."""
+        return VARIANTS[self.variant]
+
+    @property
+    def ff(self) -> bool:
+        """Whether l_ff rescales the MLP hidden activation."""
+        return self.variant == "paper"
+
+    def init(self, cfg, params, rng) -> dict:
+        """θ: every l a vector of ones, (d,) for l_q, l_k, l_v; (d_ff,) for l_ff."""
+        dtype = params["embed"]["pos"].dtype
+        widths = {"l_" + t: linear_width(cfg, t) for t in self.scaled}
+        if self.ff:
+            widths["l_ff"] = cfg.d_ff
+        return {"blocks": [{k: onp.ones(w, dtype=dtype) for k, w in widths.items()} for _ in range(cfg.N)]}
+
+    def on_linear(self, theta, y, x, layer, name, cfg):
+        """l ⊙ y for y = Q, K or V.  (B, T, d) -> (B, T, d)."""
+        if name not in self.scaled:
+            return y
+        return theta["blocks"][layer]["l_" + name] * y
+
+    def on_ff_hidden(self, theta, H, layer, cfg):
+        """l_ff ⊙ H (paper variant).  (B, T, d_ff) -> (B, T, d_ff)."""
+        return theta["blocks"][layer]["l_ff"] * H if self.ff else H
+
+    def hook_points(self, n_layers: int) -> set:
+        """The outputs of the scaled projections, and the MLP hidden activation (paper)."""
+        pts = {("linear", ell, t) for ell in range(n_layers) for t in self.scaled}
+        if self.ff:
+            pts |= {("ff_hidden", ell, None) for ell in range(n_layers)}
+        return pts
+
+    def n_params(self, cfg) -> int:
+        """notes: 3dN; paper: (2d + d_ff)N."""
+        return cfg.N * (sum(linear_width(cfg, t) for t in self.scaled) + (cfg.d_ff if self.ff else 0))
+
+    def merge(self, params) -> dict:
+        """W' = diag(l) W, b' = l ⊙ b for q/k/v; W₂' = W₂ diag(l_ff); params[name] removed."""
+        theta = take_theta(params, self)
+        out = without(params, self.name)
+        for ell, th in enumerate(theta["blocks"]):
+            for t in self.scaled:
+                mod, W, b = LINEARS[t]
+                m = tree.get(out, ("blocks", ell, mod))
+                Wn, bn = fold_out(m[W], m[b], th["l_" + t])
+                out = tree.replace(out, ("blocks", ell, mod), {**m, W: Wn, b: bn})
+            if self.ff:
+                m = tree.get(out, ("blocks", ell, "mlp"))
+                out = tree.replace(out, ("blocks", ell, "mlp"), {**m, "W_2": fold_in(m["W_2"], th["l_ff"])})
+        return out
+
+    def unmerge(self, params, theta) -> dict:
+        """W = diag(l)⁻¹ W', b = b' / l; W₂ = W₂' diag(l_ff)⁻¹; θ put back at params[name]."""
+        check_unmerge(params, self)
+        out = dict(params)
+        for ell, th in enumerate(theta["blocks"]):
+            for key in th:
+                nonzero(f"blocks.{ell}.{key}", th[key])
+            for t in self.scaled:
+                mod, W, b = LINEARS[t]
+                m = tree.get(out, ("blocks", ell, mod))
+                Wn, bn = unfold_out(m[W], m[b], th["l_" + t])
+                out = tree.replace(out, ("blocks", ell, mod), {**m, W: Wn, b: bn})
+            if self.ff:
+                m = tree.get(out, ("blocks", ell, "mlp"))
+                out = tree.replace(out, ("blocks", ell, "mlp"), {**m, "W_2": unfold_in(m["W_2"], th["l_ff"])})
+        out[self.name] = theta
+        return out

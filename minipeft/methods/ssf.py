@@ -1,0 +1,149 @@
+"""SSF (equations.md, "SSF" and "Scale and shift"; Lian et al. 2022): scale and shift features.
+
+    y = γ ⊙ x + β        after each chosen operation: the projections W_q, W_k, W_v, W_o,
+                         W₁, W₂ ("linear" seam) and LN₁, LN₂, LN_f ("after" seam)
+
+γ, β ∈ R^{width}: n = 2·Σ widths (d for q, k, v, o, mlp2 and the LNs; d_ff for mlp1),
+per layer for the blocks' placements, once for ln_f. Init "official": γ ~ N(1, 0.02²),
+β ~ N(0, 0.02²); "identity": γ = 1, β = 0 (step 0 is the original model).
+
+Re-parameterisation (merge), exact, into the operation before each SSF:
+    after a linear       W' = diag(γ) W,  b' = γ ⊙ b + β
+    after a LayerNorm    γ'_LN = γ ⊙ γ_LN,  β'_LN = γ ⊙ β_LN + β
+so the merged backbone has exactly the original architecture. Unmerge inverts both
+(W = diag(γ)⁻¹ W', b = (b' − β)/γ; γ_LN = γ'_LN/γ, β_LN = (β'_LN − β)/γ), defined when no γ is 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as onp
+
+from .. import tree
+from ..merge import (LAYER_NORMS, LINEARS, check_choice, check_unmerge, fold_out, linear_width, ln_path, nonzero,
+                     take_theta, unfold_out, without)
+from .base import Method
+
+PLACEMENTS = tuple(LINEARS) + LAYER_NORMS
+INITS = ("official", "identity")
+
+
+@dataclass(frozen=True)
+class SSF(Method):
+    """γ ⊙ x + β after each chosen projection and LayerNorm ("SSF").
+
+    θ = {"blocks": [{placement: {"gamma", "beta"}} per layer], "ln_f": {"gamma", "beta"}}
+    (ln_f only when placed there).
+    """
+
+    name: str = "ssf"
+    placements: tuple = field(default=PLACEMENTS, metadata={
+        "help": f"where an SSF layer follows, among {PLACEMENTS}"})
+    init_mode: str = field(default="official", metadata={
+        "help": "official: γ ~ N(1, 0.02²), β ~ N(0, 0.02²); identity: γ = 1, β = 0", "choices": INITS})
+    init_std: float = field(default=0.02, metadata={"help": "std of the official init"})
+
+    #: the best validation accuracy among 3e-3, 1e-2, 3e-2 (digits, 10 epochs; tied with 3e-3;
+    #: benchmarks/reparam_table.py)
+    suggested_lr = 1e-2
+
+    def __post_init__(self):
+        object.__setattr__(self, "placements", check_choice("placements", self.placements, PLACEMENTS))
+        if self.init_mode not in INITS:
+            raise ValueError(f"init_mode must be one of {INITS}, got {self.init_mode!r}")
+        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) or not self.init_std >= 0:
+            raise ValueError(f"init_std must be a non-negative number, got {self.init_std!r}")
+
+    def _width(self, cfg, p) -> int:
+        return cfg.d if p in LAYER_NORMS else linear_width(cfg, p)
+
+    def _pair(self, n, rng, dtype):
+        """{"gamma", "beta"} of length n, by init_mode."""
+        if self.init_mode == "identity":
+            return {"gamma": onp.ones(n, dtype=dtype), "beta": onp.zeros(n, dtype=dtype)}
+        s = float(self.init_std)
+        return {"gamma": (1.0 + s * rng.standard_normal(n)).astype(dtype),
+                "beta": (s * rng.standard_normal(n)).astype(dtype)}
+
+    def init(self, cfg, params, rng) -> dict:
+        """θ: a (γ, β) pair of the operation's output width per placement and layer."""
+        dtype = params["embed"]["pos"].dtype
+        blocks = [{p: self._pair(self._width(cfg, p), rng, dtype) for p in self.placements if p != "ln_f"}
+                  for _ in range(cfg.N)]
+        theta = {"blocks": blocks}
+        if "ln_f" in self.placements:
+            theta["ln_f"] = self._pair(cfg.d, rng, dtype)
+        return theta
+
+    def on_linear(self, theta, y, x, layer, name, cfg):
+        """γ ⊙ y + β after projection ``name``.  (B, T, d_out) -> same."""
+        if name not in self.placements:
+            return y
+        gb = theta["blocks"][layer][name]
+        return gb["gamma"] * y + gb["beta"]
+
+    def on_after(self, theta, y, layer, name, cfg):
+        """γ ⊙ y + β after LN₁, LN₂ (of block ``layer``) or LN_f.  (B, T, d) -> same."""
+        if name not in LAYER_NORMS or name not in self.placements:
+            return y
+        gb = theta["ln_f"] if name == "ln_f" else theta["blocks"][layer][name]
+        return gb["gamma"] * y + gb["beta"]
+
+    def hook_points(self, n_layers: int) -> set:
+        """The output of each placed projection and LayerNorm."""
+        pts = {("after", None, "ln_f")} if "ln_f" in self.placements else set()
+        for ell in range(n_layers):
+            for p in self.placements:
+                if p in LINEARS:
+                    pts.add(("linear", ell, p))
+                elif p != "ln_f":
+                    pts.add(("after", ell, p))
+        return pts
+
+    def n_params(self, cfg) -> int:
+        """2·(N·Σ block placement widths + d if ln_f is placed)."""
+        per_block = sum(self._width(cfg, p) for p in self.placements if p != "ln_f")
+        return 2 * (cfg.N * per_block + (cfg.d if "ln_f" in self.placements else 0))
+
+    def _sites(self, theta):
+        """(θ label, path of the module, weight key, bias key, {γ, β}) for every SSF layer in θ."""
+        for ell, th in enumerate(theta["blocks"]):
+            for p, gb in th.items():
+                if p in LINEARS:
+                    mod, W, b = LINEARS[p]
+                    yield f"blocks.{ell}.{p}", ("blocks", ell, mod), W, b, gb
+                else:
+                    yield f"blocks.{ell}.{p}", ln_path(ell, p), "gamma", "beta", gb
+        if "ln_f" in theta:
+            yield "ln_f", ("ln_f",), "gamma", "beta", theta["ln_f"]
+
+    def merge(self, params) -> dict:
+        """Fold each (γ, β) into the operation before it; params[name] removed.
+
+        linear: W' = diag(γ) W, b' = γ ⊙ b + β.  LayerNorm: γ' = γ ⊙ γ_LN, β' = γ ⊙ β_LN + β.
+        """
+        theta = take_theta(params, self)
+        out = without(params, self.name)
+        for _, path, W, b, gb in self._sites(theta):
+            m = tree.get(out, path)
+            if W == "gamma":  # LayerNorm: γ_LN is a vector, scaled like a 1-column weight
+                Wn, bn = gb["gamma"] * m[W], gb["gamma"] * m[b] + gb["beta"]
+            else:
+                Wn, bn = fold_out(m[W], m[b], gb["gamma"], gb["beta"])
+            out = tree.replace(out, path, {**m, W: Wn, b: bn})
+        return out
+
+    def unmerge(self, params, theta) -> dict:
+        """Inverse of ``merge`` (divides by γ); θ put back at params[name]."""
+        check_unmerge(params, self)
+        out = dict(params)
+        for label, path, W, b, gb in self._sites(theta):
+            nonzero(f"{self.name}.{label}.gamma", gb["gamma"])
+            m = tree.get(out, path)
+            if W == "gamma":
+                Wn, bn = m[W] / gb["gamma"], (m[b] - gb["beta"]) / gb["gamma"]
+            else:
+                Wn, bn = unfold_out(m[W], m[b], gb["gamma"], gb["beta"])
+            out = tree.replace(out, path, {**m, W: Wn, b: bn})
+        out[self.name] = theta
+        return out
