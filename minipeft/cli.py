@@ -23,7 +23,7 @@ def _method_flags(parser, name):
             continue
         default = f.default if f.default is not dataclasses.MISSING else None
         kw = {"help": f.metadata.get("help", "") + f" (default: {default})", "dest": f"opt_{f.name}",
-              "default": dataclasses.MISSING}
+              "default": dataclasses.MISSING, "metavar": f.name.upper()}
         typ = f.metadata.get("type") or (type(default) if default is not None else str)
         if isinstance(default, bool) or typ is bool:
             kw["type"] = lambda s: s.lower() in ("1", "true", "yes", "on")
@@ -116,7 +116,9 @@ def _cmd_train(args):
     lr = args.lr if args.lr is not None else getattr(method, "suggested_lr", 1e-3)
     print(f"method {args.method} {json.dumps(method.options())}")
     print(f"task {task.name}: {task.description}; sizes {task.sizes()}")
-    print(f"trainable numbers: {n_train:,} = {100 * n_train / cfg.n_params:.3f}% of the backbone ({cfg.n_params:,})")
+    n_method = tree.count(tree.split(params, trainable([method], False))[0])
+    print(f"trainable numbers: {n_train:,} = {100 * n_train / cfg.n_params:.3f}% of the backbone ({cfg.n_params:,}); "
+          f"method {n_method:,}, head {n_train - n_method:,}")
     params, hist = fit(params, task.train, cfg, [method], train_head=train_head, epochs=args.epochs, lr=lr,
                        batch_size=args.batch_size, seed=args.seed, desc=f"{args.method} on {task.name}")
     val, test = evaluate(params, task.val, cfg, [method]), evaluate(params, task.test, cfg, [method])
