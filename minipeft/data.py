@@ -26,6 +26,8 @@ from functools import lru_cache
 
 import numpy as onp
 
+from .backend import check_dtype
+
 TASKS = ("mnist", "digits", "mnist-rot", "mnist-invert")
 DOWNSTREAM = ("digits", "mnist-rot", "mnist-invert")
 _SPLIT_SEED = 20221  # fixed: the splits are part of the task definition
@@ -129,8 +131,9 @@ def _load(name: str) -> Task:
 
 def load_task(name: str, dtype="float32") -> Task:
     """The task ``name`` (one of TASKS) with images cast to ``dtype``; splits are fixed."""
-    if name not in TASKS:
+    if not isinstance(name, str) or name not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {name!r}")
+    dtype = check_dtype(dtype)
     t = _load(name)
     cast = lambda s: (s[0].astype(dtype), s[1])  # noqa: E731
     return Task(t.name, t.description, t.n_classes, cast(t.train), cast(t.val), cast(t.test), t.labels)

@@ -40,10 +40,8 @@ def save_tree(path, params, meta: dict) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    umask = os.umask(0)
-    os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; give the file the usual rw-r--r--
         with os.fdopen(fd, "wb") as fh:
             onp.savez(fh, **arrays)
             fh.flush()

@@ -85,17 +85,23 @@ def nonzero(field: str, s):
 
 
 # ----------------------------------------------------------------------------- folds
+def _rows(s, W):
+    """s shaped to scale the rows of W: (d_out, 1) for a matrix W, (d_out,) for a vector."""
+    return s.reshape(s.shape + (1,) * (W.ndim - 1))
+
+
 def fold_out(W, b, s, t=None):
     """Output-side fold: s ⊙ (x Wᵀ + b) + t = x W'ᵀ + b' with W' = diag(s) W, b' = s ⊙ b + t.
 
-    W (d_out, d_in), b, s, t (d_out,)  ->  (W', b').
+    W (d_out, d_in), b, s, t (d_out,)  ->  (W', b').  W may also be a LayerNorm's γ (d,),
+    with b its β: s ⊙ LN(x) + t has γ' = s ⊙ γ, β' = s ⊙ β + t (the same formula).
     """
-    return s[:, None] * W, (s * b if t is None else s * b + t)
+    return _rows(s, W) * W, (s * b if t is None else s * b + t)
 
 
 def unfold_out(W, b, s, t=None):
-    """Inverse of ``fold_out``: W = diag(s)⁻¹ W', b = (b' − t) / s."""
-    return W / s[:, None], (b / s if t is None else (b - t) / s)
+    """Inverse of ``fold_out``: W = diag(s)⁻¹ W', b = (b' − t) / s (W a matrix or an LN γ)."""
+    return W / _rows(s, W), (b / s if t is None else (b - t) / s)
 
 
 def fold_in(W, l):

@@ -40,18 +40,37 @@ def adam_step(theta, grads, state, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_d
     """
     t = state["t"] + 1
     c1, c2 = 1.0 - b1 ** t, 1.0 - b2 ** t
-    paths = [p for p, _ in tree.leaves_with_paths(theta)]
-    new_t, new_m, new_v = {}, {}, {}
-    for p in paths:
-        w, g = tree.get(theta, p), tree.get(grads, p)
-        m = b1 * tree.get(state["m"], p) + (1.0 - b1) * g
-        v = b2 * tree.get(state["v"], p) + (1.0 - b2) * (g * g)
-        step = (m / c1) / ((v / c2) ** 0.5 + eps)
+
+    def leaf(w, g, m_old, v_old):  # new arrays, each built in place (fewer temporaries)
+        m = g * (1.0 - b1)
+        m += b1 * m_old  # m ← β₁m + (1−β₁)g
+        v = g * g
+        v *= 1.0 - b2
+        v += b2 * v_old  # v ← β₂v + (1−β₂)g²
+        step = v * (1.0 / c2)
+        step **= 0.5
+        step += eps  # √v̂ + ε
+        onp.divide(m, step, out=step)
+        step *= 1.0 / c1  # m̂ / (√v̂ + ε)
         if weight_decay:
-            step = step + weight_decay * w
-        new_t[p], new_m[p], new_v[p] = w - lr * step, m, v
-    rebuild = lambda d: tree.map_leaves(lambda p, _: d[p], theta)  # noqa: E731
-    return rebuild(new_t), {"m": rebuild(new_m), "v": rebuild(new_v), "t": t}
+            step += weight_decay * w
+        step *= lr
+        return w - step, m, v
+
+    new_t, new_m, new_v = _zip_leaves(leaf, theta, grads, state["m"], state["v"])
+    return new_t, {"m": new_m, "v": new_v, "t": t}
+
+
+def _zip_leaves(fn, theta, *others):
+    """``fn(θ leaf, other leaves…) -> (a, b, c)`` over trees with θ's nesting, in one walk;
+    returns three trees (lists where θ has lists or tuples)."""
+    if isinstance(theta, dict):
+        out = {k: _zip_leaves(fn, theta[k], *(o[k] for o in others)) for k in theta}
+        return tuple({k: r[i] for k, r in out.items()} for i in range(3))
+    if isinstance(theta, (list, tuple)):
+        out = [_zip_leaves(fn, *z) for z in zip(theta, *others)]
+        return tuple([r[i] for r in out] for i in range(3))
+    return fn(theta, *others)
 
 
 # ------------------------------------------------------------------------------ fit
@@ -78,8 +97,13 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
     for f, v in (("batch_size", batch_size), ("epochs", epochs)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{f} must be a positive int, got {v!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
+        raise ValueError(f"steps must be None (use epochs) or a non-negative int, got {steps!r}")
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if isinstance(weight_decay, bool) or not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)
+                                              and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     pred = trainable if trainable is not None else method_trainable(methods, train_head)
@@ -112,6 +136,8 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
 def predict(params, X, cfg, methods=(), batch_size=256):
     """Logits for all of X, computed in batches.  (n, …) -> (n, n_classes)."""
     check_on_backend(params, "params")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     ref = params["embed"]["pos"]
     X = like(check_batch(X, cfg, ref.dtype), ref)  # on the model's device
     outs = [forward(params, X[i:i + batch_size], cfg, methods) for i in range(0, X.shape[0], batch_size)]

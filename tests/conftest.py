@@ -47,3 +47,21 @@ def finite_diff_check(f, x, eps=1e-6, n=6, seed=0, rtol=1e-5, atol=1e-7):
         u = rng.standard_normal(x.shape)
         fd = (f(x + eps * u) - f(x - eps * u)) / (2 * eps)
         assert onp.allclose(onp.sum(g * u), fd, rtol=rtol, atol=atol), (onp.sum(g * u), fd)
+
+
+def theta_vec_fn(params, methods, x, y, cfg, train_head=True):
+    """(θ as one vector, L(vector), autograd's gradient as one vector)."""
+    th, ph = mp.split(params, mp.trainable(methods, train_head))
+    paths = [(q, a.shape) for q, a in mp.tree.leaves_with_paths(th)]
+    vec = onp.concatenate([a.ravel() for _, a in mp.tree.leaves_with_paths(th)])
+
+    def unvec(v):
+        out, i = th, 0
+        for q, s in paths:
+            n = int(onp.prod(s))
+            out = mp.tree.replace(out, q, v[i:i + n].reshape(s))
+            i += n
+        return out
+    f = lambda v: float(mp.loss(unvec(v), ph, x, y, cfg, methods))  # noqa: E731
+    _, g = mp.value_and_grad(lambda t: mp.loss(t, ph, x, y, cfg, methods), th)
+    return vec, f, onp.concatenate([a.ravel() for _, a in mp.tree.leaves_with_paths(g)])

@@ -266,7 +266,7 @@ def test_float32_gradients_stay_float32_and_match_float64(method):
         assert v.dtype == p["embed"]["pos"].dtype
     for (q, a), (_, b) in zip(tree.leaves_with_paths(grads["32"]), tree.leaves_with_paths(grads["64"])):
         assert a.dtype == onp.float32, q
-        onp.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5 * onp.abs(b).max(), err_msg=tree.path_str(q))
+        onp.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * onp.abs(b).max(), err_msg=tree.path_str(q))
 
 
 # -------------------------------------------------------------------------- training

@@ -45,3 +45,8 @@ def test_rotation_labels_describe_the_rotation():
 def test_unknown_task():
     with pytest.raises(ValueError, match="task must be one of"):
         mp.load_task("cifar")
+
+
+def test_bad_dtype_names_the_field():
+    with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'float64'\)"):
+        mp.load_task("digits", dtype="int8")

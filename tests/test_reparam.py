@@ -408,6 +408,9 @@ def test_adapter_round_trip_bit_exact_then_merge(tmp_path, tiny_cfg, m, dtype):
     (lambda: SSF(placements=("attn",)), r"placements: unknown name.*allowed: \('q', 'k', 'v', 'o', 'mlp1', 'mlp2', 'ln1'"),
     (lambda: SSF(placements=()), "placements must not be empty"),
     (lambda: SSF(init_mode="zeros"), r"init_mode must be one of \('official', 'identity'\)"),
+    (lambda: SSF(init_std=float("inf")), "init_std must be a finite non-negative number"),
+    (lambda: SSF(init_std=-0.1), "init_std must be a finite non-negative number"),
+    (lambda: IA3(variant=["notes"]), r"variant must be one of \('notes', 'paper'\)"),
 ])
 def test_bad_options_name_the_field(make, match):
     with pytest.raises(ValueError, match=match):

@@ -78,7 +78,7 @@ def test_evaluate_accuracy_and_loss_against_direct_computation(tiny_cfg):
     logits = mp.forward(p, x, tiny_cfg)
     r = mp.evaluate(p, (x, y), tiny_cfg, batch_size=3)
     assert r["acc"] == onp.mean(logits.argmax(1) == y)
-    assert onp.isclose(r["loss"], mp.nn.cross_entropy(logits, y))
+    assert onp.isclose(r["loss"], mp.nn.cross_entropy(logits, y), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("kw,y,err,match", [
@@ -87,11 +87,19 @@ def test_evaluate_accuracy_and_loss_against_direct_computation(tiny_cfg):
     ({"lr": -1.0}, onp.array([0, 1]), ValueError, "lr"), ({"lr": float("nan")}, onp.array([0, 1]), ValueError, "lr"),
     ({"trainable": lambda p, a: False}, onp.array([0, 1]), ValueError, "selects no parameter"),
     ({"schedule": "linear"}, onp.array([0, 1]), ValueError, "schedule"),
+    ({"steps": -1}, onp.array([0, 1]), ValueError, "steps"), ({"steps": 1.5}, onp.array([0, 1]), ValueError, "steps"),
+    ({"weight_decay": -0.1}, onp.array([0, 1]), ValueError, "weight_decay"),
+    ({"lr": True}, onp.array([0, 1]), ValueError, "lr"),
 ])
 def test_fit_bad_input(tiny_cfg, kw, y, err, match):
     p = mp.init_params(tiny_cfg, 0)
     with pytest.raises(err, match=match):
         mp.fit(p, (images(tiny_cfg, 2), y), tiny_cfg, [mp.LinearProbe()], progress=False, **kw)
+
+
+def test_predict_bad_batch_size(tiny_cfg):
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        mp.predict(mp.init_params(tiny_cfg, 0), images(tiny_cfg, 2), tiny_cfg, batch_size=0)
 
 
 def test_trainable_predicate_and_counts(tiny_cfg):

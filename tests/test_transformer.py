@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minipeft as mp
-from conftest import images, randomize
+from conftest import images, randomize, theta_vec_fn
 from minipeft import tree
 from minipeft.nn import reference as R
 from test_nn import naive_attention
@@ -237,20 +237,7 @@ def test_float64_images_are_cast_to_the_model_dtype(tiny_cfg):
 def test_whole_forward_gradient_matches_finite_differences(tiny_cfg):
     p = randomize(mp.init_params(tiny_cfg, 0, "float64"), scale=0.2)
     x, y = images(tiny_cfg, 3), onp.array([0, 1, 2])
-    th, ph = mp.split(p, lambda path, leaf: True)
-    vec = onp.concatenate([a.ravel() for _, a in tree.leaves_with_paths(th)])
-    paths = [(q, a.shape) for q, a in tree.leaves_with_paths(th)]
-
-    def unvec(v):
-        out, i = th, 0
-        for q, s in paths:
-            n = int(onp.prod(s))
-            out = tree.replace(out, q, v[i:i + n].reshape(s))
-            i += n
-        return out
-    f = lambda v: float(mp.loss(unvec(v), ph, x, y, tiny_cfg))  # noqa: E731
-    _, g = mp.value_and_grad(lambda t: mp.loss(t, ph, x, y, tiny_cfg), th)
-    gv = onp.concatenate([a.ravel() for _, a in tree.leaves_with_paths(g)])
+    vec, f, gv = theta_vec_fn(p, [mp.FullFineTune()], x, y, tiny_cfg)  # every leaf of φ
     rng = onp.random.default_rng(0)
     for _ in range(5):
         u = rng.standard_normal(vec.shape)
@@ -285,6 +272,13 @@ def test_bad_token_batch(text_cfg, bad, err, match):
     p = mp.init_params(text_cfg, 0)
     with pytest.raises(err, match=match):
         mp.forward(p, bad, text_cfg)
+
+
+def test_params_of_another_config_are_a_clear_error(tiny_cfg):
+    p = mp.init_params(tiny_cfg, 0)
+    for other in (dataclasses.replace(tiny_cfg, N=3), dataclasses.replace(tiny_cfg, d=8, h=2)):
+        with pytest.raises(ValueError, match=r"params: the backbone has N=2 blocks .* but cfg says"):
+            mp.forward(p, images(tiny_cfg, 1), other)
 
 
 def test_new_head_shape_and_bad_classes(tiny_cfg):

@@ -17,7 +17,12 @@ class LinearProbe(Method):
     name: str = "linear_probe"
     not_mergeable_because = "it adds nothing to merge: the trained head is already part of the backbone tree"
 
+    def trains_backbone(self, path) -> bool:
+        """The head is the linear probe: it trains even with train_head=False."""
+        return path[0] == "head"
+
     def n_params(self, cfg) -> int:
+        """C·d + C: the head's W (C, d) and b (C,)."""
         return cfg.n_classes * cfg.d + cfg.n_classes
 
 
@@ -29,7 +34,9 @@ class FullFineTune(Method):
     not_mergeable_because = "it adds nothing to merge: the trained weights are the backbone"
 
     def trains_backbone(self, path) -> bool:
+        """Every backbone leaf trains."""
         return True
 
     def n_params(self, cfg) -> int:
+        """Every number of φ: ``cfg.n_params`` (its closed form, head included)."""
         return cfg.n_params

@@ -39,7 +39,7 @@ class IA3(Method):
     suggested_lr = 1e-2
 
     def __post_init__(self):
-        if self.variant not in VARIANTS:
+        if not isinstance(self.variant, str) or self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {self.variant!r}")
 
     @property
@@ -81,35 +81,30 @@ class IA3(Method):
         """notes: 3dN; paper: (2d + d_ff)N."""
         return cfg.N * (sum(linear_width(cfg, t) for t in self.scaled) + (cfg.d_ff if self.ff else 0))
 
-    def merge(self, params) -> dict:
-        """W' = diag(l) W, b' = l ⊙ b for q/k/v; W₂' = W₂ diag(l_ff); params[name] removed."""
-        theta = take_theta(params, self)
-        out = without(params, self.name)
+    def _fold(self, params, theta, out_side, in_side) -> dict:
+        """Apply ``out_side`` (fold_out or unfold_out) to W_q/W_k/W_v and their biases with
+        l_q/l_k/l_v, and ``in_side`` (fold_in or unfold_in) to W₂ with l_ff; a new tree."""
+        out = params
         for ell, th in enumerate(theta["blocks"]):
             for t in self.scaled:
                 mod, W, b = LINEARS[t]
                 m = tree.get(out, ("blocks", ell, mod))
-                Wn, bn = fold_out(m[W], m[b], th["l_" + t])
+                Wn, bn = out_side(m[W], m[b], th["l_" + t])
                 out = tree.replace(out, ("blocks", ell, mod), {**m, W: Wn, b: bn})
             if self.ff:
                 m = tree.get(out, ("blocks", ell, "mlp"))
-                out = tree.replace(out, ("blocks", ell, "mlp"), {**m, "W_2": fold_in(m["W_2"], th["l_ff"])})
+                out = tree.replace(out, ("blocks", ell, "mlp"), {**m, "W_2": in_side(m["W_2"], th["l_ff"])})
         return out
+
+    def merge(self, params) -> dict:
+        """W' = diag(l) W, b' = l ⊙ b for q/k/v; W₂' = W₂ diag(l_ff); params[name] removed."""
+        theta = take_theta(params, self)
+        return self._fold(without(params, self.name), theta, fold_out, fold_in)
 
     def unmerge(self, params, theta) -> dict:
         """W = diag(l)⁻¹ W', b = b' / l; W₂ = W₂' diag(l_ff)⁻¹; θ put back at params[name]."""
         check_unmerge(params, self)
-        out = dict(params)
         for ell, th in enumerate(theta["blocks"]):
             for key in th:
-                nonzero(f"blocks.{ell}.{key}", th[key])
-            for t in self.scaled:
-                mod, W, b = LINEARS[t]
-                m = tree.get(out, ("blocks", ell, mod))
-                Wn, bn = unfold_out(m[W], m[b], th["l_" + t])
-                out = tree.replace(out, ("blocks", ell, mod), {**m, W: Wn, b: bn})
-            if self.ff:
-                m = tree.get(out, ("blocks", ell, "mlp"))
-                out = tree.replace(out, ("blocks", ell, "mlp"), {**m, "W_2": unfold_in(m["W_2"], th["l_ff"])})
-        out[self.name] = theta
-        return out
+                nonzero(f"{self.name}.blocks.{ell}.{key}", th[key])
+        return {**self._fold(params, theta, unfold_out, unfold_in), self.name: theta}

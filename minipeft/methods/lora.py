@@ -118,25 +118,22 @@ class LoRA(Method):
         """ΔW = (α/r) B A.  (d, r) @ (r, k) -> (d, k)."""
         return self.scaling * (ab["B"] @ ab["A"])
 
-    def merge(self, params) -> dict:
-        """W = W₀ + (α/r) B A for each adapted projection; params[name] removed."""
-        theta = take_theta(params, self)
-        out = without(params, self.name)
+    def _shift(self, params, theta, sign: float) -> dict:
+        """W ← W + sign·(α/r) B A for each adapted projection (a new tree; arrays not mutated)."""
+        out = params
         for ell in self.adapted_layers(len(params["blocks"])):
             for t in self.targets:
                 mod, W, _ = LINEARS[t]
                 path = ("blocks", ell, mod, W)
-                out = tree.replace(out, path, tree.get(out, path) + self._delta(theta["blocks"][ell][t]))
+                out = tree.replace(out, path, tree.get(out, path) + sign * self._delta(theta["blocks"][ell][t]))
         return out
+
+    def merge(self, params) -> dict:
+        """W = W₀ + (α/r) B A for each adapted projection; params[name] removed."""
+        theta = take_theta(params, self)
+        return self._shift(without(params, self.name), theta, 1.0)
 
     def unmerge(self, params, theta) -> dict:
         """W₀ = W − (α/r) B A for each adapted projection; θ put back at params[name]."""
         check_unmerge(params, self)
-        out = dict(params)
-        for ell in self.adapted_layers(len(params["blocks"])):
-            for t in self.targets:
-                mod, W, _ = LINEARS[t]
-                path = ("blocks", ell, mod, W)
-                out = tree.replace(out, path, tree.get(out, path) - self._delta(theta["blocks"][ell][t]))
-        out[self.name] = theta
-        return out
+        return {**self._shift(params, theta, -1.0), self.name: theta}

@@ -51,8 +51,9 @@ class SSF(Method):
         object.__setattr__(self, "placements", check_choice("placements", self.placements, PLACEMENTS))
         if self.init_mode not in INITS:
             raise ValueError(f"init_mode must be one of {INITS}, got {self.init_mode!r}")
-        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) or not self.init_std >= 0:
-            raise ValueError(f"init_std must be a non-negative number, got {self.init_std!r}")
+        if (isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float))
+                or not onp.isfinite(self.init_std) or self.init_std < 0):
+            raise ValueError(f"init_std must be a finite non-negative number, got {self.init_std!r}")
 
     def _width(self, cfg, p) -> int:
         return cfg.d if p in LAYER_NORMS else linear_width(cfg, p)
@@ -126,10 +127,7 @@ class SSF(Method):
         out = without(params, self.name)
         for _, path, W, b, gb in self._sites(theta):
             m = tree.get(out, path)
-            if W == "gamma":  # LayerNorm: γ_LN is a vector, scaled like a 1-column weight
-                Wn, bn = gb["gamma"] * m[W], gb["gamma"] * m[b] + gb["beta"]
-            else:
-                Wn, bn = fold_out(m[W], m[b], gb["gamma"], gb["beta"])
+            Wn, bn = fold_out(m[W], m[b], gb["gamma"], gb["beta"])  # W: a weight matrix or an LN's γ
             out = tree.replace(out, path, {**m, W: Wn, b: bn})
         return out
 
@@ -140,10 +138,7 @@ class SSF(Method):
         for label, path, W, b, gb in self._sites(theta):
             nonzero(f"{self.name}.{label}.gamma", gb["gamma"])
             m = tree.get(out, path)
-            if W == "gamma":
-                Wn, bn = m[W] / gb["gamma"], (m[b] - gb["beta"]) / gb["gamma"]
-            else:
-                Wn, bn = unfold_out(m[W], m[b], gb["gamma"], gb["beta"])
+            Wn, bn = unfold_out(m[W], m[b], gb["gamma"], gb["beta"])
             out = tree.replace(out, path, {**m, W: Wn, b: bn})
         out[self.name] = theta
         return out

@@ -105,6 +105,7 @@ def features(params, x, cfg: Config, methods=(), trace=None):
     ``trace``, if a dict, receives "hidden": [Z₀ after the tokens seam, X_1, …, X_N]
     and "attn": [A_1, …, A_N], A_ℓ (B, h, T, S) the attention weights of block ℓ.
     """
+    _check_params(params, cfg)
     x = like(check_batch(x, cfg, params["embed"]["pos"].dtype), params["embed"]["pos"])  # on the model's device
     _check_methods(params, methods)
     X = embed(params, x, cfg)
@@ -124,6 +125,15 @@ def forward(params, x, cfg: Config, methods=(), trace=None):
     """Logits y = Head(LN_f(X_N)[CLS]) = CLS Wᵀ + b.  x (see ``check_batch``) -> (B, n_classes)."""
     f = features(params, x, cfg, methods, trace)
     return linear(f, params["head"]["W"], params["head"]["b"])
+
+
+def _check_params(params, cfg: Config):
+    """ValueError when the backbone in ``params`` is not one of ``cfg``'s shape (N blocks, width d)."""
+    N, pos = len(params["blocks"]), tuple(params["embed"]["pos"].shape)
+    if N != cfg.N or pos != (cfg.n_positions, cfg.d):
+        raise ValueError(f"params: the backbone has N={N} blocks and a position table of shape {pos}, but cfg "
+                         f"says N={cfg.N} and ({cfg.n_positions}, {cfg.d}) (1 + tokens, d); pass the config the "
+                         f"params were built with")
 
 
 def _check_methods(params, methods):
