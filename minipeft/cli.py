@@ -1,4 +1,4 @@
-"""The ``minipeft`` command: pretrain, info, train, merge.
+"""The ``minipeft`` command: pretrain, info, train, merge, tour.
 
 Every method's options become ``train`` flags automatically, from its dataclass fields
 (``metadata["help"]`` is the help text), so a new method needs no CLI code.
@@ -64,6 +64,16 @@ def build_parser(method: str | None = None):
     s.add_argument("--out", default=None, help="adapter file to write (default: minipeft-METHOD-TASK.npz)")
     if method is not None:
         _method_flags(s, method)
+
+    s = sub.add_parser("tour", help="every method on one downstream task, same short budget: a markdown table",
+                       description="Fine-tunes the pretrained backbone with each registered method (head trainable, "
+                                   "each at its suggested lr) and prints trainable numbers, % of the backbone, test "
+                                   "accuracy, mergeability and training time.")
+    s.add_argument("--task", default="digits", choices=data.DOWNSTREAM)
+    s.add_argument("--epochs", type=int, default=None, help="epochs per method (default: 10; 1 with --quick)")
+    s.add_argument("--quick", action="store_true", help="1 epoch on the first 256 training examples (a smoke test)")
+    s.add_argument("--methods", nargs="+", default=None, choices=list(REGISTRY), metavar="METHOD",
+                   help=f"run only these methods, among: {', '.join(REGISTRY)}")
 
     s = sub.add_parser("merge", help="fold a trained adapter (LoRA, BitFit, IA3, SSF) into the backbone's weights",
                        description="Writes the merged backbone (the original architecture, no extra cost) and "
@@ -170,6 +180,13 @@ def _cmd_merge(args):
     print(f"merged backbone saved: {out}")
 
 
+def _cmd_tour(args):
+    from .tour import format_table, run_tour
+
+    rows = run_tour(args.task, args.epochs, quick=args.quick, methods=args.methods)
+    print(format_table(rows, args.task))
+
+
 def main(argv=None) -> int:
     """Entry point of the ``minipeft`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -180,7 +197,8 @@ def main(argv=None) -> int:
             method = argv[i + 1]
     args = build_parser(method).parse_args(argv)
     try:
-        {"pretrain": _cmd_pretrain, "info": _cmd_info, "train": _cmd_train, "merge": _cmd_merge}[args.command](args)
+        {"pretrain": _cmd_pretrain, "info": _cmd_info, "train": _cmd_train, "merge": _cmd_merge,
+         "tour": _cmd_tour}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"minipeft: error: {e}", file=sys.stderr)
         return 2
