@@ -1,5 +1,6 @@
 """Baselines on the pretrained backbone: linear probe vs full fine-tuning on every
-downstream task, plus the training-step time per batch. Prints a markdown table.
+downstream task (and full training from a random init, to show what pretraining buys),
+plus the training-step time per batch. Prints a markdown table.
 
     python benchmarks/baselines.py [--epochs 10]
 
@@ -36,11 +37,14 @@ def main(argv=None):
     for name in mp.DOWNSTREAM:
         task = mp.load_task(name)
         start = mp.new_head(backbone, task.n_classes, seed=0)
-        for method, lr in ((mp.LinearProbe(), 1e-2), (mp.FullFineTune(), 1e-3)):
-            p, step = timed_fit(start, task, cfg, method, args.epochs, lr)
+        scratch = mp.new_head(mp.init_params(cfg, seed=0), task.n_classes, seed=0)
+        runs = ((start, mp.LinearProbe(), 1e-2, "linear probe"), (start, mp.FullFineTune(), 1e-3, "full"),
+                (scratch, mp.FullFineTune(), 1e-3, "from scratch (no pretraining)"))
+        for init, method, lr, label in runs:
+            p, step = timed_fit(init, task, cfg, method, args.epochs, lr)
             acc = mp.evaluate(p, task.test, cfg)["acc"]
-            n = mp.count_trainable(start, [method])
-            print(f"| {name} | {method.name} (lr {lr:g}, {args.epochs} ep) | {n:,} | {acc:.3f} | {1000 * step:.1f} |",
+            n = mp.count_trainable(init, [method])
+            print(f"| {name} | {label} (lr {lr:g}, {args.epochs} ep) | {n:,} | {acc:.3f} | {1000 * step:.1f} |",
                   flush=True)
 
 
