@@ -15,11 +15,9 @@ exactly the linear probe), s ≈ 0.1 is best, large s (≥ 1) trains unstably or
 """
 from __future__ import annotations
 
-import argparse
-
 import minipeft as mp
+from common import begin_table, fine_tune, parser, selected, size_cells
 from minipeft.methods.adapter import AdaptFormer, SerialAdapter
-from minipeft.pretrained import DEFAULT_CONFIG, load_backbone
 
 METHODS = [
     ("linear probe", mp.LinearProbe()),
@@ -34,8 +32,7 @@ METHODS = [
 
 def run(backbone, task, cfg, method, epochs, lr):
     """Fine-tune ``method`` (head trainable); returns (test acc, val acc, last-epoch loss, max loss after epoch 1)."""
-    p = mp.attach(mp.new_head(backbone, task.n_classes, seed=0), [method], cfg, seed=0)
-    p, hist = mp.fit(p, task.train, cfg, [method], epochs=epochs, lr=lr, seed=0, progress=False)
+    p, hist = fine_tune(backbone, task, cfg, method, epochs, lr)
     per_epoch = len(hist["loss"]) // epochs
     last = sum(hist["loss"][-per_epoch:]) / per_epoch
     spike = max(hist["loss"][per_epoch:]) if epochs > 1 else float("nan")
@@ -43,29 +40,15 @@ def run(backbone, task, cfg, method, epochs, lr):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--lr", type=float, nargs="+", default=[1e-2], help="Adam learning rates to run (default 0.01)")
-    ap.add_argument("--tasks", nargs="+", default=["digits", "mnist-invert"], choices=mp.DOWNSTREAM)
-    ap.add_argument("--only", nargs="+", default=None, help="run only the rows whose label contains one of these")
-    args = ap.parse_args(argv)
-    cfg = DEFAULT_CONFIG
-    backbone, info = load_backbone(cfg)
-    print(f"pretrained backbone: mnist test acc {info['test_acc']:.3f}; {cfg.n_params:,} numbers; "
-          f"d̂ = 8, {args.epochs} epochs, batch 64, Adam, head trainable\n")
-    print("| task | method | lr | trainable (+ head) | % of backbone | test acc | val acc | last-epoch loss "
-          "| max loss after ep. 1 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    args = parser(__doc__, "Adam learning rates to run (default 0.01)", [1e-2]).parse_args(argv)
+    cfg, backbone = begin_table(f"d̂ = 8, {args.epochs} epochs, batch 64, Adam, head trainable",
+                                 ["test acc", "val acc", "last-epoch loss", "max loss after ep. 1"])
     for name in args.tasks:
         task = mp.load_task(name)
-        head = task.n_classes * (cfg.d + 1)
         for lr in args.lr:
-            for label, method in METHODS:
-                if args.only and not any(o in label for o in args.only):
-                    continue
-                n = 0 if isinstance(method, mp.LinearProbe) else method.n_params(cfg)
+            for label, method in selected(METHODS, args.only):
                 test, val, last, spike = run(backbone, task, cfg, method, args.epochs, lr)
-                print(f"| {name} | {label} | {lr:g} | {n:,} (+ {head}) | {100 * n / cfg.n_params:.2f} % | {test:.3f} | "
+                print(f"| {name} | {label} | {lr:g} | {size_cells(method, cfg, task.n_classes)} | {test:.3f} | "
                       f"{val:.3f} | {last:.3f} | {spike:.3f} |", flush=True)
 
 

@@ -18,10 +18,10 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
 import time  # noqa: E402
 
 import minipeft as mp  # noqa: E402
+from common import attach_new_head, parser  # noqa: E402
 from minipeft.methods.prefix import PrefixTuning  # noqa: E402
 from minipeft.methods.prompt import PromptTuning  # noqa: E402
 from minipeft.methods.vpt import VPTDeep, VPTShallow  # noqa: E402
@@ -46,9 +46,7 @@ def rows(p: int):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--tasks", nargs="+", default=["digits", "mnist-invert"], choices=mp.DOWNSTREAM)
+    ap = parser(__doc__)
     ap.add_argument("--p", type=int, default=8, help="prompt / prefix length")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -61,7 +59,7 @@ def main(argv=None):
         lr = BASELINE_LR.get(type(m).__name__) or m.suggested_lr
         accs, n_train, secs = [], None, 0.0
         for name, task in tasks.items():
-            params = mp.attach(mp.new_head(backbone, task.n_classes, args.seed), [m], cfg, args.seed)
+            params = attach_new_head(backbone, task, cfg, m, args.seed)
             n_train = mp.count_trainable(params, [m])
             t0 = time.perf_counter()
             params, _ = mp.fit(params, task.train, cfg, [m], epochs=args.epochs, lr=lr, seed=args.seed,

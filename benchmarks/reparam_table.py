@@ -14,16 +14,14 @@ Accuracies are deterministic (fixed seeds) on one machine and BLAS build.
 """
 from __future__ import annotations
 
-import argparse
-
 import numpy as onp
 
 import minipeft as mp
+from common import begin_table, fine_tune, parser, selected, size_cells
 from minipeft.methods.bitfit import BitFit
 from minipeft.methods.ia3 import IA3
 from minipeft.methods.lora import LoRA
 from minipeft.methods.ssf import SSF
-from minipeft.pretrained import DEFAULT_CONFIG, load_backbone
 from minipeft.transformer import cast
 
 METHODS = [
@@ -45,35 +43,20 @@ def max_delta(params, method, task, cfg, dtype):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--lr", type=float, nargs="+", default=None, help="learning rates (default: each method's suggested_lr)")
-    ap.add_argument("--tasks", nargs="+", default=["digits", "mnist-invert"], choices=mp.DOWNSTREAM)
-    ap.add_argument("--only", nargs="+", default=None, help="run only the rows whose label contains one of these")
-    args = ap.parse_args(argv)
-    cfg = DEFAULT_CONFIG
-    backbone, info = load_backbone(cfg)
-    print(f"pretrained backbone: mnist test acc {info['test_acc']:.3f}; {cfg.n_params:,} numbers; "
-          f"{args.epochs} epochs, batch 64, Adam, head trainable\n")
-    print("| task | method | lr | trainable (+ head) | % of backbone | test acc | val acc "
-          "| max \\|Δ\\| merged, float32 | float64 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    args = parser(__doc__, "learning rates (default: each method's suggested_lr)").parse_args(argv)
+    cfg, backbone = begin_table(f"{args.epochs} epochs, batch 64, Adam, head trainable",
+                                 ["test acc", "val acc", "max \\|Δ\\| merged, float32", "float64"])
     for name in args.tasks:
         task = mp.load_task(name)
-        head = task.n_classes * (cfg.d + 1)
-        for label, method in METHODS:
-            if args.only and not any(o in label for o in args.only):
-                continue
-            n = 0 if isinstance(method, mp.LinearProbe) else method.n_params(cfg)
+        for label, method in selected(METHODS, args.only):
             for lr in args.lr or [getattr(method, "suggested_lr", 1e-2)]:
-                p = mp.attach(mp.new_head(backbone, task.n_classes, seed=0), [method], cfg, seed=0)
-                p, _ = mp.fit(p, task.train, cfg, [method], epochs=args.epochs, lr=lr, seed=0, progress=False)
+                p, _ = fine_tune(backbone, task, cfg, method, args.epochs, lr)
                 test, val = (mp.evaluate(p, s, cfg, [method])["acc"] for s in (task.test, task.val))
                 if method.mergeable:
                     d32, d64 = (f"{max_delta(p, method, task, cfg, dt):.1e}" for dt in ("float32", "float64"))
                 else:
                     d32 = d64 = "—"
-                print(f"| {name} | {label} | {lr:g} | {n:,} (+ {head}) | {100 * n / cfg.n_params:.2f} % | {test:.3f} | "
+                print(f"| {name} | {label} | {lr:g} | {size_cells(method, cfg, task.n_classes)} | {test:.3f} | "
                       f"{val:.3f} | {d32} | {d64} |", flush=True)
 
 

@@ -25,25 +25,17 @@
 # Budget: no training here, only forward passes (a few seconds on a laptop CPU).
 
 # %%
-import os
+from dataclasses import dataclass
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread: on a small shared CPU two stall each other
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")  # figures go to PNG files
+import matplotlib.pyplot as plt
+import numpy as np
 
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+import minipeft as mp
+from minipeft.chapter import setup
+from minipeft.transformer import embed, patchify
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-import minipeft as mp  # noqa: E402
-from minipeft.pretrained import DEFAULT_CONFIG, load_backbone  # noqa: E402
-from minipeft.transformer import embed, patchify  # noqa: E402
-
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIG_DIR = Path(os.environ.get("CHAPTER_FIG_DIR") or HERE / "figures")
-FIG_DIR.mkdir(parents=True, exist_ok=True)
+# one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures), the pretrained backbone
+ch = setup(globals().get("__file__"), task=None)
 
 # %% [markdown]
 # ## The pre-LN block (equations.md, "Transformer")
@@ -68,8 +60,8 @@ FIG_DIR.mkdir(parents=True, exist_ok=True)
 # images in 4×4 patches (m = 16 patches + CLS = 17 tokens).
 
 # %%
-cfg = DEFAULT_CONFIG
-params, info = load_backbone(cfg)
+cfg = ch.cfg
+params, info = ch.backbone, ch.info
 print("config:", cfg.to_dict())
 parts = {k: mp.count(params[k]) for k in ("embed", "blocks", "ln_f", "head")}
 print("numbers per part:", parts, "total", f"{sum(parts.values()):,}")
@@ -210,9 +202,7 @@ for r, name in enumerate(mp.TASKS):
         ax.set_title(tasks[name].labels[yt[c]], fontsize=8)
     axes[r, 0].set_ylabel(name, fontsize=8)
 fig.suptitle("16×16 inputs of each task (title: label)", fontsize=10)
-fig.tight_layout()
-fig.savefig(FIG_DIR / "01_tasks.png", dpi=100)
-plt.close(fig)
+ch.save(fig, "01_tasks.png")
 
 # %% [markdown]
 # And where the CLS row looks: the attention weights of the CLS query over the 16 patch
@@ -231,10 +221,8 @@ for ell, A in enumerate(trace["attn"], 1):
           f"on the patches {A[0, :, 0, 1:].sum(-1).mean():.3f}")
 for ax in axes:
     ax.set_xticks([]), ax.set_yticks([])
-fig.tight_layout()
-fig.savefig(FIG_DIR / "01_cls_attention.png", dpi=100)
-plt.close(fig)
-print("figures:", sorted(p.name for p in FIG_DIR.glob("01_*.png")))
+ch.save(fig, "01_cls_attention.png")
+print("figures:", ch.figures())
 
 # %% [markdown]
 # ## What it shows

@@ -24,30 +24,18 @@
 # four models; about half a minute to a minute on a laptop CPU.
 
 # %%
-import os
+import matplotlib.pyplot as plt
+import numpy as np
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread: on a small shared CPU two stall each other
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
+import minipeft as mp
+from minipeft.chapter import setup
+from minipeft.methods.prompt import PromptTuning, key_columns, token_rows
+from minipeft.methods.vpt import VPTDeep, VPTShallow, vpt_bound
 
-from pathlib import Path  # noqa: E402
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-import minipeft as mp  # noqa: E402
-from minipeft.methods.prompt import PromptTuning, key_columns, token_rows  # noqa: E402
-from minipeft.methods.vpt import VPTDeep, VPTShallow, vpt_bound  # noqa: E402
-from minipeft.pretrained import DEFAULT_CONFIG, load_backbone  # noqa: E402
-
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIG_DIR = Path(os.environ.get("CHAPTER_FIG_DIR") or HERE / "figures")
-FIG_DIR.mkdir(parents=True, exist_ok=True)
-
+# one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures), the backbone, `digits`
+ch = setup(globals().get("__file__"))
 EPOCHS = 5
-cfg = DEFAULT_CONFIG
-backbone, _ = load_backbone(cfg)
-task = mp.load_task("digits")
+cfg, backbone, task = ch.cfg, ch.backbone, ch.task
 
 # %% [markdown]
 # ## Prompt tuning (equations.md, "Prompt tuning")
@@ -88,10 +76,8 @@ models = {
 print(f"VPT init bound v = sqrt(6 / ({cfg.patch_dim} + {cfg.d})) = {vpt_bound(cfg):.3f}")
 trained, results = {}, {}
 for label, (m, lr) in models.items():
-    params = mp.attach(mp.new_head(backbone, task.n_classes, seed=0), [m], cfg, seed=0)
+    params, hist, acc = ch.train(m, lr, EPOCHS)
     n_train = mp.count_trainable(params, [m])
-    params, hist = mp.fit(params, task.train, cfg, [m], epochs=EPOCHS, lr=lr, seed=0, progress=False)
-    acc = mp.evaluate(params, task.test, cfg, [m])["acc"]
     trained[label], results[label] = (params, m), (n_train, acc)
     print(f"{label:20s} trainable {n_train:6,} (head 650 incl.)  lr {lr:g}  test acc {acc:.3f}")
 
@@ -170,9 +156,7 @@ axes[0].set(xlabel="layer ℓ", ylabel="attention mass on the prompt keys", titl
 axes[1].set(xlabel="layer ℓ", ylabel="TV distance", title="CLS attention over real keys vs frozen model",
             xticks=layers)
 axes[0].legend(fontsize=6), axes[1].legend(fontsize=6)
-fig.tight_layout()
-fig.savefig(FIG_DIR / "02_prompt_attention.png", dpi=100)
-plt.close(fig)
+ch.save(fig, "02_prompt_attention.png")
 
 # %% [markdown]
 # The CLS row's attention over the 16 patches in the last layer (mean over heads), for one
@@ -193,10 +177,8 @@ for ax, (label, (params, m)) in zip(axes[2:], prompted.items()):
     ax.set_title(label, fontsize=8)
 for ax in axes:
     ax.set_xticks([]), ax.set_yticks([])
-fig.tight_layout()
-fig.savefig(FIG_DIR / "02_cls_maps.png", dpi=100)
-plt.close(fig)
-print("figures:", sorted(q.name for q in FIG_DIR.glob("02_*.png")))
+ch.save(fig, "02_cls_maps.png")
+print("figures:", ch.figures())
 
 # %% [markdown]
 # ## What it shows (measured; deterministic on one machine)

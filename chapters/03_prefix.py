@@ -26,31 +26,20 @@
 # (about a minute on a laptop CPU; the 64-token prompt is the slow one).
 
 # %%
-import os
+import time
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread: on a small shared CPU two stall each other
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
+import matplotlib.pyplot as plt
+import numpy as np
 
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import minipeft as mp
+from minipeft.chapter import setup
+from minipeft.methods.prefix import PrefixTuning, unified_view
+from minipeft.methods.prompt import PromptTuning, key_columns
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-import minipeft as mp  # noqa: E402
-from minipeft.methods.prefix import PrefixTuning, unified_view  # noqa: E402
-from minipeft.methods.prompt import PromptTuning, key_columns  # noqa: E402
-from minipeft.pretrained import DEFAULT_CONFIG, load_backbone  # noqa: E402
-
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIG_DIR = Path(os.environ.get("CHAPTER_FIG_DIR") or HERE / "figures")
-FIG_DIR.mkdir(parents=True, exist_ok=True)
-
+# one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures), the backbone, `digits`
+ch = setup(globals().get("__file__"))
 EPOCHS = 5
-cfg = DEFAULT_CONFIG
-backbone, _ = load_backbone(cfg)
-task = mp.load_task("digits")
+cfg, task = ch.cfg, ch.task
 
 # %% [markdown]
 # ## The equations (equations.md, "Prefix tuning")
@@ -68,7 +57,7 @@ task = mp.load_task("digits")
 
 # %%
 prefix = PrefixTuning(p=8)
-params0 = mp.attach(mp.new_head(backbone, task.n_classes, seed=0), [prefix], cfg, seed=0)
+params0 = mp.attach(ch.with_new_head(), [prefix], cfg, seed=0)
 t = {}
 mp.forward(params0, task.test[0][:4], cfg, [prefix], trace=t)
 print("attention weights per layer (B, h, T queries, S keys):", [tuple(A.shape) for A in t["attn"]])
@@ -91,7 +80,7 @@ runs = {
 }
 res, trained = {}, {}
 for label, m in runs.items():
-    params = mp.attach(mp.new_head(backbone, task.n_classes, seed=0), [m], cfg, seed=0)
+    params = mp.attach(ch.with_new_head(), [m], cfg, seed=0)
     t0 = time.perf_counter()
     params, _ = mp.fit(params, task.train, cfg, [m], epochs=EPOCHS, lr=m.suggested_lr, seed=0, progress=False)
     secs = time.perf_counter() - t0
@@ -111,9 +100,7 @@ for i, kind in enumerate(("prompt", "prefix")):
 ax.set(xticks=[0, 1], xticklabels=[f"{b:,} numbers" for b in budgets], ylabel="test accuracy (digits)",
        ylim=(0.6, 0.95), title=f"Prompt vs prefix at equal budget ({EPOCHS} epochs)")
 ax.legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(FIG_DIR / "03_prompt_vs_prefix.png", dpi=100)
-plt.close(fig)
+ch.save(fig, "03_prompt_vs_prefix.png")
 
 # %% [markdown]
 # ## The unified view (He et al. 2022)
@@ -183,10 +170,8 @@ axes[0].legend(fontsize=7)
 axes[1].hist([lam_trained[ell].ravel() for ell in range(cfg.N)], bins=20, label=[f"layer {e}" for e in layers])
 axes[1].set(xlabel="λ (per image, head, query)", ylabel="count", title="Distribution of λ (trained)")
 axes[1].legend(fontsize=7)
-fig.tight_layout()
-fig.savefig(FIG_DIR / "03_prefix_lambda.png", dpi=100)
-plt.close(fig)
-print("figures:", sorted(q.name for q in FIG_DIR.glob("03_*.png")))
+ch.save(fig, "03_prefix_lambda.png")
+print("figures:", ch.figures())
 
 # %% [markdown]
 # ## What it shows (measured; deterministic on one machine)

@@ -22,30 +22,18 @@
 # a minute to a minute on a laptop CPU).
 
 # %%
-import os
+import matplotlib.pyplot as plt
+import numpy as np
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread: on a small shared CPU two stall each other
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
+import minipeft as mp
+from minipeft.chapter import setup
+from minipeft.methods.adapter import AdaptFormer, SerialAdapter
 
-from pathlib import Path  # noqa: E402
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-import minipeft as mp  # noqa: E402
-from minipeft.methods.adapter import AdaptFormer, SerialAdapter  # noqa: E402
-from minipeft.pretrained import DEFAULT_CONFIG, load_backbone  # noqa: E402
-
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIG_DIR = Path(os.environ.get("CHAPTER_FIG_DIR") or HERE / "figures")
-FIG_DIR.mkdir(parents=True, exist_ok=True)
-
+# one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures), the backbone, `digits`
+ch = setup(globals().get("__file__"))
 EPOCHS = 5
-cfg = DEFAULT_CONFIG
-backbone, _ = load_backbone(cfg)
-task = mp.load_task("digits")
-head_params = mp.new_head(backbone, task.n_classes, seed=0)
+cfg, task = ch.cfg, ch.task
+head_params = ch.with_new_head()
 
 # %% [markdown]
 # ## AdaptFormer (equations.md, "Adapters: AdaptFormer")
@@ -82,13 +70,7 @@ for s in (0.1, 4.0):
 # should be the linear probe exactly.
 
 # %%
-def run(m, lr):
-    params = mp.attach(head_params, [m], cfg, seed=0)
-    params, hist = mp.fit(params, task.train, cfg, [m], epochs=EPOCHS, lr=lr, seed=0, progress=False)
-    return params, hist, mp.evaluate(params, task.test, cfg, [m])["acc"]
-
-
-lp_params, lp_hist, lp_acc = run(mp.LinearProbe(), 1e-2)
+lp_params, lp_hist, lp_acc = ch.train(mp.LinearProbe(), 1e-2, EPOCHS)  # fresh head, seed 0, head trainable
 print(f"linear probe (lr 1e-2): test acc {lp_acc:.3f}")
 S = [0.0, 0.1, 1.0, 4.0]
 LRS = [1e-2, 1e-3]
@@ -96,7 +78,7 @@ sweep, curves = {}, {}
 for lr in LRS:
     for s in S:
         a = AdaptFormer(s=s)
-        params, hist, acc = run(a, lr)
+        params, hist, acc = ch.train(a, lr, EPOCHS)
         sweep[lr, s], curves[lr, s] = acc, hist["loss"]
         steps = len(hist["loss"]) // EPOCHS
         last = np.mean(hist["loss"][-steps:])
@@ -126,7 +108,10 @@ ser = {}
 for label, m in (("parallel: AdaptFormer s=0.1", AdaptFormer(s=0.1)),
                  ("serial: Houlsby (attn + MLP)", SerialAdapter(placement="houlsby")),
                  ("serial: Pfeiffer (MLP)", SerialAdapter(placement="pfeiffer"))):
-    params, hist, acc = (None, curves[1e-2, 0.1], sweep[1e-2, 0.1]) if "AdaptFormer" in label else run(m, 1e-2)
+    if "AdaptFormer" in label:  # trained in the sweep above
+        acc = sweep[1e-2, 0.1]
+    else:
+        _, _, acc = ch.train(m, 1e-2, EPOCHS)
     ser[label] = (m.n_params(cfg), acc)
     print(f"{label:30s} {m.n_params(cfg):6,} numbers (+ head 650)  test acc {acc:.3f}  (lr 1e-2)")
 per_token = 2 * cfg.d * 8
@@ -153,10 +138,8 @@ for i, k in enumerate(labels):
 axes[2].set(xticks=range(len(labels)), xticklabels=[k.split(":")[1].strip() for k in labels],
             ylim=(0.6, 1.0), ylabel="test accuracy", title="parallel vs serial (lr 1e-2)")
 axes[2].tick_params(axis="x", labelsize=7)
-fig.tight_layout()
-fig.savefig(FIG_DIR / "04_adapters.png", dpi=100)
-plt.close(fig)
-print("figures:", sorted(q.name for q in FIG_DIR.glob("04_*.png")))
+ch.save(fig, "04_adapters.png")
+print("figures:", ch.figures())
 
 # %% [markdown]
 # ## What it shows (measured; deterministic on one machine)

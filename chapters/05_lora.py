@@ -22,33 +22,22 @@
 # training images, plus a few forward passes (about half a minute on a laptop CPU).
 
 # %%
-import os
+import time
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread: on a small shared CPU two stall each other
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
+import matplotlib.pyplot as plt
+import numpy as np
 
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import minipeft as mp
+from minipeft.chapter import setup
+from minipeft.merge import merge_methods
+from minipeft.methods.lora import LoRA
+from minipeft.transformer import cast
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-import minipeft as mp  # noqa: E402
-from minipeft.merge import merge_methods  # noqa: E402
-from minipeft.methods.lora import LoRA  # noqa: E402
-from minipeft.pretrained import DEFAULT_CONFIG, load_backbone  # noqa: E402
-from minipeft.transformer import cast  # noqa: E402
-
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIG_DIR = Path(os.environ.get("CHAPTER_FIG_DIR") or HERE / "figures")
-FIG_DIR.mkdir(parents=True, exist_ok=True)
-
+# one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures), the backbone, `digits`
+ch = setup(globals().get("__file__"))
 EPOCHS = 5
-cfg = DEFAULT_CONFIG
-backbone, _ = load_backbone(cfg)
-task = mp.load_task("digits")
-head_params = mp.new_head(backbone, task.n_classes, seed=0)
+cfg, task = ch.cfg, ch.task
+head_params = ch.with_new_head()
 X_test = task.test[0]
 
 # %% [markdown]
@@ -99,15 +88,11 @@ RANKS = [1, 2, 4, 8]
 sweep, trained = {}, {}
 for r in RANKS:
     m = LoRA(r=r)
-    params = mp.attach(head_params, [m], cfg, seed=0)
-    params, _ = mp.fit(params, task.train, cfg, [m], epochs=EPOCHS, lr=m.suggested_lr, seed=0, progress=False)
-    acc = mp.evaluate(params, task.test, cfg, [m])["acc"]
+    params, _, acc = ch.train(m, m.suggested_lr, EPOCHS)
     sweep[r], trained[r] = (m.n_params(cfg), acc), params
     print(f"r={r}: {m.n_params(cfg):5,} numbers = {100 * m.n_params(cfg) / cfg.n_params:.2f}% of the backbone "
           f"(+ head 650); test acc {acc:.3f}")
-lp = mp.attach(head_params, [mp.LinearProbe()], cfg)
-lp, _ = mp.fit(lp, task.train, cfg, [mp.LinearProbe()], epochs=EPOCHS, lr=1e-2, seed=0, progress=False)
-lp_acc = mp.evaluate(lp, task.test, cfg)["acc"]
+_, _, lp_acc = ch.train(mp.LinearProbe(), 1e-2, EPOCHS)
 print(f"linear probe (r = 0, head only): test acc {lp_acc:.3f}")
 
 # %% [markdown]
@@ -173,10 +158,8 @@ axes[0].legend(fontsize=8)
 axes[1].bar(["backbone", "LoRA unmerged", "LoRA merged"], [1e3 * t_bb, 1e3 * t_un, 1e3 * t_mg],
             color=["gray", "C1", "C0"])
 axes[1].set(ylabel="ms per 500 images (best of 5)", title="Inference cost")
-fig.tight_layout()
-fig.savefig(FIG_DIR / "05_lora.png", dpi=100)
-plt.close(fig)
-print("figures:", sorted(q.name for q in FIG_DIR.glob("05_*.png")))
+ch.save(fig, "05_lora.png")
+print("figures:", ch.figures())
 
 # %% [markdown]
 # ## What it shows (measured; deterministic on one machine except the timings)

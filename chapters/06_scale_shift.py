@@ -21,40 +21,27 @@
 # a minute on a laptop CPU).
 
 # %%
-import os
+import matplotlib.pyplot as plt
+import numpy as np
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread: on a small shared CPU two stall each other
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
+import minipeft as mp
+from minipeft.chapter import setup
+from minipeft.merge import merge_methods
+from minipeft.methods.bitfit import BitFit
+from minipeft.methods.ia3 import IA3
+from minipeft.methods.ssf import SSF
 
-from pathlib import Path  # noqa: E402
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-import minipeft as mp  # noqa: E402
-from minipeft.merge import merge_methods  # noqa: E402
-from minipeft.methods.bitfit import BitFit  # noqa: E402
-from minipeft.methods.ia3 import IA3  # noqa: E402
-from minipeft.methods.ssf import SSF  # noqa: E402
-from minipeft.pretrained import DEFAULT_CONFIG, load_backbone  # noqa: E402
-
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIG_DIR = Path(os.environ.get("CHAPTER_FIG_DIR") or HERE / "figures")
-FIG_DIR.mkdir(parents=True, exist_ok=True)
-
+# one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures), the backbone, `digits`
+ch = setup(globals().get("__file__"))
 EPOCHS = 5
-cfg = DEFAULT_CONFIG
-backbone, _ = load_backbone(cfg)
-task = mp.load_task("digits")
-head_params = mp.new_head(backbone, task.n_classes, seed=0)
+cfg, task = ch.cfg, ch.task
+head_params = ch.with_new_head()
 X_test = task.test[0]
 
 
 def run(m, lr):
-    params = mp.attach(head_params, [m], cfg, seed=0)
-    params, _ = mp.fit(params, task.train, cfg, [m], epochs=EPOCHS, lr=lr, seed=0, progress=False)
-    return params, mp.evaluate(params, task.test, cfg, [m])["acc"]
+    params, _, acc = ch.train(m, lr, EPOCHS)  # fresh head, seed 0, head trainable
+    return params, acc
 
 
 def check_merge(params, m):
@@ -161,10 +148,8 @@ axes[0].legend(fontsize=7, loc="lower right")
 axes[0].tick_params(axis="y", labelsize=7)
 axes[1].bar(list(dev), list(dev.values()))
 axes[1].set(ylabel="mean |γ − 1| after training", title="SSF: how far each scale moved from 1")
-fig.tight_layout()
-fig.savefig(FIG_DIR / "06_scale_shift.png", dpi=100)
-plt.close(fig)
-print("figures:", sorted(q.name for q in FIG_DIR.glob("06_*.png")))
+ch.save(fig, "06_scale_shift.png")
+print("figures:", ch.figures())
 
 # %% [markdown]
 # ## What it shows (measured; deterministic on one machine)

@@ -23,30 +23,19 @@
 # refits of 3 epochs on `mnist` (about a minute and a half on a laptop CPU).
 
 # %%
-import os
+import matplotlib.pyplot as plt
+import numpy as np
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread: on a small shared CPU two stall each other
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MPLBACKEND", "Agg")
+import minipeft as mp
+from minipeft.chapter import setup
+from minipeft.merge import merge_methods
+from minipeft.methods.lora import LoRA
+from minipeft.tour import format_table, run_tour
 
-from pathlib import Path  # noqa: E402
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-import minipeft as mp  # noqa: E402
-from minipeft.merge import merge_methods  # noqa: E402
-from minipeft.methods.lora import LoRA  # noqa: E402
-from minipeft.pretrained import DEFAULT_CONFIG, load_backbone  # noqa: E402
-from minipeft.tour import format_table, run_tour  # noqa: E402
-
-HERE = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
-FIG_DIR = Path(os.environ.get("CHAPTER_FIG_DIR") or HERE / "figures")
-FIG_DIR.mkdir(parents=True, exist_ok=True)
-
+# one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures), the pretrained backbone
+ch = setup(globals().get("__file__"), task=None)
 EPOCHS = 5
-cfg = DEFAULT_CONFIG
-backbone, info = load_backbone(cfg)
+cfg, backbone = ch.cfg, ch.backbone
 
 # %% [markdown]
 # ## All methods, one budget
@@ -80,9 +69,7 @@ ax.axvline(1.0, color="k", lw=0.5, ls=":")
 ax.set(xscale="log", xlabel="trainable numbers, % of the backbone (log; head included)",
        ylabel="test accuracy (digits)", title=f"Accuracy vs % trainable ({EPOCHS} epochs each; ◆ mergeable)")
 ax.legend(fontsize=7, loc="lower right")
-fig.tight_layout()
-fig.savefig(FIG_DIR / "07_accuracy_vs_trainable.png", dpi=100)
-plt.close(fig)
+ch.save(fig, "07_accuracy_vs_trainable.png")
 
 full = next(r for r in rows if r["method"] == "full")
 lp = next(r for r in rows if r["method"] == "linear-probe")
@@ -167,10 +154,8 @@ ax.axhline(pre_acc, color="k", ls=":", label=f"pretrained model {pre_acc:.3f}")
 ax.set(xticks=xs, xticklabels=[f"after {n}" for n in names], ylim=(0, 1.3), ylabel="mnist test accuracy",
        title=f"Forgetting the pretraining task ({EPOCHS} epochs of fine-tuning)")
 ax.legend(fontsize=7, loc="upper center", ncol=2)
-fig.tight_layout()
-fig.savefig(FIG_DIR / "07_forgetting.png", dpi=100)
-plt.close(fig)
-print("figures:", sorted(q.name for q in FIG_DIR.glob("07_*.png")))
+ch.save(fig, "07_forgetting.png")
+print("figures:", ch.figures())
 
 # %% [markdown]
 # ## What it shows (measured; deterministic on one machine except the seconds)

@@ -44,10 +44,11 @@ def method_lr(name: str, method) -> float:
     return BASELINE_LR.get(name) or float(getattr(method, "suggested_lr", 1e-3))
 
 
-def _blas_threads(n):
+def limit_blas_threads(n):
     """A context limiting BLAS to ``n`` threads (threadpoolctl, a scikit-learn dependency);
     a no-op when ``n`` is None or threadpoolctl is missing. On a small shared CPU, two BLAS
-    threads on these small matrices stall each other (design.md)."""
+    threads on these small matrices stall each other (design.md). The limit applies when
+    this is called; leaving the ``with`` block restores the previous one."""
     if n is None:
         return contextlib.nullcontext()
     try:
@@ -97,7 +98,7 @@ def run_tour(task: str = "digits", epochs: int | None = None, *, quick: bool = F
     train = (X[:n_train], y[:n_train]) if n_train is not None else (X, y)
     head = t.n_classes * cfg.d + t.n_classes
     rows = []
-    with _blas_threads(blas_threads):
+    with limit_blas_threads(blas_threads):
         for i, name in enumerate(names, 1):
             m = method_class(name)()
             lr = method_lr(name, m)

@@ -120,6 +120,40 @@ def test_cli_tour_bad_task(capsys):
     assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
+def test_chapter_setup_train_and_save(tiny_backbone, tmp_path, monkeypatch):
+    from minipeft.chapter import setup
+
+    cfg, params, calls = tiny_backbone
+    monkeypatch.setenv("CHAPTER_FIG_DIR", str(tmp_path / "figs"))
+    ch = setup(str(tmp_path / "chapter.py"))
+    try:
+        assert calls == [cfg] and ch.cfg is cfg and ch.backbone is params and ch.task.name == "digits"
+        assert ch.fig_dir == tmp_path / "figs" and ch.fig_dir.is_dir()
+        threadpoolctl = pytest.importorskip("threadpoolctl")
+        assert all(i["num_threads"] == 1 for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas")
+        m = mp.LinearProbe()
+        trained, hist, acc = ch.train(m, 1e-2, epochs=1)
+        # the recipe spelled out: fresh head (seed 0), attach (seed 0), Adam (seed 0), test accuracy
+        ref = mp.attach(mp.new_head(params, 10, seed=0), [m], cfg, seed=0)
+        ref, ref_hist = mp.fit(ref, ch.task.train, cfg, [m], epochs=1, lr=1e-2, seed=0, progress=False)
+        assert hist["loss"] == ref_hist["loss"] and acc == mp.evaluate(ref, ch.task.test, cfg)["acc"]
+        assert len(hist["loss"]) == -(-len(ch.task.train[1]) // 64)
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots()
+        ax.plot([0, 1])
+        assert ch.save(fig, "x.png") == tmp_path / "figs" / "x.png" and (tmp_path / "figs" / "x.png").is_file()
+        assert ch.figures() == ["x.png"] and not plt.get_fignums()
+    finally:
+        ch.blas_limit.__exit__(None, None, None)  # give the other tests their BLAS threads back
+    monkeypatch.delenv("CHAPTER_FIG_DIR")
+    monkeypatch.chdir(tmp_path)  # a notebook: no __file__, figures next to it
+    nb = setup(None, task=None)
+    nb.blas_limit.__exit__(None, None, None)
+    assert nb.fig_dir == tmp_path / "figures" and nb.fig_dir.is_dir() and nb.task is None
+    with pytest.raises(ValueError, match="task"):
+        nb.with_new_head()
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_chapter_is_a_percent_script(path, tmp_path):
     py_compile.compile(str(path), cfile=str(tmp_path / "c.pyc"), doraise=True)
