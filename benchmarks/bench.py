@@ -1,0 +1,622 @@
+"""minipeft vs PyTorch eager on the same ViT, the same weights and the same batch.
+
+    python benchmarks/bench.py              # the full table (≈ 10 min on a 2-core VM)
+    python benchmarks/bench.py --quick      # d = 64, T = 17, float32 only (≈ 20 s)
+    python benchmarks/bench.py --profile 128 65   # where a minipeft step spends its time
+
+For every size (d ∈ {64, 128, 256}, T ∈ {17, 65} tokens, batch 64, N = 4 layers, h = 4,
+d_ff = 2d) and dtype (float32, float64) it builds the model once in minipeft and once in
+PyTorch (benchmarks/torch_model.py) from the same parameter dict, checks that loss and
+every gradient agree, then times them interleaved (A B, B A, …) and prints medians and
+ratios for: forward; LoRA step; prompt-tuning step; full fine-tuning step (a step is
+loss, gradients and one Adam update). Inside minipeft: LoRA step / full step,
+merged-LoRA inference / backbone inference, autograd.grad over the parameter dict vs
+minipeft.value_and_grad (full fine-tuning), GEMM GFLOP/s of the steps against this
+machine's BLAS peak (measured here), and the peak memory of a PEFT step vs a full step.
+
+One BLAS thread (OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = MKL_NUM_THREADS = 1,
+torch.set_num_threads(1)): two threads on a shared VM stall when another process runs.
+PyTorch is optional: ``python -m pip install -e ".[crosscheck]"``; without it the
+minipeft half still runs.
+"""
+from __future__ import annotations
+
+import os
+
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_v] = "1"  # before NumPy loads its BLAS
+
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import pstats  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import autograd  # noqa: E402
+import numpy as onp  # noqa: E402
+
+import minipeft as mp  # noqa: E402
+from minipeft import tree  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import measure  # noqa: E402
+
+try:
+    import torch
+    import torch.nn.functional as F
+
+    import torch_model as tm
+except ImportError:
+    torch = None
+
+INSTALL = 'python -m pip install -e ".[crosscheck]"'
+HERE = Path(__file__).resolve().parent
+BATCH, N_LAYERS, HEADS, PATCH, CLASSES = 64, 4, 4, 4, 10
+#: relative error allowed between minipeft and PyTorch (‖a − b‖ / ‖b‖, per leaf)
+TOL = {"float32": 1e-4, "float64": 1e-10}
+KINDS = ("forward", "lora", "prompt", "full")
+#: sizes where PyTorch's fused attention (F.scaled_dot_product_attention) is timed too
+SDPA_SIZES = ((64, 17, "float32"), (128, 65, "float32"))
+
+
+def pin_threads():
+    """One BLAS/OpenMP thread for NumPy and PyTorch, also when NumPy was loaded before us."""
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=1)
+    except ImportError:  # the environment variables above still hold for a fresh process
+        pass
+    if torch is not None:
+        torch.set_num_threads(1)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # already set (or parallel work already started)
+            pass
+
+
+# ---------------------------------------------------------------------------- cases
+def config(d, T):
+    """The benchmark's ViT with T = 1 + g² tokens: g×g patches of 4×4 pixels."""
+    g = math.isqrt(T - 1) if T > 1 else 0
+    if T < 2 or g * g != T - 1:
+        raise ValueError(f"T must be 1 + g² tokens (CLS + g×g patches), e.g. 5, 17, 65; got {T}")
+    if d % HEADS:
+        raise ValueError(f"d must be a multiple of h = {HEADS}, got {d}")
+    return mp.Config(d=d, h=HEADS, N=N_LAYERS, d_ff=2 * d, n_classes=CLASSES, image_size=g * PATCH, patch=PATCH)
+
+
+def method(name):
+    """A fresh instance of a registered method, or None when its module is not there yet."""
+    try:
+        return mp.method_class(name)()
+    except (ImportError, AttributeError):
+        return None
+
+
+class Case:
+    """One size and dtype: the backbone (every leaf perturbed, so LN γ ≠ 1, biases ≠ 0),
+    LoRA and prompt-tuning θ (B ≠ 0), a batch of images in [0, 1] and labels."""
+
+    def __init__(self, d, T, dtype, batch=BATCH, seed=0):
+        self.cfg, self.dtype, self.T = config(d, T), dtype, T
+        rng = onp.random.default_rng(seed)
+        base = mp.init_params(self.cfg, seed, dtype)
+        self.params = tree.map_leaves(
+            lambda p, a: (a + 0.05 * rng.standard_normal(a.shape)).astype(dtype), base)
+        self.x = rng.random((batch, 1, self.cfg.image_size, self.cfg.image_size)).astype(dtype)
+        self.y = rng.integers(0, CLASSES, batch)
+        self.methods = {}
+        for name in ("lora", "prompt"):
+            m = method(name)
+            if m is not None:
+                p = mp.attach(self.params, [m], self.cfg, seed)
+                p[m.name] = tree.map_leaves(
+                    lambda q, a: (a + 0.05 * rng.standard_normal(a.shape)).astype(dtype), p[m.name])
+                self.methods[name] = (m, p)
+
+    def setup(self, kind):
+        """(params, methods, predicate of θ) for a step of ``kind`` (lora, prompt or full)."""
+        if kind == "full":
+            return self.params, [], (lambda path, leaf: True)
+        m, p = self.methods[kind]
+        return p, [m], mp.trainable([m])
+
+    def torch_args(self, kind):
+        """The twin's keyword arguments for ``kind``."""
+        if kind == "lora":
+            m = self.methods["lora"][0]
+            return {"lora": (m.name, m.scaling)}
+        if kind == "prompt":
+            return {"prompt": self.methods["prompt"][0].name}
+        return {}
+
+
+# ----------------------------------------------------------------- the two halves
+def mp_forward(case, params=None, methods=()):
+    params = case.params if params is None else params
+    return lambda: mp.forward(params, case.x, case.cfg, methods)
+
+
+def mp_step(case, kind, grad="value_and_grad"):
+    """One minipeft training step: loss, gradients of θ, one Adam update."""
+    params, methods, pred = case.setup(kind)
+    theta, phi = mp.split(params, pred)
+    box = {"theta": theta, "state": mp.adam_init(theta)}
+    x, y, cfg = case.x, case.y, case.cfg
+
+    def objective(th):
+        return mp.loss(th, phi, x, y, cfg, methods)
+
+    def step():
+        if grad == "value_and_grad":
+            _, g = mp.value_and_grad(objective, box["theta"])
+        else:  # autograd boxing the whole dict: the O(P²) bookkeeping
+            g = autograd.grad(objective)(box["theta"])
+        box["theta"], box["state"] = mp.adam_step(box["theta"], g, box["state"], lr=1e-3)
+
+    return step
+
+
+def torch_forward(case, sdpa=False):
+    P = tm.to_torch(case.params, lambda p, a: False)
+    x = torch.from_numpy(case.x)
+
+    def fwd():
+        with torch.no_grad():
+            return tm.forward(P, x, case.cfg, sdpa=sdpa)
+
+    return fwd
+
+
+def torch_step(case, kind, sdpa=False):
+    """One PyTorch training step: zero_grad, forward, cross-entropy, backward, Adam."""
+    params, _, pred = case.setup(kind)
+    P = tm.to_torch(params, pred)
+    opt = torch.optim.Adam([t for t in P.values() if t.requires_grad], lr=1e-3)
+    x, y, kw = torch.from_numpy(case.x), torch.from_numpy(case.y), case.torch_args(kind)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(tm.forward(P, x, case.cfg, sdpa=sdpa, **kw), y).backward()
+        opt.step()
+
+    return step
+
+
+# ------------------------------------------------------------------- correctness
+def _rel(a, b, floor=0.0):
+    """‖a − b‖ / max(‖b‖, floor)."""
+    return float(onp.linalg.norm(onp.ravel(a - b)) / max(onp.linalg.norm(onp.ravel(b)), floor, 1e-30))
+
+
+def check(case, kind, torch_params=None, sdpa=False):
+    """minipeft vs PyTorch on one case: logits (forward) or loss and every gradient of θ.
+
+    torch_params: the tree the twin is built from (default: the same as minipeft's; the
+    smoke test passes a perturbed one to see the check fail). Returns {"kind", "err" (the
+    worst relative error ‖a − b‖/‖b‖ over loss/logits and every leaf), "where", "ok"}.
+    """
+    x, y = case.x, case.y
+    if kind == "forward":
+        params = case.params if torch_params is None else torch_params
+        a = mp.forward(case.params, x, case.cfg)
+        with torch.no_grad():
+            b = tm.forward(tm.to_torch(params, lambda p, l: False), torch.from_numpy(x), case.cfg, sdpa=sdpa).numpy()
+        errs = {"logits": _rel(a, b)}
+    else:
+        params, methods, pred = case.setup(kind)
+        theta, phi = mp.split(params, pred)
+        loss, g = mp.value_and_grad(lambda th: mp.loss(th, phi, x, y, case.cfg, methods), theta)
+        src = params if torch_params is None else torch_params
+        P = tm.to_torch(src, pred)
+        tl = F.cross_entropy(tm.forward(P, torch.from_numpy(x), case.cfg, sdpa=sdpa, **case.torch_args(kind)),
+                             torch.from_numpy(y))
+        tl.backward()
+        errs = {"loss": _rel(onp.asarray(loss), tl.detach().numpy())}
+        # a leaf whose true gradient is ~0 (b_k: softmax ignores a shift of a whole score
+        # row) is compared against 10⁻³ of the largest leaf gradient, not its own noise
+        floor = 1e-3 * max(float(onp.linalg.norm(P[path].grad.numpy())) for path, _ in tree.leaves_with_paths(g))
+        for path, leaf in tree.leaves_with_paths(g):
+            if leaf.dtype != onp.dtype(case.dtype):
+                errs[tree.path_str(path) + " (dtype)"] = float("inf")
+            errs[tree.path_str(path)] = _rel(leaf, P[path].grad.numpy(), floor)
+    where = max(errs, key=errs.get)
+    return {"kind": kind, "err": errs[where], "where": where, "ok": errs[where] <= TOL[case.dtype]}
+
+
+# ------------------------------------------------------------------------ one size
+def run_case(d, T, dtype, args, have_torch, log):
+    """Check, then time every measurement of one size and dtype, interleaved."""
+    case = Case(d, T, dtype, batch=args.batch)
+    kinds = [k for k in ("lora", "prompt") if k in case.methods] + ["full"]
+    out = {"d": d, "T": T, "dtype": dtype, "kinds": kinds, "checks": []}
+    if have_torch:
+        for k in ["forward"] + kinds:
+            c = check(case, k)
+            out["checks"].append(c)
+            if not c["ok"]:
+                log(f"  CHECK FAILED d={d} T={T} {dtype} {k}: {c['where']} rel err {c['err']:.2e} > {TOL[dtype]:.0e}")
+    # forwards (cheap: more rounds, so merged vs backbone is resolved to ~1 %) and steps
+    # are two interleaved sets; within each, every call runs back to back with its twin
+    fwd = {"mp forward": mp_forward(case)}
+    if "lora" in case.methods:
+        m, p = case.methods["lora"]
+        fwd["mp forward merged-LoRA"] = mp_forward(case, m.merge(p))
+        fwd["mp forward LoRA hooks"] = mp_forward(case, p, [m])
+    steps = {f"mp {k}": mp_step(case, k) for k in kinds}
+    if have_torch:
+        fwd["torch forward"] = torch_forward(case)
+        for k in kinds:
+            steps[f"torch {k}"] = torch_step(case, k)
+        if (d, T, dtype) in SDPA_SIZES:
+            steps["torch full (SDPA)"] = torch_step(case, "full", sdpa=True)
+            c = check(case, "full", sdpa=True)
+            out["checks"].append({**c, "kind": "full (SDPA)"})
+    if args.grad_compare and dtype == "float32":
+        steps["mp full (autograd.grad)"] = mp_step(case, "full", grad="autograd.grad")
+    res = {}
+    for label, fns, share, lo in (("forwards", fwd, 0.3, 13), ("steps", steps, 0.7, 5)):
+        est = 0.0  # one untimed call of each: the round estimate (it also warms caches)
+        for f in fns.values():
+            t0 = time.process_time()
+            f()
+            est += time.process_time() - t0
+        rounds = args.rounds or measure.rounds_for(est, share * args.budget, lo=lo)
+        log(f"  d={d} T={T} {dtype} {label}: {len(fns)} timings × {rounds} rounds (≈ {est:.1f} s CPU a round)")
+        res.update(measure.interleave(fns, rounds, warmup=0))
+    out["times"] = {k: {"cpu": v["cpu"], "wall": v["wall"]} for k, v in res.items()}
+    r = {}
+    for k in ["forward"] + kinds:
+        if have_torch:
+            r[f"{k} mp/torch"] = measure.ratio(res, f"mp {k}", f"torch {k}")
+    for k in kinds:
+        if k != "full":
+            r[f"{k}/full (mp)"] = measure.ratio(res, f"mp {k}", "mp full")
+    if "lora" in case.methods:
+        r["merged/backbone inference"] = measure.ratio(res, "mp forward merged-LoRA", "mp forward")
+        r["LoRA hooks/backbone inference"] = measure.ratio(res, "mp forward LoRA hooks", "mp forward")
+    if "torch full (SDPA)" in res:
+        r["full mp/torch(SDPA)"] = measure.ratio(res, "mp full", "torch full (SDPA)")
+    if "mp full (autograd.grad)" in res:
+        r["autograd.grad/value_and_grad"] = measure.ratio(res, "mp full (autograd.grad)", "mp full")
+    out["ratios"] = r
+    for kind in ("forward", "full", "lora"):
+        out[f"gflop {kind}"] = measure.gemm_flops(case.cfg, args.batch, T, kind) / 1e9
+    if args.memory and dtype == "float32":
+        out["peak MB"] = {k: measure.peak_bytes(mp_step(case, k)) / 2 ** 20 for k in kinds}
+    return out
+
+
+# --------------------------------------------------------------------------- report
+def machine():
+    """Date, CPU, cores, memory, load, versions, BLAS libraries."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or cpu
+    mem = ""
+    try:
+        kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2 ** 20:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    blas = []
+    try:
+        from threadpoolctl import threadpool_info
+        blas = [f"{i.get('internal_api')} {i.get('version') or ''} ({Path(i['filepath']).name})".strip()
+                for i in threadpool_info() if i.get("user_api") == "blas"]
+    except ImportError:
+        pass
+    info = {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{cpu}, {os.cpu_count()} logical cores{mem}, {platform.system()} {platform.release()}",
+        "python": platform.python_version(), "numpy": onp.__version__, "autograd": _version("autograd"),
+        "numpy BLAS": ", ".join(blas) or "unknown", "torch": torch.__version__ if torch is not None else "not installed",
+        "load": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    if torch is not None:
+        cfg = torch.__config__.show()
+        info["torch BLAS"] = "MKL" if "BLAS_INFO=mkl" in cfg else ("OpenBLAS" if "open" in cfg.lower() else "see torch.__config__")
+    return info
+
+
+def _version(pkg):
+    try:
+        from importlib.metadata import version
+        return version(pkg)
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def _ms(res, name, clock="cpu"):
+    return res["times"][name][clock]["median"] * 1e3 if name in res["times"] else float("nan")
+
+
+def _cell(res, kind, have_torch):
+    a = _ms(res, f"mp {kind}")
+    if not have_torch:
+        return f"{a:.1f}"
+    b = _ms(res, f"torch {kind}")
+    r = res["ratios"][f"{kind} mp/torch"]
+    return f"{a:.1f} / {b:.1f} (**{r['cpu']:.2f}**, {r['iqr'][0]:.2f}–{r['iqr'][1]:.2f})"
+
+
+def report(results, info, peaks, args, have_torch, wall_s):
+    """The markdown: header, main table, inside-minipeft table, GEMM, memory, O(P²), targets."""
+    L = []
+    cmd = "python benchmarks/bench.py" + (" " + " ".join(args.argv) if args.argv else "")
+    L.append(f"Measured {info['date']} with `{cmd}` ({wall_s / 60:.1f} min).  ")
+    L.append(f"Machine: {info['machine']}; load average at start {_load(info['load'])}, "
+             f"at end {_load(os.getloadavg() if hasattr(os, 'getloadavg') else None)}.  ")
+    L.append(f"Python {info['python']}, NumPy {info['numpy']} ({info['numpy BLAS']}), autograd {info['autograd']}, "
+             f"PyTorch {info['torch']}" + (f" ({info['torch BLAS']})" if have_torch else "") + ".  ")
+    L.append("One BLAS/OpenMP thread everywhere (OPENBLAS_NUM_THREADS=OMP_NUM_THREADS=MKL_NUM_THREADS=1, "
+             f"torch.set_num_threads(1)); allocator: glibc {args.malloc}"
+             + (" (mmap threshold 32 MiB, trim threshold 256 MiB, for both frameworks)" if args.malloc == "tuned"
+                else " settings") + ". Times are medians of the process's CPU time over interleaved rounds "
+             "(A B, B A, …); a ratio is the median of the per-round ratios, its interquartile range after it. "
+             f"Batch {args.batch}, N = {N_LAYERS} layers, h = {HEADS}, d_ff = 2d, patch 4 "
+             "(T = 17: 16×16 images, T = 65: 32×32); LoRA r = 4 on W_q, W_v (+ head); prompt tuning p = 8 (+ head); "
+             "a step = loss + gradients + one Adam update.")
+    L.append("")
+    if have_torch:
+        checks = [c for r in results for c in r["checks"]]
+        bad = [c for c in checks if not c["ok"]]
+        worst = "; ".join(
+            f"{dt} {max(c['err'] for r in results if r['dtype'] == dt for c in r['checks']):.1e} "
+            f"(allowed {TOL[dt]:.0e})" for dt in args.dtype)
+        L.append(f"**Agreement with PyTorch:** {len(checks) - len(bad)}/{len(checks)} checks passed (logits, loss "
+                 f"and every gradient leaf; worst relative error ‖Δ‖/‖g‖, a leaf's ‖g‖ floored at 10⁻³ of the "
+                 f"largest: {worst}).")
+        for c in bad:
+            L.append(f"- FAILED: {c['kind']} {c['where']} {c['err']:.2e}")
+        L.append("")
+        L.append("| d | T | dtype | forward ms: minipeft / torch (ratio, IQR) | LoRA step | prompt step | full step |")
+        L.append("|---|---|---|---|---|---|---|")
+    else:
+        L.append(f"**PyTorch is not installed** (`{INSTALL}`): minipeft times only.")
+        L.append("")
+        L.append("| d | T | dtype | forward ms | LoRA step ms | prompt step ms | full step ms |")
+        L.append("|---|---|---|---|---|---|---|")
+    for r in results:
+        cells = [_cell(r, k, have_torch) if (k == "forward" or k in r["kinds"]) else "–" for k in KINDS]
+        L.append(f"| {r['d']} | {r['T']} | {r['dtype']} | " + " | ".join(cells) + " |")
+    sd = [r for r in results if "full mp/torch(SDPA)" in r["ratios"]]
+    if sd:
+        L.append("")
+        L.append("PyTorch with its fused attention kernel (`F.scaled_dot_product_attention`) instead of the explicit "
+                 "softmax(QKᵀ/√d_h)V: full step " + "; ".join(
+                     f"d={r['d']}, T={r['T']}: torch {_ms(r, 'torch full (SDPA)'):.1f} ms, minipeft/torch "
+                     f"{r['ratios']['full mp/torch(SDPA)']['cpu']:.2f}" for r in sd) + ".")
+    L.append("")
+    L.append("Inside minipeft (medians of per-round ratios):")
+    L.append("")
+    L.append("| d | T | dtype | LoRA step / full step | its GEMM-FLOP ratio (the floor) | prompt step / full step "
+             "| merged-LoRA / backbone inference | unmerged LoRA (hooks) / backbone inference |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        g = lambda k: f"{r['ratios'][k]['cpu']:.2f}" if k in r["ratios"] else "–"  # noqa: E731
+        L.append(f"| {r['d']} | {r['T']} | {r['dtype']} | {g('lora/full (mp)')} | {r['gflop lora'] / r['gflop full']:.2f} "
+                 f"| {g('prompt/full (mp)')} | {g('merged/backbone inference')} | {g('LoRA hooks/backbone inference')} |")
+    L.append("")
+    L.append("The GEMM-FLOP ratio is `measure.gemm_flops(..., 'lora') / gemm_flops(..., 'full')`: what LoRA/full would "
+             "be if only the matrix products cost time. LoRA skips every frozen dW, but still needs every dX above "
+             "layer 1 to reach A and B, so about 2/3 of the full step's products remain.")
+    L.append("")
+    L.append("GEMM throughput: the FLOPs of the matrix products a step must do (`measure.gemm_flops`: "
+             "2·m·k·n per product; a full step is 3× the forward's products, the patch embedding 2×) divided by "
+             f"the step's median CPU time, against the BLAS peak measured here (one {args.peak_n}³ GEMM, best of 5, 1 thread): "
+             + ", ".join(f"NumPy {dt} {p['numpy']:.0f} GFLOP/s" + (f", PyTorch {dt} {p['torch']:.0f} GFLOP/s"
+                                                                  if p.get("torch") else "")
+                         for dt, p in peaks.items()) + ".")
+    L.append("")
+    L.append("| d | T | dtype | GFLOP / full step | minipeft full step GFLOP/s (% of NumPy peak) | "
+             "forward GFLOP/s (%) | PyTorch full step GFLOP/s (% of its peak) |")
+    L.append("|---|---|---|---|---|---|---|")
+    for r in results:
+        pk = peaks[r["dtype"]]
+        gf, gfw = r["gflop full"], r["gflop forward"]
+        a = gf / (_ms(r, "mp full") / 1e3)
+        f = gfw / (_ms(r, "mp forward") / 1e3)
+        t = (f"{gf / (_ms(r, 'torch full') / 1e3):.0f} ({100 * gf / (_ms(r, 'torch full') / 1e3) / pk['torch']:.0f} %)"
+             if have_torch and pk.get("torch") else "–")
+        L.append(f"| {r['d']} | {r['T']} | {r['dtype']} | {gf:.2f} | {a:.0f} ({100 * a / pk['numpy']:.0f} %) | "
+                 f"{f:.0f} ({100 * f / pk['numpy']:.0f} %) | {t} |")
+    mem = [r for r in results if "peak MB" in r]
+    if mem:
+        L.append("")
+        L.append("Peak memory of one step (tracemalloc: the high-water mark of NumPy buffers allocated during the "
+                 "step — activations kept for the backward pass, gradients, Adam's new moments; exact and "
+                 "deterministic, unlike the process RSS; float32):")
+        L.append("")
+        L.append("| d | T | LoRA step MB | prompt step MB | full step MB | LoRA / full | prompt / full |")
+        L.append("|---|---|---|---|---|---|---|")
+        for r in mem:
+            m = r["peak MB"]
+            g = lambda k: f"{m[k]:.1f}" if k in m else "–"  # noqa: E731
+            q = lambda k: f"{m[k] / m['full']:.2f}" if k in m else "–"  # noqa: E731
+            L.append(f"| {r['d']} | {r['T']} | {g('lora')} | {g('prompt')} | {g('full')} | {q('lora')} | {q('prompt')} |")
+    ag = [r for r in results if "autograd.grad/value_and_grad" in r["ratios"]]
+    if ag:
+        L.append("")
+        L.append("Full fine-tuning gradients over the 72-tensor parameter dict: `autograd.grad` (boxes the dict: "
+                 "O(P²) bookkeeping) vs `minipeft.value_and_grad` (one root per leaf: O(P)); whole step, float32:")
+        L.append("")
+        L.append("| d | T | autograd.grad step ms | value_and_grad step ms | difference ms | ratio |")
+        L.append("|---|---|---|---|---|---|")
+        for r in ag:
+            a, b = _ms(r, "mp full (autograd.grad)"), _ms(r, "mp full")
+            L.append(f"| {r['d']} | {r['T']} | {a:.1f} | {b:.1f} | {a - b:+.1f} | "
+                     f"{r['ratios']['autograd.grad/value_and_grad']['cpu']:.2f} |")
+    L.append("")
+    L.extend(targets(results, peaks, have_torch))
+    return "\n".join(L) + "\n"
+
+
+def _load(la):
+    return "n/a" if la is None else "/".join(f"{v:.1f}" for v in la)
+
+
+def targets(results, peaks, have_torch):
+    """The issue's targets, each marked met / not met / not measured."""
+    def find(d, T, dt):
+        return next((r for r in results if (r["d"], r["T"], r["dtype"]) == (d, T, dt)), None)
+
+    def mark(ok):
+        return "met" if ok else "**not met**"
+
+    L = ["Targets:", ""]
+    for (d, T, lim) in ((128, 65, 1.0), (64, 17, 1.3)):
+        r = find(d, T, "float32")
+        if r is None or not have_torch:
+            L.append(f"- minipeft/PyTorch train step ≤ {lim} at d={d}, T={T}, float32: not measured")
+            continue
+        for k in ("lora", "full"):
+            if f"{k} mp/torch" in r["ratios"]:
+                v = r["ratios"][f"{k} mp/torch"]["cpu"]
+                L.append(f"- minipeft/PyTorch {k} step ≤ {lim} at d={d}, T={T}, float32: {v:.2f} — {mark(v <= lim)}")
+    lf = [(r, r["ratios"]["lora/full (mp)"]["cpu"]) for r in results if "lora/full (mp)" in r["ratios"]]
+    if lf:
+        ok = sum(v <= 0.6 for _, v in lf)
+        floor = [r["gflop lora"] / r["gflop full"] for r, _ in lf]
+        L.append(f"- LoRA step / full step ≤ 0.6 in minipeft: {ok}/{len(lf)} sizes "
+                 f"(range {min(v for _, v in lf):.2f}–{max(v for _, v in lf):.2f}; the GEMM-FLOP floor of this "
+                 f"LoRA is {min(floor):.2f}–{max(floor):.2f}) — {mark(ok == len(lf))}")
+    mg = [(r, r["ratios"]["merged/backbone inference"]["cpu"]) for r in results if "merged/backbone inference" in r["ratios"]]
+    if mg:
+        ok = sum(v <= 1.02 for _, v in mg)
+        med = float(onp.median([v for _, v in mg]))
+        L.append(f"- merged-LoRA / backbone inference ≤ 1.02: {ok}/{len(mg)} sizes "
+                 f"(range {min(v for _, v in mg):.2f}–{max(v for _, v in mg):.2f}, median over sizes {med:.2f}) — "
+                 f"{mark(ok == len(mg))}")
+    big = [r for r in results if r["d"] == 256]
+    for r in big:
+        pk = peaks[r["dtype"]]["numpy"]
+        u = r["gflop full"] / (_ms(r, "mp full") / 1e3) / pk
+        L.append(f"- ≥ 60 % of the BLAS peak in a d=256 step (T={r['T']}, {r['dtype']}, full): {100 * u:.0f} % — "
+                 f"{mark(u >= 0.6)}")
+    return L
+
+
+# -------------------------------------------------------------------------- profile
+def profile(d, T, dtype, kinds=("full", "lora"), steps=5, top=18):
+    """cProfile (CPU-time clock) of minipeft steps, and torch.profiler of PyTorch's: where the time goes."""
+    case = Case(d, T, dtype)
+    for k in kinds:
+        if k != "full" and k not in case.methods:
+            continue
+        step = mp_step(case, k)
+        step()
+        pr = cProfile.Profile(time.process_time)
+        pr.enable()
+        for _ in range(steps):
+            step()
+        pr.disable()
+        print(f"\n### minipeft {k} step, d={d} T={T} {dtype}: {steps} steps, sorted by own time")
+        st = pstats.Stats(pr, stream=sys.stdout)
+        st.strip_dirs().sort_stats("tottime").print_stats(top)
+        if torch is not None:
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as torch_profile
+            tstep = torch_step(case, k)
+            tstep()
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(steps):
+                    tstep()
+            print(f"\n### PyTorch {k} step, d={d} T={T} {dtype}: {steps} steps, sorted by own CPU time")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
+
+
+# ----------------------------------------------------------------------------- main
+def parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="d=64, T=17, float32 only, 5 rounds (the smoke test's subset)")
+    ap.add_argument("--d", type=int, nargs="+", default=[64, 128, 256], help="model widths d (multiples of h=4)")
+    ap.add_argument("--T", type=int, nargs="+", default=[17, 65], help="tokens 1 + g² (17: 16×16 images, 65: 32×32)")
+    ap.add_argument("--dtype", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
+    ap.add_argument("--batch", type=int, default=BATCH, help="batch size (default 64)")
+    ap.add_argument("--rounds", type=int, default=0, help="interleaved rounds per size (default: fit --budget, 5..31)")
+    ap.add_argument("--budget", type=float, default=12.0, help="CPU seconds of timed rounds per size and dtype")
+    ap.add_argument("--malloc", choices=["default", "tuned"], default="default",
+                    help="tuned: raise glibc's mmap/trim thresholds for the whole process (both frameworks), "
+                         "so freed activations are not page-faulted in again every step (measure.tune_malloc)")
+    ap.add_argument("--peak-n", type=int, default=2048, help="size n of the n×n GEMM that measures the BLAS peak")
+    ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the tracemalloc peak-memory runs")
+    ap.add_argument("--no-grad-compare", dest="grad_compare", action="store_false",
+                    help="skip timing autograd.grad over the dict")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="write the markdown here (and the raw numbers beside it as .json); "
+                         "default benchmarks/results.md for a full run, nothing for --quick")
+    ap.add_argument("--profile", type=int, nargs=2, metavar=("D", "T"),
+                    help="print a cProfile of minipeft's full and LoRA steps at this size and exit")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.d, args.T, args.dtype, args.rounds = [64], [17], ["float32"], args.rounds or 5
+        args.peak_n = min(args.peak_n, 1024)
+    for T in args.T:
+        try:
+            config(args.d[0], T)
+        except ValueError as e:
+            ap.error(f"--T: {e}")
+    for d in args.d:
+        if d < HEADS or d % HEADS:
+            ap.error(f"--d: d must be a positive multiple of h = {HEADS}, got {d}")
+    if args.batch < 1:
+        ap.error(f"--batch must be a positive int, got {args.batch}")
+    if args.peak_n < 16:
+        ap.error(f"--peak-n must be at least 16, got {args.peak_n}")
+    args.argv = list(argv if argv is not None else sys.argv[1:])
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
+    pin_threads()
+    if args.malloc == "tuned" and not measure.tune_malloc():
+        print("--malloc tuned: this C library has no glibc mallopt; running with the default allocator",
+              file=sys.stderr)
+        args.malloc = "default (tuning unavailable)"
+    if args.profile:
+        profile(*args.profile, args.dtype[0])
+        return 0
+    have_torch = torch is not None
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if not have_torch:
+        log(f"PyTorch is not installed, so only the minipeft half runs. Install it with:\n    {INSTALL}")
+    info = machine()
+    t_start = time.perf_counter()
+    peaks = {}
+    for dt in args.dtype:
+        peaks[dt] = {"numpy": measure.blas_peak(dt, n=args.peak_n)}
+        if have_torch:
+            peaks[dt]["torch"] = measure.blas_peak(dt, n=args.peak_n, matmul=torch.matmul)
+        log(f"BLAS peak {dt}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks[dt].items()))
+    results = []
+    for dt in args.dtype:
+        for d in args.d:
+            for T in args.T:
+                results.append(run_case(d, T, dt, args, have_torch, log))
+    text = report(results, info, peaks, args, have_torch, time.perf_counter() - t_start)
+    print(text)
+    out = args.out if args.out is not None else (None if args.quick else HERE / "results.md")
+    if out is not None:
+        out.write_text(text)
+        out.with_suffix(".json").write_text(json.dumps({"info": info, "peaks": peaks, "results": results},
+                                                       indent=1, default=str))
+        log(f"wrote {out} and {out.with_suffix('.json')}")
+    failed = [c for r in results for c in r["checks"] if not c["ok"]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
