@@ -133,9 +133,31 @@ def test_attention_gradients_finite_differences():
     finite_diff_check(lambda P: scalar(lambda *z: nn.attention(*z, 2, prefix=(P, 2 * P)))(Q, K, V), P)
 
 
-def test_linear_without_bias_and_frozen_weight_gradient_not_needed():
-    y = nn.linear(X, W)
-    onp.testing.assert_allclose(y, X @ W.T)
-    # only x is differentiated: the VJP for W is never built
+def test_linear_without_bias():
+    onp.testing.assert_allclose(nn.linear(X, W), X @ W.T, rtol=1e-14)
     g = grad(lambda x: anp.sum(nn.linear(x, W, b)))(X)
-    onp.testing.assert_allclose(g, onp.broadcast_to(W.sum(0), X.shape))
+    onp.testing.assert_allclose(g, onp.broadcast_to(W.sum(0), X.shape), rtol=1e-14)
+
+
+def test_frozen_weight_gradient_is_never_computed():
+    """The PEFT saving: when only x is differentiated, linear's dW VJP is never even built."""
+    from autograd.core import primitive_vjps
+    from autograd.extend import defvjp
+
+    from minipeft.nn import primitives as P
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return P._linear_vjp_W(*args, **kwargs)
+
+    saved = primitive_vjps[P.linear]
+    try:
+        defvjp(P.linear, P._linear_vjp_x, spy, P._linear_vjp_b)
+        grad(lambda x: anp.sum(nn.linear(x, W, b)))(X)
+        assert calls == []  # W frozen: no dW
+        grad(lambda w: anp.sum(nn.linear(X, w, b)))(W)
+        assert calls == [1]  # W differentiated: the spy sees it
+    finally:
+        primitive_vjps[P.linear] = saved
