@@ -28,6 +28,7 @@ from . import data, pretrained
 from .methods import REGISTRY, attach, count_trainable, method_class
 from .train import evaluate, fit
 from .transformer import new_head
+from .validate import int_at_least
 
 #: the baselines' learning rates (a PEFT method uses its ``suggested_lr``)
 BASELINE_LR = {"linear-probe": 1e-2, "full": 1e-3}
@@ -83,12 +84,10 @@ def run_tour(task: str = "digits", epochs: int | None = None, *, quick: bool = F
         raise ValueError(f"methods must be a non-empty list of names among {list(REGISTRY)}, got {methods!r}")
     if epochs is None:
         epochs = 1 if quick else DEFAULT_EPOCHS
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+    int_at_least("epochs", epochs, 1)
     if quick and n_train is None:
         n_train = QUICK_TRAIN
-    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 1):
-        raise ValueError(f"n_train must be a positive int or None, got {n_train!r}")
+    int_at_least("n_train", n_train, 1, optional=True)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
 
     cfg = pretrained.DEFAULT_CONFIG  # read at call time (tests swap in a tiny backbone)

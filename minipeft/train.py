@@ -16,6 +16,7 @@ from .methods.base import trainable as method_trainable
 from .nn import cross_entropy
 from .progress import bar
 from .transformer import check_batch, check_labels, forward
+from .validate import finite_number, int_at_least
 
 
 def loss(theta, phi, x, y, cfg, methods=()):
@@ -94,16 +95,11 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
     X = check_batch(X, cfg, dtype)
     y = check_labels(y, params["head"]["W"].shape[0], X.shape[0])
     X, y = like(X, params["embed"]["pos"]), like(y, params["embed"]["pos"])  # data on the model's device, once
-    for f, v in (("batch_size", batch_size), ("epochs", epochs)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{f} must be a positive int, got {v!r}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 0):
-        raise ValueError(f"steps must be None (use epochs) or a non-negative int, got {steps!r}")
-    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if isinstance(weight_decay, bool) or not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)
-                                              and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    int_at_least("batch_size", batch_size, 1)
+    int_at_least("epochs", epochs, 1)
+    int_at_least("steps", steps, 0, optional=True, allowed="None (use epochs) or a non-negative int")
+    finite_number("lr", lr, positive=True)
+    finite_number("weight_decay", weight_decay, non_negative=True)
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     pred = trainable if trainable is not None else method_trainable(methods, train_head)
@@ -136,8 +132,7 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
 def predict(params, X, cfg, methods=(), batch_size=256):
     """Logits for all of X, computed in batches.  (n, …) -> (n, n_classes)."""
     check_on_backend(params, "params")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    int_at_least("batch_size", batch_size, 1)
     ref = params["embed"]["pos"]
     X = like(check_batch(X, cfg, ref.dtype), ref)  # on the model's device
     outs = [forward(params, X[i:i + batch_size], cfg, methods) for i in range(0, X.shape[0], batch_size)]

@@ -25,6 +25,7 @@ import autograd.numpy as np
 import numpy as onp
 
 from ..nn import linear
+from ..validate import finite_number, int_at_least, layer_indices
 from .base import Method
 
 INPUTS = ("normed", "residual")
@@ -76,16 +77,12 @@ def per_adapter(d, d_hat) -> int:
 
 # ------------------------------------------------------------------------- checks
 def _check_d_hat(d_hat):
-    if isinstance(d_hat, bool) or not isinstance(d_hat, int) or d_hat <= 0:
-        raise ValueError(f"d_hat (the bottleneck width d̂) must be a positive int, got {d_hat!r}")
+    int_at_least("d_hat (the bottleneck width d̂)", d_hat, 1)
 
 
 def _check_sigma(field_name, sigma, optional=False):
-    if optional and sigma is None:
-        return
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
-        allowed = "a finite number ≥ 0" + (" or None" if optional else "")
-        raise ValueError(f"{field_name} (an init standard deviation) must be {allowed}, got {sigma!r}")
+    finite_number(f"{field_name} (an init standard deviation)", sigma, non_negative=True, optional=optional,
+                  allowed="a finite number ≥ 0" + (" or None" if optional else ""))
 
 
 def _check_bool(field_name, v):
@@ -95,16 +92,11 @@ def _check_bool(field_name, v):
 
 def _normalize_layers(obj):
     """Validate ``obj.layers`` (None or distinct ints ≥ 0) and store it as a sorted tuple."""
-    layers = obj.layers
-    if layers is None:
-        return
-    if isinstance(layers, (str, bytes)) or not isinstance(layers, (tuple, list)):
-        raise ValueError(f"layers must be None (every block) or a sequence of block indices, got {layers!r}")
-    bad = [v for v in layers if isinstance(v, bool) or not isinstance(v, int) or v < 0]
-    if bad or not layers or len(set(layers)) != len(layers):
-        raise ValueError(f"layers must be None (every block) or distinct block indices ≥ 0 (layer counts "
-                         f"from 0), got {layers!r}")
-    object.__setattr__(obj, "layers", tuple(sorted(layers)))
+    layers = layer_indices("layers", obj.layers,
+                           allowed_sequence="None (every block) or a non-empty sequence of block indices",
+                           allowed_items="None (every block) or distinct block indices ≥ 0 (layer counts from 0)")
+    if layers is not None:
+        object.__setattr__(obj, "layers", tuple(sorted(layers)))
 
 
 def _adapted_layers(layers, cfg) -> tuple:
@@ -183,8 +175,7 @@ class AdaptFormer(Method):
 
     def __post_init__(self):
         _check_d_hat(self.d_hat)
-        if isinstance(self.s, bool) or not isinstance(self.s, (int, float)) or not math.isfinite(self.s):
-            raise ValueError(f"s (the adapter scale) must be a finite number, got {self.s!r}")
+        finite_number("s (the adapter scale)", self.s)
         _check_bool("learnable_s", self.learnable_s)
         if self.input not in INPUTS:
             raise ValueError(f"input must be one of {INPUTS} (normed = LN₂(X'), residual = X'), got {self.input!r}")

@@ -18,6 +18,7 @@ import numpy as onp
 from ..merge import LINEARS, check_choice, check_unmerge, linear_shape, take_theta, without
 from ..nn import linear
 from .. import tree
+from ..validate import finite_number, int_at_least, layer_indices
 from .base import Method
 
 
@@ -45,21 +46,11 @@ class LoRA(Method):
     suggested_lr = 1e-2
 
     def __post_init__(self):
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"r must be a positive int (1 ≤ r ≤ min(d, k)), got {self.r!r}")
-        if self.alpha is not None and (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float))
-                                       or not onp.isfinite(self.alpha) or self.alpha <= 0):
-            raise ValueError(f"alpha must be a positive number or None (α = r), got {self.alpha!r}")
+        int_at_least("r", self.r, 1, allowed="a positive int (1 ≤ r ≤ min(d, k))")
+        finite_number("alpha", self.alpha, positive=True, optional=True, allowed="a positive number or None (α = r)")
         object.__setattr__(self, "targets", check_choice("targets", self.targets, tuple(LINEARS)))
-        if self.layers is not None:
-            if not isinstance(self.layers, (tuple, list)) or not self.layers:
-                raise ValueError(f"layers must be None (all) or a non-empty tuple of layer indices, "
-                                 f"got {self.layers!r}")
-            layers = tuple(self.layers)
-            bad = any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in layers)
-            if bad or len(set(layers)) != len(layers):
-                raise ValueError(f"layers must be distinct non-negative ints, got {self.layers!r}")
-            object.__setattr__(self, "layers", layers)
+        object.__setattr__(self, "layers", layer_indices(
+            "layers", self.layers, allowed_sequence="None (all) or a non-empty tuple of layer indices"))
 
     @property
     def scaling(self) -> float:

@@ -36,13 +36,8 @@ import numpy as onp
 from ..nn import linear, merge_heads, prepend, softmax, split_heads
 from ..transformer import cast
 from .base import Method
+from ..validate import int_at_least
 from .prompt import P_MAX, check_length, check_name, check_positive, check_shape
-
-
-def _positive_int(x, field_name):
-    if isinstance(x, bool) or not isinstance(x, (int, onp.integer)) or x < 1:
-        raise ValueError(f"{field_name} must be a positive int (>= 1), got {x!r}")
-    return int(x)
 
 
 @dataclass(frozen=True)
@@ -81,8 +76,8 @@ class PrefixTuning(Method):
         if not isinstance(self.reparam, (bool, onp.bool_)):
             raise TypeError(f"reparam must be a bool, got {self.reparam!r}")
         object.__setattr__(self, "reparam", bool(self.reparam))
-        object.__setattr__(self, "d_prime", _positive_int(self.d_prime, "d_prime"))
-        object.__setattr__(self, "hidden", _positive_int(self.hidden, "hidden"))
+        object.__setattr__(self, "d_prime", int_at_least("d_prime", self.d_prime, 1, numpy_ints=True))
+        object.__setattr__(self, "hidden", int_at_least("hidden", self.hidden, 1, numpy_ints=True))
         check_name(self.name)
 
     # -------------------------------------------------------------------- θ

@@ -21,7 +21,6 @@ to show the notes' "Why prompt tokens work": prompts change the real tokens' att
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import autograd.numpy as np
@@ -29,6 +28,7 @@ import numpy as onp
 
 from ..nn import prepend
 from ..transformer import cast
+from ..validate import finite_number, int_at_least, is_int
 from .base import Method
 
 #: the longest prompt or prefix allowed (p ≤ P_MAX): the sequence grows by p, and
@@ -40,18 +40,13 @@ INITS = ("uniform", "vocab", "text")
 # ------------------------------------------------------------------ shared checks
 def check_length(p, field_name: str = "p") -> int:
     """p must be an int with 1 ≤ p ≤ P_MAX (TypeError/ValueError naming ``field_name``)."""
-    if isinstance(p, bool) or not isinstance(p, (int, onp.integer)):
-        raise TypeError(f"{field_name} must be an int, got {type(p).__name__} {p!r}")
-    if not 1 <= p <= P_MAX:
-        raise ValueError(f"{field_name} must be an int in [1, {P_MAX}] (P_MAX), got {p}")
-    return int(p)
+    return int_at_least(field_name, p, 1, maximum=P_MAX, numpy_ints=True, type_error=True,
+                        allowed=f"an int in [1, {P_MAX}] (P_MAX)")
 
 
 def check_positive(x, field_name: str) -> float:
     """x must be a positive finite number (not a bool)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
-        raise ValueError(f"{field_name} must be a positive finite number, got {x!r}")
-    return x
+    return finite_number(field_name, x, positive=True)
 
 
 def check_name(name) -> None:
@@ -157,7 +152,7 @@ class PromptTuning(Method):
         toks = self.init_tokens
         if isinstance(toks, (str, bytes)) or not isinstance(toks, (tuple, list)):
             raise TypeError(f"init_tokens must be a tuple of token ids (ints), got {toks!r}")
-        if any(isinstance(t, bool) or not isinstance(t, (int, onp.integer)) or t < 0 for t in toks):
+        if any(not is_int(t, numpy_ints=True) or t < 0 for t in toks):
             raise ValueError(f"init_tokens must hold non-negative int token ids, got {tuple(toks)!r}")
         object.__setattr__(self, "init_tokens", tuple(int(t) for t in toks))
         if self.init_from == "text" and not toks:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as onp
 
 from .. import tree
+from ..validate import finite_number
 from ..merge import (LAYER_NORMS, LINEARS, check_choice, check_unmerge, fold_out, linear_width, ln_path, nonzero,
                      take_theta, unfold_out, without)
 from .base import Method
@@ -51,9 +52,7 @@ class SSF(Method):
         object.__setattr__(self, "placements", check_choice("placements", self.placements, PLACEMENTS))
         if self.init_mode not in INITS:
             raise ValueError(f"init_mode must be one of {INITS}, got {self.init_mode!r}")
-        if (isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float))
-                or not onp.isfinite(self.init_std) or self.init_std < 0):
-            raise ValueError(f"init_std must be a finite non-negative number, got {self.init_std!r}")
+        finite_number("init_std", self.init_std, non_negative=True, allowed="a finite non-negative number")
 
     def _width(self, cfg, p) -> int:
         return cfg.d if p in LAYER_NORMS else linear_width(cfg, p)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..validate import int_at_least
+
 FRONTS = ("vision", "text")
 
 
@@ -33,7 +35,7 @@ class Config:
 
     def __post_init__(self):
         for f in ("d", "h", "N", "d_ff", "n_classes"):
-            _positive_int(f, getattr(self, f))
+            int_at_least(f, getattr(self, f), 1, type_error=True)
         if self.front not in FRONTS:
             raise ValueError(f"front must be one of {FRONTS}, got {self.front!r}")
         if self.d % self.h:
@@ -42,13 +44,13 @@ class Config:
             raise ValueError(f"eps must be a positive number, got {self.eps!r}")
         if self.front == "vision":
             for f in ("image_size", "patch", "channels"):
-                _positive_int(f, getattr(self, f))
+                int_at_least(f, getattr(self, f), 1, type_error=True)
             if self.image_size % self.patch:
                 raise ValueError(
                     f"image_size must be a multiple of patch: image_size={self.image_size}, patch={self.patch}")
         else:
             for f in ("vocab", "max_len"):
-                _positive_int(f, getattr(self, f))
+                int_at_least(f, getattr(self, f), 1, type_error=True)
 
     @property
     def d_h(self) -> int:
@@ -95,10 +97,3 @@ class Config:
         if extra:
             raise ValueError(f"unknown Config fields {extra}; allowed: {sorted(known)}")
         return cls(**data)
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int (>= 1), got {value}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as onp
 
 from ..backend import module_of, resolve_dtype, xp
+from ..validate import int_at_least
 from .config import Config
 
 
@@ -71,8 +72,7 @@ def new_head(params: dict, n_classes: int, seed: int = 0, std: float = 0.01) -> 
 
     For a downstream task whose label set differs from pretraining. (C, d), (C,).
     """
-    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
-        raise ValueError(f"n_classes must be a positive int, got {n_classes!r}")
+    int_at_least("n_classes", n_classes, 1)
     W0 = params["head"]["W"]
     rng = onp.random.default_rng(seed)
     head = {"W": _normal(rng, (n_classes, W0.shape[1]), std), "b": onp.zeros(n_classes)}
