@@ -34,6 +34,8 @@ import numpy
 
 from . import cupy_patches
 from .cupy_patches import DEVICE_MODULES, is_device_array, module_of  # noqa: F401  (public here)
+from .tree import leaves_with_paths, path_str
+from .validate import one_of
 
 _ALLOWED_DTYPES = ("float32", "float64")
 BACKENDS = ("numpy", "cupy")
@@ -92,8 +94,7 @@ def use_backend(backend):
     no device, no kernel) and leaves the backend as it was.
     """
     if isinstance(backend, str):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        one_of("backend", backend, BACKENDS)
         if backend == "numpy":
             _state.update(xp=numpy, name="numpy")
             return numpy
@@ -209,8 +210,6 @@ def check_on_backend(tree, what: str = "params") -> None:
     Guards the training and inference entry points: a NumPy tree under the CuPy backend
     (or the reverse) would otherwise compute silently on the other device.
     """
-    from .tree import leaves_with_paths, path_str
-
     mod = xp()
     for p, leaf in leaves_with_paths(tree):
         if _is_array(leaf) and module_of(leaf) is not mod:
@@ -222,6 +221,5 @@ def check_on_backend(tree, what: str = "params") -> None:
 # ------------------------------------------------------------ the environment
 _env = os.environ.get(ENV, "").strip()
 if _env:
-    if _env not in BACKENDS:
-        raise ValueError(f"{ENV} must be one of {BACKENDS}, got {_env!r}")
+    one_of(ENV, _env, BACKENDS)
     use_backend(_env)
