@@ -24,6 +24,12 @@ driver, no device, no working kernel) and nothing changes. ``pip install
 A model's *device* is the module of its arrays (``module_of(params["embed"]["pos"])``);
 ``fit`` and ``predict`` refuse a tree whose leaves are not all on the current backend
 (ValueError naming the leaf), rather than silently computing on the host.
+
+This file is the one home of the dtype and device helpers: ``cast(tree, dtype, module)``
+and ``cast_like(tree, ref)`` (a tree in a model's dtype, on its device: how ``attach``
+places θ and ``load_adapter`` a file's leaves), ``like``, ``to_device``, ``to_host``,
+``module_of``. ``module_of`` reads the registry of device array types that
+``cupy_patches`` keeps (it imports nothing of minipeft, so the two files form no circle).
 """
 from __future__ import annotations
 
