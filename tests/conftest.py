@@ -10,23 +10,43 @@ settings.register_profile("minipeft", deadline=None, print_blob=True, max_exampl
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minipeft"))
 
 import minipeft as mp  # noqa: E402
+import reference  # noqa: E402
+
+#: The tests' tiny models (their numbers are in reference.py): a 2-layer ViT on 8×8 images
+#: with patch 4 (T = 1 + 4 tokens), and a 2-layer text model.
+TINY = mp.Config(**reference.TINY)
+TINY_TEXT = mp.Config(**reference.TINY_TEXT)
+#: assert_allclose tolerances of one forward against another, by dtype
+TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=2e-5, atol=2e-6)}
 
 
 @pytest.fixture
 def tiny_cfg():
     """A 2-layer ViT on 8×8 images, patch 4: T = 1 + 4 tokens."""
-    return mp.Config(d=16, h=2, N=2, d_ff=24, n_classes=3, image_size=8, patch=4)
+    return TINY
 
 
 @pytest.fixture
 def text_cfg():
-    return mp.Config(d=16, h=4, N=2, d_ff=32, n_classes=3, front="text", vocab=11, max_len=6)
+    return TINY_TEXT
 
 
 def images(cfg, B, seed=0, dtype="float64"):
     """A reproducible batch of random images for ``cfg``: (B, C, H, W) in [0, 1]."""
     rng = onp.random.default_rng(seed)
     return rng.random((B, cfg.channels, cfg.image_size, cfg.image_size)).astype(dtype)
+
+
+def toy_data(cfg, n=48, seed=0):
+    """Images whose class is which quarter of the image is brightest: learnable quickly."""
+    rng = onp.random.default_rng(seed)
+    y = rng.integers(0, cfg.n_classes, n)
+    x = 0.1 * rng.random((n, 1, cfg.image_size, cfg.image_size))
+    half = cfg.image_size // 2
+    for i, c in enumerate(y):
+        r, col = divmod(int(c), 2)
+        x[i, 0, r * half:(r + 1) * half, col * half:(col + 1) * half] += 1.0
+    return x, y
 
 
 def randomize(params, seed=0, scale=0.3):
@@ -65,3 +85,28 @@ def theta_vec_fn(params, methods, x, y, cfg, train_head=True):
     f = lambda v: float(mp.loss(unvec(v), ph, x, y, cfg, methods))  # noqa: E731
     _, g = mp.value_and_grad(lambda t: mp.loss(t, ph, x, y, cfg, methods), th)
     return vec, f, onp.concatenate([a.ravel() for _, a in mp.tree.leaves_with_paths(g)])
+
+
+def adapter_insertions(params, m, N):
+    """An AdaptFormer's or serial adapter's θ (params[m.name]) as ``reference.forward``'s
+    per-block insertions: a list of N dicts, {} for a block without an adapter."""
+    from minipeft.methods.adapter import SerialAdapter
+
+    adapted = list(range(N)) if m.layers is None else list(m.layers)
+    out = [{} for _ in range(N)]
+    for ell, th in zip(adapted, params[m.name]["layers"]):
+        if isinstance(m, SerialAdapter):
+            out[ell]["serial"] = {site: th[site] for site in ("attn", "mlp") if site in th}
+        else:
+            out[ell]["parallel"] = (th, th["s"][0] if m.learnable_s else m.s, m.input)
+    return out
+
+
+def prefix_insertions(P_k, P_v):
+    """A prefix table P_k, P_v (N, p, d) each as per-block insertions: block ℓ gets P_k[ℓ], P_v[ℓ]."""
+    return [{"P_k": k, "P_v": v} for k, v in zip(P_k, P_v)]
+
+
+def joined(*per_block):
+    """Several methods' per-block insertion lists as one: block ℓ gets the union of their dicts."""
+    return [{k: v for ins in at_block for k, v in ins.items()} for at_block in zip(*per_block)]
