@@ -1,3 +1,4 @@
+import math
 import os
 
 import numpy as onp
@@ -56,6 +57,14 @@ def randomize(params, seed=0, scale=0.3):
     return mp.tree.map_leaves(lambda p, a: (a + noise(a)).astype(a.dtype), params)
 
 
+def assert_bit_identical(p, q):
+    """Trees p and q hold the same paths in the same order, each leaf of the same dtype and bits."""
+    la, lb = mp.tree.leaves_with_paths(p), mp.tree.leaves_with_paths(q)
+    assert [k for k, _ in la] == [k for k, _ in lb]
+    for (k, a), (_, b) in zip(la, lb):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), mp.tree.path_str(k)
+
+
 def finite_diff_check(f, x, eps=1e-6, n=6, seed=0, rtol=1e-5, atol=1e-7):
     """Compare autograd's gradient of scalar f at x (float64) with central differences
     along ``n`` random directions: g·u ≈ (f(x+εu) − f(x−εu)) / 2ε."""
@@ -67,6 +76,16 @@ def finite_diff_check(f, x, eps=1e-6, n=6, seed=0, rtol=1e-5, atol=1e-7):
         u = rng.standard_normal(x.shape)
         fd = (f(x + eps * u) - f(x - eps * u)) / (2 * eps)
         assert onp.allclose(onp.sum(g * u), fd, rtol=rtol, atol=atol), (onp.sum(g * u), fd)
+
+
+def directional_check(f, vec, g, n, rel_tol, abs_tol, seed=0, eps=1e-6):
+    """A gradient g of scalar f at vec against central differences along n random
+    directions u (drawn from default_rng(seed)): g·u ≈ (f(vec+εu) − f(vec−εu)) / 2ε."""
+    rng = onp.random.default_rng(seed)
+    for _ in range(n):
+        u = rng.standard_normal(vec.shape)
+        fd = (f(vec + eps * u) - f(vec - eps * u)) / (2 * eps)
+        assert math.isclose(g @ u, fd, rel_tol=rel_tol, abs_tol=abs_tol), (g @ u, fd)
 
 
 def theta_vec_fn(params, methods, x, y, cfg, train_head=True):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import minipeft as mp
 import reference
-from conftest import TINY, TOL, adapter_insertions, images, randomize, toy_data
+from conftest import TINY, TOL, adapter_insertions, assert_bit_identical, images, randomize, toy_data
 from minipeft import tree
 from minipeft.adapters import load_adapter, save_adapter
 from minipeft.methods.adapter import AdaptFormer, SerialAdapter
@@ -276,10 +276,7 @@ def test_save_load_adapter_round_trip_is_bit_exact(tmp_path, method, dtype):
     save_adapter(f, p, [method], TINY)
     q, methods, meta = load_adapter(f, backbone, TINY)
     assert methods == [method] and meta["n_classes"] == 5
-    la, lb = tree.leaves_with_paths(p), tree.leaves_with_paths(q)
-    assert [k for k, _ in la] == [k for k, _ in lb]
-    for (k, a), (_, b) in zip(la, lb):
-        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), tree.path_str(k)
+    assert_bit_identical(p, q)
     x = images(TINY, 2, dtype=dtype)
     onp.testing.assert_array_equal(mp.forward(q, x, TINY, methods), mp.forward(p, x, TINY, [method]))
 

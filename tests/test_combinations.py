@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 import minipeft as mp
 import reference
-from conftest import TINY, TOL, adapter_insertions, images, joined, prefix_insertions, randomize, toy_data
+from conftest import (TINY, TOL, adapter_insertions, assert_bit_identical, images, joined, prefix_insertions, randomize,
+                      toy_data)
 from minipeft import tree
 from minipeft.adapters import load_adapter, save_adapter
 from minipeft.merge import merge_methods
@@ -195,10 +196,7 @@ def test_a_combination_round_trips_bit_exactly(tmp_path, methods, dtype):
     save_adapter(tmp_path / "c.npz", p, methods, TINY)
     q, loaded, _ = load_adapter(tmp_path / "c.npz", backbone, TINY)
     assert loaded == methods
-    la, lb = tree.leaves_with_paths(p), tree.leaves_with_paths(q)
-    assert [k for k, _ in la] == [k for k, _ in lb]
-    for (k, a), (_, b) in zip(la, lb):
-        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), tree.path_str(k)
+    assert_bit_identical(p, q)
     x = images(TINY, 2, dtype=dtype)
     onp.testing.assert_array_equal(mp.forward(q, x, TINY, loaded), mp.forward(p, x, TINY, methods))
 
