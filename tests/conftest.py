@@ -111,9 +111,9 @@ def adapter_insertions(params, m, N):
     per-block insertions: a list of N dicts, {} for a block without an adapter."""
     from minipeft.methods.adapter import SerialAdapter
 
-    adapted = list(range(N)) if m.layers is None else list(m.layers)
     out = [{} for _ in range(N)]
-    for ell, th in zip(adapted, params[m.name]["layers"]):
+    for ell in range(N) if m.layers is None else m.layers:
+        th = params[m.name]["blocks"][ell]
         if isinstance(m, SerialAdapter):
             out[ell]["serial"] = {site: th[site] for site in ("attn", "mlp") if site in th}
         else:
