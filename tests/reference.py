@@ -13,7 +13,9 @@ d_h = d/h, d_ff MLP width, p prompt/prefix length, d̂ adapter width.
     layer_norm, gelu       LN(x), GELU(x)
     adapter                ReLU(h W_downᵀ + b_down) W_upᵀ + b_up
     naive_attention        softmax(q·k/√d_h) v, one example, head and query at a time
+    rows, patches          the same rows for every example; images cut into patches I_j
     embed                  Z₀ = [x₀; E₀] + pos
+    after_cls              [x₀; P; …]: prompt rows right after CLS
     linear                 y = x (W₀ + ΔW)ᵀ + b, then l ⊙ y, then γ ⊙ y + β
     block                  X_ℓ from X_{ℓ-1}, with the block's insertions
     forward                logits = Head(LN_f(X_N)[CLS])
