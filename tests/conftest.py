@@ -1,3 +1,4 @@
+import math
 import os
 
 import numpy as onp
@@ -10,17 +11,25 @@ settings.register_profile("minipeft", deadline=None, print_blob=True, max_exampl
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minipeft"))
 
 import minipeft as mp  # noqa: E402
+import reference  # noqa: E402
+
+#: The tests' tiny models (their numbers are in reference.py): a 2-layer ViT on 8×8 images
+#: with patch 4 (T = 1 + 4 tokens), and a 2-layer text model.
+TINY = mp.Config(**reference.TINY)
+TINY_TEXT = mp.Config(**reference.TINY_TEXT)
+#: assert_allclose tolerances of one forward against another, by dtype
+TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=2e-5, atol=2e-6)}
 
 
 @pytest.fixture
 def tiny_cfg():
     """A 2-layer ViT on 8×8 images, patch 4: T = 1 + 4 tokens."""
-    return mp.Config(d=16, h=2, N=2, d_ff=24, n_classes=3, image_size=8, patch=4)
+    return TINY
 
 
 @pytest.fixture
 def text_cfg():
-    return mp.Config(d=16, h=4, N=2, d_ff=32, n_classes=3, front="text", vocab=11, max_len=6)
+    return TINY_TEXT
 
 
 def images(cfg, B, seed=0, dtype="float64"):
@@ -29,11 +38,31 @@ def images(cfg, B, seed=0, dtype="float64"):
     return rng.random((B, cfg.channels, cfg.image_size, cfg.image_size)).astype(dtype)
 
 
+def toy_data(cfg, n=48, seed=0):
+    """Images whose class is which quarter of the image is brightest: learnable quickly."""
+    rng = onp.random.default_rng(seed)
+    y = rng.integers(0, cfg.n_classes, n)
+    x = 0.1 * rng.random((n, 1, cfg.image_size, cfg.image_size))
+    half = cfg.image_size // 2
+    for i, c in enumerate(y):
+        r, col = divmod(int(c), 2)
+        x[i, 0, r * half:(r + 1) * half, col * half:(col + 1) * half] += 1.0
+    return x, y
+
+
 def randomize(params, seed=0, scale=0.3):
     """A copy of ``params`` with every leaf perturbed (so LN γ ≠ 1, biases ≠ 0, …)."""
     rng = onp.random.default_rng(seed)
     noise = lambda a: mp.backend.like(scale * rng.standard_normal(a.shape), a)  # noqa: E731  (on a's device)
     return mp.tree.map_leaves(lambda p, a: (a + noise(a)).astype(a.dtype), params)
+
+
+def assert_bit_identical(p, q):
+    """Trees p and q hold the same paths in the same order, each leaf of the same dtype and bits."""
+    la, lb = mp.tree.leaves_with_paths(p), mp.tree.leaves_with_paths(q)
+    assert [k for k, _ in la] == [k for k, _ in lb]
+    for (k, a), (_, b) in zip(la, lb):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), mp.tree.path_str(k)
 
 
 def finite_diff_check(f, x, eps=1e-6, n=6, seed=0, rtol=1e-5, atol=1e-7):
@@ -47,6 +76,16 @@ def finite_diff_check(f, x, eps=1e-6, n=6, seed=0, rtol=1e-5, atol=1e-7):
         u = rng.standard_normal(x.shape)
         fd = (f(x + eps * u) - f(x - eps * u)) / (2 * eps)
         assert onp.allclose(onp.sum(g * u), fd, rtol=rtol, atol=atol), (onp.sum(g * u), fd)
+
+
+def directional_check(f, vec, g, n, rel_tol, abs_tol, seed=0, eps=1e-6):
+    """A gradient g of scalar f at vec against central differences along n random
+    directions u (drawn from default_rng(seed)): g·u ≈ (f(vec+εu) − f(vec−εu)) / 2ε."""
+    rng = onp.random.default_rng(seed)
+    for _ in range(n):
+        u = rng.standard_normal(vec.shape)
+        fd = (f(vec + eps * u) - f(vec - eps * u)) / (2 * eps)
+        assert math.isclose(g @ u, fd, rel_tol=rel_tol, abs_tol=abs_tol), (g @ u, fd)
 
 
 def theta_vec_fn(params, methods, x, y, cfg, train_head=True):
@@ -65,3 +104,28 @@ def theta_vec_fn(params, methods, x, y, cfg, train_head=True):
     f = lambda v: float(mp.loss(unvec(v), ph, x, y, cfg, methods))  # noqa: E731
     _, g = mp.value_and_grad(lambda t: mp.loss(t, ph, x, y, cfg, methods), th)
     return vec, f, onp.concatenate([a.ravel() for _, a in mp.tree.leaves_with_paths(g)])
+
+
+def adapter_insertions(params, m, N):
+    """An AdaptFormer's or serial adapter's θ (params[m.name]) as ``reference.forward``'s
+    per-block insertions: a list of N dicts, {} for a block without an adapter."""
+    from minipeft.methods.adapter import SerialAdapter
+
+    out = [{} for _ in range(N)]
+    for ell in range(N) if m.layers is None else m.layers:
+        th = params[m.name]["blocks"][ell]
+        if isinstance(m, SerialAdapter):
+            out[ell]["serial"] = {site: th[site] for site in ("attn", "mlp") if site in th}
+        else:
+            out[ell]["parallel"] = (th, th["s"][0] if m.learnable_s else m.s, m.input)
+    return out
+
+
+def prefix_insertions(P_k, P_v):
+    """A prefix table P_k, P_v (N, p, d) each as per-block insertions: block ℓ gets P_k[ℓ], P_v[ℓ]."""
+    return [{"P_k": k, "P_v": v} for k, v in zip(P_k, P_v)]
+
+
+def joined(*per_block):
+    """Several methods' per-block insertion lists as one: block ℓ gets the union of their dicts."""
+    return [{k: v for ins in at_block for k, v in ins.items()} for at_block in zip(*per_block)]

@@ -11,16 +11,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import minipeft as mp
-from conftest import images, randomize
+import reference
+from conftest import TINY, TOL, adapter_insertions, assert_bit_identical, images, randomize, toy_data
 from minipeft import tree
 from minipeft.adapters import load_adapter, save_adapter
 from minipeft.methods.adapter import AdaptFormer, SerialAdapter
-from minipeft.nn import reference as R
-from test_nn import naive_attention
-from test_train import toy_data
-
-TINY = mp.Config(d=16, h=2, N=2, d_ff=24, n_classes=3, image_size=8, patch=4)
-TOL = {"float64": dict(rtol=1e-10, atol=1e-12), "float32": dict(rtol=2e-5, atol=2e-6)}
 
 
 def small_cfg(h, k, N):
@@ -37,40 +32,10 @@ def layers_for(data_layers, N):
 
 
 # ------------------------------------------------------------------ the reference
-def ref_adapter(a, x):
-    """ReLU(x W_downᵀ + b_down) W_upᵀ + b_up, written out with onp.maximum.  (B, T, d) -> (B, T, d)."""
-    return onp.maximum(x @ a["W_down"].T + a["b_down"], 0.0) @ a["W_up"].T + a["b_up"]
-
-
-def reference_forward(params, x, cfg, method=None):
-    """equations.md "Transformer" with "Adapters: AdaptFormer" / "Adapters: serial" written in
-    plain NumPy with per-head loops (no seams, no hooks)."""
-    B, P, g = x.shape[0], cfg.patch, cfg.image_size // cfg.patch
-    patches = onp.stack([x[:, :, i * P:(i + 1) * P, j * P:(j + 1) * P].reshape(B, -1)
-                         for i in range(g) for j in range(g)], 1)
-    e = params["embed"]
-    Z = onp.concatenate([onp.tile(e["cls"], (B, 1, 1)), patches @ e["W"].T + e["b"]], 1) + e["pos"]
-    adapted = list(range(cfg.N)) if method is None or method.layers is None else list(method.layers)
-    for ell, bp in enumerate(params["blocks"]):
-        th = params[method.name]["blocks"][ell] if method is not None and ell in adapted else None
-        serial = isinstance(method, SerialAdapter) and th is not None
-        a, m = bp["attn"], bp["mlp"]
-        h1 = R.layer_norm(Z, bp["ln1"]["gamma"], bp["ln1"]["beta"])
-        O = naive_attention(h1 @ a["W_q"].T + a["b_q"], h1 @ a["W_k"].T + a["b_k"], h1 @ a["W_v"].T + a["b_v"],
-                            cfg.h) @ a["W_o"].T + a["b_o"]
-        if serial and "attn" in th:
-            O = O + ref_adapter(th["attn"], O)  # A(h) = h + adapter(h)
-        X1 = Z + O  # X'_ℓ
-        h2 = R.layer_norm(X1, bp["ln2"]["gamma"], bp["ln2"]["beta"])
-        M = R.gelu(h2 @ m["W_1"].T + m["b_1"]) @ m["W_2"].T + m["b_2"]
-        if serial:
-            M = M + ref_adapter(th["mlp"], M)
-        if isinstance(method, AdaptFormer) and th is not None:
-            s = th["s"][0] if method.learnable_s else method.s
-            M = M + s * ref_adapter(th, h2 if method.input == "normed" else X1)  # + s·X̃_ℓ
-        Z = X1 + M
-    cls = R.layer_norm(Z, params["ln_f"]["gamma"], params["ln_f"]["beta"])[:, 0]
-    return cls @ params["head"]["W"].T + params["head"]["b"]
+def reference_forward(params, x, cfg, method):
+    """equations.md "Transformer" with "Adapters: AdaptFormer" / "Adapters: serial", by
+    reference.py (plain NumPy, per-head loops; no seams, no hooks)."""
+    return reference.forward(params, x, cfg, blocks=adapter_insertions(params, method, cfg.N))
 
 
 def attached(cfg, method, seed=0, dtype="float64", scale=0.3):
@@ -161,8 +126,8 @@ def test_serial_init_scales_as_sigma_times_sigma_up(d_hat, sigma, sigma_up, seed
     th1 = SerialAdapter(d_hat=d_hat, sigma=1.0, sigma_up=1.0).init(TINY, p, onp.random.default_rng(seed))
     hid = onp.random.default_rng(seed + 1).standard_normal((2, 5, TINY.d))
     for (_, a), (_, a1) in zip(_sites(th), _sites(th1)):
-        want = sigma * sigma_up * ref_adapter(a1, hid)  # sums of d̂ terms: tolerance ~ε·|largest term|
-        onp.testing.assert_allclose(ref_adapter(a, hid), want, rtol=1e-12, atol=1e-13 * onp.abs(want).max())
+        want = sigma * sigma_up * reference.adapter(a1, hid)  # sums of d̂ terms: tolerance ~ε·|largest term|
+        onp.testing.assert_allclose(reference.adapter(a, hid), want, rtol=1e-12, atol=1e-13 * onp.abs(want).max())
 
 
 def test_serial_near_identity_init_is_second_order_in_sigma():
@@ -311,10 +276,7 @@ def test_save_load_adapter_round_trip_is_bit_exact(tmp_path, method, dtype):
     save_adapter(f, p, [method], TINY)
     q, methods, meta = load_adapter(f, backbone, TINY)
     assert methods == [method] and meta["n_classes"] == 5
-    la, lb = tree.leaves_with_paths(p), tree.leaves_with_paths(q)
-    assert [k for k, _ in la] == [k for k, _ in lb]
-    for (k, a), (_, b) in zip(la, lb):
-        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), tree.path_str(k)
+    assert_bit_identical(p, q)
     x = images(TINY, 2, dtype=dtype)
     onp.testing.assert_array_equal(mp.forward(q, x, TINY, methods), mp.forward(p, x, TINY, [method]))
 

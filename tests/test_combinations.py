@@ -11,7 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minipeft as mp
-from conftest import images, randomize
+import reference
+from conftest import (TINY, TOL, adapter_insertions, assert_bit_identical, images, joined, prefix_insertions, randomize,
+                      toy_data)
 from minipeft import tree
 from minipeft.adapters import load_adapter, save_adapter
 from minipeft.merge import merge_methods
@@ -21,10 +23,6 @@ from minipeft.methods.ia3 import IA3
 from minipeft.methods.lora import LoRA
 from minipeft.methods.prefix import PrefixTuning
 from minipeft.methods.ssf import SSF
-from minipeft.nn import reference as R
-from test_adapters import TINY, TOL, ref_adapter
-from test_nn import naive_attention
-from test_train import toy_data
 
 Y3 = onp.array([0, 1, 2])
 
@@ -40,34 +38,13 @@ def fresh(methods, seed=0, dtype="float64", scale=0.0):
 
 def reference_forward(params, x, cfg, prefix=None, af=None, serial=None):
     """equations.md "Transformer" + "Prefix tuning" (K' = [P_k; K], V' = [P_v; V]) + "Adapters:
-    AdaptFormer" + "Adapters: serial" in plain NumPy, per-head loops; every layer adapted.
-    On the MLP branch the serial adapter acts on MLP(·) first, then AdaptFormer adds s·X̃."""
-    B, P, g = x.shape[0], cfg.patch, cfg.image_size // cfg.patch
-    patches = onp.stack([x[:, :, i * P:(i + 1) * P, j * P:(j + 1) * P].reshape(B, -1)
-                         for i in range(g) for j in range(g)], 1)
-    e = params["embed"]
-    Z = onp.concatenate([onp.tile(e["cls"], (B, 1, 1)), patches @ e["W"].T + e["b"]], 1) + e["pos"]
-    for ell, bp in enumerate(params["blocks"]):
-        a, m = bp["attn"], bp["mlp"]
-        h1 = R.layer_norm(Z, bp["ln1"]["gamma"], bp["ln1"]["beta"])
-        K, V = h1 @ a["W_k"].T + a["b_k"], h1 @ a["W_v"].T + a["b_v"]
-        if prefix is not None:
-            th = params[prefix.name]
-            K = onp.concatenate([onp.tile(th["P_k"][ell], (B, 1, 1)), K], 1)  # (B, p + T, d)
-            V = onp.concatenate([onp.tile(th["P_v"][ell], (B, 1, 1)), V], 1)
-        O = naive_attention(h1 @ a["W_q"].T + a["b_q"], K, V, cfg.h) @ a["W_o"].T + a["b_o"]
-        if serial is not None and serial.placement == "houlsby":
-            O = O + ref_adapter(params[serial.name]["blocks"][ell]["attn"], O)
-        X1 = Z + O
-        h2 = R.layer_norm(X1, bp["ln2"]["gamma"], bp["ln2"]["beta"])
-        M = R.gelu(h2 @ m["W_1"].T + m["b_1"]) @ m["W_2"].T + m["b_2"]
-        if serial is not None:
-            M = M + ref_adapter(params[serial.name]["blocks"][ell]["mlp"], M)
-        if af is not None:
-            M = M + af.s * ref_adapter(params[af.name]["blocks"][ell], h2 if af.input == "normed" else X1)
-        Z = X1 + M
-    cls = R.layer_norm(Z, params["ln_f"]["gamma"], params["ln_f"]["beta"])[:, 0]
-    return cls @ params["head"]["W"].T + params["head"]["b"]
+    AdaptFormer" + "Adapters: serial" by reference.py (plain NumPy, per-head loops); every
+    layer adapted. On the MLP branch the serial adapter acts on MLP(·) first, then
+    AdaptFormer adds s·X̃."""
+    per_method = [adapter_insertions(params, m, cfg.N) for m in (af, serial) if m is not None]
+    if prefix is not None:
+        per_method.append(prefix_insertions(params[prefix.name]["P_k"], params[prefix.name]["P_v"]))
+    return reference.forward(params, x, cfg, blocks=joined(*per_method))
 
 
 # ------------------------------------------------------------ prefix + AdaptFormer
@@ -219,10 +196,7 @@ def test_a_combination_round_trips_bit_exactly(tmp_path, methods, dtype):
     save_adapter(tmp_path / "c.npz", p, methods, TINY)
     q, loaded, _ = load_adapter(tmp_path / "c.npz", backbone, TINY)
     assert loaded == methods
-    la, lb = tree.leaves_with_paths(p), tree.leaves_with_paths(q)
-    assert [k for k, _ in la] == [k for k, _ in lb]
-    for (k, a), (_, b) in zip(la, lb):
-        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), tree.path_str(k)
+    assert_bit_identical(p, q)
     x = images(TINY, 2, dtype=dtype)
     onp.testing.assert_array_equal(mp.forward(q, x, TINY, loaded), mp.forward(p, x, TINY, methods))
 

@@ -13,15 +13,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import minipeft as mp
-from conftest import images, randomize, theta_vec_fn
+import reference
+from conftest import TINY, directional_check, images, prefix_insertions, randomize, theta_vec_fn
 from minipeft import tree
 from minipeft.adapters import load_adapter, save_adapter
 from minipeft.methods.prefix import PrefixTuning, unified_view
 from minipeft.methods.layout import P_MAX, key_columns, token_rows
 from minipeft.methods.prompt import PromptTuning
 from minipeft.methods.vpt import VPTDeep, VPTShallow, vpt_bound
-from minipeft.nn import reference as R
-from test_nn import naive_attention
 
 ALL = [PromptTuning(p=3), VPTShallow(p=2), VPTDeep(p=2), PrefixTuning(p=3),
        PrefixTuning(p=2, reparam=True, d_prime=3, hidden=5)]
@@ -44,29 +43,16 @@ def setup(cfg, methods, seed=0, dtype="float64", B=2):
 
 
 def ref_forward(params, x, cfg, shallow=None, deep=None, prefix=None):
-    """equations.md in plain NumPy with per-head loops (test_nn.naive_attention):
-    shallow P (p, d) after CLS at the input; deep P (N, p, d), P[ℓ-1] at the input of
-    block ℓ, replacing rows 1..p from block 2 on; prefix (P_k, P_v) (N, p, d) each."""
-    X = onp.asarray(mp.transformer.embed(params, x, cfg))
-    B = X.shape[0]
-    rep = lambda P: onp.repeat(onp.asarray(P)[None], B, 0)  # noqa: E731
-    if shallow is not None:
-        X = onp.concatenate([X[:, :1], rep(shallow), X[:, 1:]], 1)
-    for layer, bp in enumerate(params["blocks"]):
-        if deep is not None:
-            rest = X[:, 1:] if layer == 0 else X[:, 1 + deep.shape[1]:]
-            X = onp.concatenate([X[:, :1], rep(deep[layer]), rest], 1)
-        a, m = bp["attn"], bp["mlp"]
-        h1 = R.layer_norm(X, bp["ln1"]["gamma"], bp["ln1"]["beta"])
-        Q, K, V = (h1 @ a["W_" + c].T + a["b_" + c] for c in "qkv")
-        if prefix is not None:
-            K = onp.concatenate([rep(prefix[0][layer]), K], 1)
-            V = onp.concatenate([rep(prefix[1][layer]), V], 1)
-        X = X + naive_attention(Q, K, V, cfg.h) @ a["W_o"].T + a["b_o"]
-        h2 = R.layer_norm(X, bp["ln2"]["gamma"], bp["ln2"]["beta"])
-        X = X + R.gelu(h2 @ m["W_1"].T + m["b_1"]) @ m["W_2"].T + m["b_2"]
-    cls = R.layer_norm(X, params["ln_f"]["gamma"], params["ln_f"]["beta"])[:, 0]
-    return cls @ params["head"]["W"].T + params["head"]["b"]
+    """equations.md in plain NumPy with per-head loops (reference.py): shallow P (p, d)
+    after CLS at the input; deep P (N, p, d), P[ℓ-1] at the input of block ℓ, replacing
+    rows 1..p from block 2 on; prefix (P_k, P_v) (N, p, d) each."""
+    if deep is not None:
+        blocks = [{"P": P} for P in deep]
+    elif prefix is not None:
+        blocks = prefix_insertions(*prefix)
+    else:
+        blocks = None
+    return reference.forward(params, x, cfg, prompt=shallow, blocks=blocks)
 
 
 def mlp_table(th, cfg):
@@ -320,20 +306,14 @@ def test_prompts_change_the_attention_among_real_tokens(tiny_cfg, m):
 def test_gradient_matches_finite_differences(tiny_cfg, m):
     params, x, y = setup(tiny_cfg, [m], 5, B=3)
     vec, f, g = theta_vec_fn(params, [m], x, y, tiny_cfg, train_head=True)
-    rng = onp.random.default_rng(0)
-    for _ in range(4):
-        u = rng.standard_normal(vec.shape)
-        fd = (f(vec + 1e-6 * u) - f(vec - 1e-6 * u)) / 2e-6
-        assert math.isclose(g @ u, fd, rel_tol=1e-6, abs_tol=1e-9), (g @ u, fd)
+    directional_check(f, vec, g, 4, rel_tol=1e-6, abs_tol=1e-9)
 
 
 def test_gradient_of_several_methods_together(tiny_cfg):
     ms = [PromptTuning(p=2), VPTDeep(p=2), PrefixTuning(p=2, reparam=True, d_prime=2, hidden=3)]
     params, x, y = setup(tiny_cfg, ms, 6, B=2)
     vec, f, g = theta_vec_fn(params, ms, x, y, tiny_cfg, train_head=False)
-    u = onp.random.default_rng(1).standard_normal(vec.shape)
-    fd = (f(vec + 1e-6 * u) - f(vec - 1e-6 * u)) / 2e-6
-    assert math.isclose(g @ u, fd, rel_tol=1e-6, abs_tol=1e-9), (g @ u, fd)
+    directional_check(f, vec, g, 1, rel_tol=1e-6, abs_tol=1e-9, seed=1)
 
 
 @pytest.mark.parametrize("m", ALL, ids=IDS)
@@ -377,7 +357,7 @@ def toy_task(cfg, n=48, seed=0):
 
 @pytest.mark.parametrize("m", ALL + ["together"], ids=IDS + ["together"])
 def test_training_lowers_the_loss_and_leaves_phi_bit_identical(m):
-    cfg = mp.Config(d=16, h=2, N=2, d_ff=24, n_classes=3, image_size=8, patch=4)
+    cfg = TINY
     ms = [PromptTuning(p=2), VPTDeep(p=2), PrefixTuning(p=2)] if m == "together" else [m]
     params = mp.attach(randomize(mp.init_params(cfg, 0, "float32"), 0, 0.2), ms, cfg, 0)
     X, y = toy_task(cfg)

@@ -27,15 +27,12 @@ import numpy as onp
 import pytest
 
 import minipeft as mp
-from conftest import images, randomize
+from conftest import TINY, images, randomize, toy_data
 from fake_device import DeviceArray, HostArrayError, fake_xp
 from minipeft import backend, cupy_patches, tree
 from minipeft import io as mio
 from minipeft.adapters import load_adapter, save_adapter
 from minipeft.methods import REGISTRY, method_class
-from test_train import toy_data
-
-TINY = mp.Config(d=16, h=2, N=2, d_ff=24, n_classes=3, image_size=8, patch=4)
 
 
 def _usable_cupy():

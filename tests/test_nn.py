@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from conftest import finite_diff_check
 from minipeft import nn
 from minipeft.nn import reference as R
+from reference import naive_attention
 
 rng = onp.random.default_rng(0)
 X = rng.standard_normal((3, 5, 8))
@@ -83,22 +84,6 @@ def test_float32_stays_float32_in_forward_and_backward(name):
     assert fused(*args32).dtype == onp.float32
     for i in range(len(args)):
         assert grad(scalar(fused), i)(*args32).dtype == onp.float32
-
-
-def naive_attention(Q, K, V, h):
-    """Per-example, per-head loop: Z[b, t, head] = Σ_s softmax_s(q·k_s/√d_h) v_s."""
-    B, T, d = Q.shape
-    d_h = d // h
-    Z = onp.zeros_like(Q)
-    for bb in range(B):
-        for hh in range(h):
-            sl = slice(hh * d_h, (hh + 1) * d_h)
-            for t in range(T):
-                scores = onp.array([Q[bb, t, sl] @ K[bb, s, sl] for s in range(K.shape[1])]) / math.sqrt(d_h)
-                w = onp.exp(scores - scores.max())
-                w /= w.sum()
-                Z[bb, t, sl] = sum(w[s] * V[bb, s, sl] for s in range(K.shape[1]))
-    return Z
 
 
 @given(B=st.integers(1, 3), T=st.integers(1, 5), S=st.integers(1, 5), h=st.sampled_from([1, 2, 4]),

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minipeft as mp
-from conftest import finite_diff_check, images, randomize
+import reference
+from conftest import TINY, finite_diff_check, images, randomize
 from minipeft import tree
 from minipeft.adapters import load_adapter, save_adapter
 from minipeft.merge import merge_methods
@@ -17,7 +18,6 @@ from minipeft.methods.bitfit import BitFit
 from minipeft.methods.ia3 import IA3
 from minipeft.methods.lora import LoRA
 from minipeft.methods.ssf import SSF
-from test_transformer import reference_forward
 
 LINEARS = ("q", "k", "v", "o", "mlp1", "mlp2")
 MODULE = {"q": ("attn", "W_q", "b_q"), "k": ("attn", "W_k", "b_k"), "v": ("attn", "W_v", "b_v"),
@@ -189,7 +189,40 @@ def test_merge_matches_direct_formulas_and_an_independent_forward(cfg, data, see
     for (path, a), (_, b) in zip(tree.leaves_with_paths(m.merge(p)), tree.leaves_with_paths(direct)):
         onp.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13, err_msg=tree.path_str(path))
     x = images(cfg, 2, seed)
-    onp.testing.assert_allclose(mp.forward(p, x, cfg, [m]), reference_forward(direct, x, cfg), rtol=1e-10, atol=1e-11)
+    onp.testing.assert_allclose(mp.forward(p, x, cfg, [m]), reference.forward(direct, x, cfg), rtol=1e-10, atol=1e-11)
+
+
+def _insertions(p, m, N):
+    """θ as reference.forward's insertions, by the notes' equations: LoRA ΔW = (α/r) B A on
+    each target; (IA)³ l ⊙ y and l_ff ⊙ H; SSF (γ, β) per placement. BitFit's θ is the
+    backbone's own biases: no insertion.  -> (blocks, ln_f_ssf)."""
+    blocks = [{} for _ in range(N)]
+    if isinstance(m, BitFit):
+        return blocks, None
+    for ell, ins in enumerate(blocks):
+        th = p[m.name]["blocks"][ell]
+        if isinstance(m, LoRA) and (m.layers is None or ell in m.layers):
+            ins["delta"] = {t: m.scaling * th[t]["B"] @ th[t]["A"] for t in m.targets}
+        if isinstance(m, IA3):
+            ins["scale"] = {t: th["l_" + t] for t in m.scaled}
+            if m.ff:
+                ins["l_ff"] = th["l_ff"]
+        if isinstance(m, SSF):
+            ins["ssf"] = {pl: (gb["gamma"], gb["beta"]) for pl, gb in th.items()}
+    ln_f = p[m.name].get("ln_f") if isinstance(m, SSF) else None
+    return blocks, None if ln_f is None else (ln_f["gamma"], ln_f["beta"])
+
+
+@pytest.mark.parametrize("kind", ["lora", "bitfit", "ia3", "ssf"])
+@given(cfg=configs(), data=st.data(), seed=st.integers(0, 10_000))
+def test_hooked_forward_matches_the_reference_with_insertions(kind, cfg, data, seed):
+    """Unmerged: the hooks put ΔW, l and (γ, β) where the notes' equations put them."""
+    m = data.draw(methods_for(cfg, kind))
+    p = attached_random(cfg, [m], seed, "float64")
+    blocks, ln_f = _insertions(p, m, cfg.N)
+    x = images(cfg, 2, seed)
+    onp.testing.assert_allclose(mp.forward(p, x, cfg, [m]), reference.forward(p, x, cfg, blocks=blocks, ln_f_ssf=ln_f),
+                                rtol=1e-10, atol=1e-11)
 
 
 def test_lora_hook_is_h_equals_y_plus_alpha_over_r_x_BA_transposed(tiny_cfg):
@@ -304,9 +337,6 @@ def test_lora_plus_bitfit_train_together_and_lora_merges_while_bitfit_stays(tiny
     onp.testing.assert_array_equal(mp.forward(final, x, tiny_cfg), mp.forward(merged, x, tiny_cfg, remaining))
     with pytest.raises(ValueError, match="already merged"):
         merge_methods(final, remaining)
-
-
-TINY = mp.Config(d=16, h=2, N=2, d_ff=24, n_classes=3, image_size=8, patch=4)
 
 
 @given(data=st.data(), seed=st.integers(0, 1000), dtype=dtypes)

@@ -3,20 +3,8 @@ import numpy as onp
 import pytest
 
 import minipeft as mp
-from conftest import images
+from conftest import images, toy_data
 from minipeft import tree
-
-
-def toy_data(cfg, n=48, seed=0):
-    """Images whose class is which quarter of the image is brightest: learnable quickly."""
-    rng = onp.random.default_rng(seed)
-    y = rng.integers(0, cfg.n_classes, n)
-    x = 0.1 * rng.random((n, 1, cfg.image_size, cfg.image_size))
-    half = cfg.image_size // 2
-    for i, c in enumerate(y):
-        r, col = divmod(int(c), 2)
-        x[i, 0, r * half:(r + 1) * half, col * half:(col + 1) * half] += 1.0
-    return x, y
 
 
 @pytest.mark.parametrize("methods,lr", [([mp.LinearProbe()], 0.05), ([mp.FullFineTune()], 0.01)])

@@ -1,7 +1,6 @@
 """The backbone: config checks, closed-form counts, determinism, an independent
 reference forward, every seam, dtype preservation, gradient checks, bad input."""
 import dataclasses
-import math
 
 import autograd.numpy as anp
 import numpy as onp
@@ -10,10 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import minipeft as mp
-from conftest import images, randomize, theta_vec_fn
+import reference
+from conftest import directional_check, images, randomize, theta_vec_fn
 from minipeft import tree
-from minipeft.nn import reference as R
-from test_nn import naive_attention
 
 
 # ----------------------------------------------------------------------------- config
@@ -52,30 +50,16 @@ def test_init_is_deterministic_and_float32_is_rounded_float64(tiny_cfg):
 
 
 # ------------------------------------------------------------- independent reference
-def reference_forward(params, x, cfg):
-    """The equations of equations.md, "Transformer", in plain NumPy with per-head loops."""
-    B = x.shape[0]
-    P = cfg.patch
-    g = cfg.image_size // P
-    patches = onp.stack([x[:, :, i * P:(i + 1) * P, j * P:(j + 1) * P].reshape(B, -1) for i in range(g) for j in range(g)], 1)
-    e = params["embed"]
-    Z = onp.concatenate([onp.tile(e["cls"], (B, 1, 1)), patches @ e["W"].T + e["b"]], 1) + e["pos"]
-    for bp in params["blocks"]:
-        a = bp["attn"]
-        h1 = R.layer_norm(Z, bp["ln1"]["gamma"], bp["ln1"]["beta"])
-        att = naive_attention(h1 @ a["W_q"].T + a["b_q"], h1 @ a["W_k"].T + a["b_k"], h1 @ a["W_v"].T + a["b_v"], cfg.h)
-        Z = Z + att @ a["W_o"].T + a["b_o"]
-        h2 = R.layer_norm(Z, bp["ln2"]["gamma"], bp["ln2"]["beta"])
-        m = bp["mlp"]
-        Z = Z + R.gelu(h2 @ m["W_1"].T + m["b_1"]) @ m["W_2"].T + m["b_2"]
-    cls = R.layer_norm(Z, params["ln_f"]["gamma"], params["ln_f"]["beta"])[:, 0]
-    return cls @ params["head"]["W"].T + params["head"]["b"]
-
-
 def test_forward_matches_independent_reference(tiny_cfg):
     p = randomize(mp.init_params(tiny_cfg, 0, "float64"))
     x = images(tiny_cfg, 3)
-    onp.testing.assert_allclose(mp.forward(p, x, tiny_cfg), reference_forward(p, x, tiny_cfg), rtol=1e-10, atol=1e-12)
+    onp.testing.assert_allclose(mp.forward(p, x, tiny_cfg), reference.forward(p, x, tiny_cfg), rtol=1e-10, atol=1e-12)
+
+
+def test_text_forward_matches_independent_reference(text_cfg):
+    p = randomize(mp.init_params(text_cfg, 0, "float64"))
+    ids = onp.array([[1, 2, 3, 0, 7], [4, 5, 10, 10, 6]])
+    onp.testing.assert_allclose(mp.forward(p, ids, text_cfg), reference.forward(p, ids, text_cfg), rtol=1e-10, atol=1e-12)
 
 
 def test_text_front_shapes_and_cls_first(text_cfg):
@@ -238,11 +222,7 @@ def test_whole_forward_gradient_matches_finite_differences(tiny_cfg):
     p = randomize(mp.init_params(tiny_cfg, 0, "float64"), scale=0.2)
     x, y = images(tiny_cfg, 3), onp.array([0, 1, 2])
     vec, f, gv = theta_vec_fn(p, [mp.FullFineTune()], x, y, tiny_cfg)  # every leaf of φ
-    rng = onp.random.default_rng(0)
-    for _ in range(5):
-        u = rng.standard_normal(vec.shape)
-        fd = (f(vec + 1e-6 * u) - f(vec - 1e-6 * u)) / 2e-6
-        assert math.isclose(gv @ u, fd, rel_tol=1e-5, abs_tol=1e-8), (gv @ u, fd)
+    directional_check(f, vec, gv, 5, rel_tol=1e-5, abs_tol=1e-8)
 
 
 # -------------------------------------------------------------------------- bad input
