@@ -1,15 +1,30 @@
 """Adapters on disk: the trainable part θ of one or more methods, with a JSON record.
 
-The record names each method (its registry name and options), the backbone's config,
-the head's class count and whether the head trained, so ``load_adapter`` can rebuild
-the methods and refuse a file that does not fit: another backbone shape, another
-method, a truncated file — each a ValueError saying which.
+The record names each method (its registry name and options), the backbone's config and
+identity (a SHA-256 of its frozen arrays), the head's class count and whether the head
+trained, so ``load_adapter`` can rebuild the methods and refuse a file that does not fit:
+another backbone (shape or content), another method, a truncated file — each a
+ValueError naming the file and the field. The record is checked field by field (types,
+ranges) before anything is built; the expected θ (its leaves and shapes) is built from
+the record and the config, never from the file's keys, and each array's header is
+checked against it before its data is read (``io.load_tree``).
 """
 from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+
+import numpy as onp
 
 from . import io, tree
 from .methods import REGISTRY, attach, method_class, trainable
 from .transformer import Config, new_head
+
+#: record keys ``save_adapter`` writes itself; ``extra`` may not set them
+RESERVED = ("format", "version", "kind", "methods", "config", "n_classes", "train_head", "backbone_sha256")
+#: the largest head a record may ask for (n_classes × d numbers)
+MAX_CLASSES = 65536
 
 
 def registry_name(method) -> str:
@@ -22,8 +37,31 @@ def registry_name(method) -> str:
     raise ValueError(f"method {type(method).__name__} is not in methods.REGISTRY; register it to save it")
 
 
+def backbone_sha256(params, methods, train_head: bool = True) -> str:
+    """Identity of the backbone an adapter relies on: SHA-256 over the frozen φ leaves
+    (every leaf ``trainable(methods, train_head)`` does not select, the head excluded),
+    each as path, shape and the bytes of its float32 rounding (so a float64 copy of a
+    float32 backbone has the same identity)."""
+    _, phi = tree.split(params, trainable(methods, train_head))
+    h = hashlib.sha256()
+    for p, leaf in tree.leaves_with_paths(phi):
+        if p and p[0] == "head":
+            continue
+        a = onp.ascontiguousarray(io.to_host(leaf), dtype=onp.float32)
+        h.update(f"{tree.path_str(p)}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def save_adapter(path, params, methods, cfg: Config, *, train_head: bool = True, extra: dict | None = None):
-    """Write θ = split(params, trainable(methods, train_head))[0] and its record to ``path``."""
+    """Write θ = split(params, trainable(methods, train_head))[0] and its record to ``path``.
+
+    ``extra``: more JSON-able record fields (task, accuracy, …); a key of ``RESERVED`` is a
+    ValueError (it would overwrite what the loader relies on).
+    """
+    clash = sorted(set(extra or {}) & set(RESERVED))
+    if clash:
+        raise ValueError(f"extra: keys {clash} are reserved for the adapter record ({', '.join(RESERVED)})")
     theta, _ = tree.split(params, trainable(methods, train_head))
     meta = {
         "kind": "adapter",
@@ -31,41 +69,88 @@ def save_adapter(path, params, methods, cfg: Config, *, train_head: bool = True,
         "config": cfg.to_dict(),
         "n_classes": int(params["head"]["W"].shape[0]),
         "train_head": bool(train_head),
+        "backbone_sha256": backbone_sha256(params, methods, train_head),
         **(extra or {}),
     }
     io.save_tree(path, theta, meta)
 
 
-def _build_method(record):
-    cls = method_class(record["type"])
-    opts = {k: tuple(v) if isinstance(v, list) else v for k, v in record["options"].items()}
-    return cls(**opts)
+def build_methods(path, meta: dict) -> list:
+    """The methods a record names, each field checked first (ValueError naming file and field)."""
+    records = meta.get("methods")
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: record field 'methods' must be a list of {{type, options}}, got {records!r:.80}")
+    out = []
+    for i, r in enumerate(records):
+        where = f"{path}: record field methods[{i}]"
+        if not isinstance(r, dict) or set(r) != {"type", "options"}:
+            raise ValueError(f"{where} must be an object with exactly the keys 'type' and 'options', got {r!r:.80}")
+        if not isinstance(r["type"], str) or r["type"] not in REGISTRY:
+            raise ValueError(f"{where}.type must be one of {sorted(REGISTRY)}, got {r['type']!r:.80}")
+        if not isinstance(r["options"], dict):
+            raise ValueError(f"{where}.options must be an object, got {type(r['options']).__name__}")
+        opts = {k: tuple(v) if isinstance(v, list) else v for k, v in r["options"].items()}
+        try:
+            out.append(method_class(r["type"])(**opts))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}.options: {e}") from None
+    return out
 
 
-def load_adapter(path, backbone, cfg: Config):
+def check_record(path, meta: dict, cfg: Config) -> list:
+    """Check an adapter record's fields against ``cfg``; returns the methods it names."""
+    if meta.get("kind") != "adapter":
+        raise ValueError(f"{path}: not an adapter file (kind={meta.get('kind')!r:.80})")
+    for key in ("config", "methods", "n_classes", "train_head"):
+        if key not in meta:
+            raise ValueError(f"{path}: record field {key!r} missing (not an adapter written by save_adapter?)")
+    if meta["config"] != cfg.to_dict():
+        raise ValueError(f"{path}: adapter was trained for a backbone with config {meta['config']!r:.300}, "
+                         f"this backbone has {cfg.to_dict()}")
+    n = meta["n_classes"]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLASSES:
+        raise ValueError(f"{path}: record field 'n_classes' must be an int in [1, {MAX_CLASSES}], got {n!r:.80}")
+    if not isinstance(meta["train_head"], bool):
+        raise ValueError(f"{path}: record field 'train_head' must be true or false, got {meta['train_head']!r:.80}")
+    methods = build_methods(path, meta)
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: record field 'methods' names two methods with one name: {names}")
+    for m in methods:
+        if hasattr(m, "check_cfg"):
+            try:
+                m.check_cfg(cfg)
+            except ValueError as e:
+                raise ValueError(f"{path}: record field methods ({registry_name(m)}): {e}") from None
+    sha = meta.get("backbone_sha256")
+    if sha is not None and (not isinstance(sha, str) or len(sha) != 64):
+        raise ValueError(f"{path}: record field 'backbone_sha256' must be a 64-character hex string, got {sha!r:.80}")
+    return methods
+
+
+def load_adapter(path, backbone, cfg: Config, *, other_backbone: bool = False):
     """Read an adapter for ``backbone`` (params of config ``cfg``): returns (params, methods, meta).
 
     params = backbone (with a head of the adapter's class count) + the saved θ, bit-exact.
+    An adapter trained on another backbone (its ``backbone_sha256`` differs, or is absent)
+    is a ValueError; with ``other_backbone=True`` it loads with a UserWarning.
     """
-    theta, meta = io.load_tree(path)
-    if meta.get("kind") != "adapter":
-        raise ValueError(f"{path}: not an adapter file (kind={meta.get('kind')!r})")
-    if meta.get("config") != cfg.to_dict():
-        raise ValueError(f"{path}: adapter was trained for a backbone with config {meta.get('config')}, "
-                         f"this backbone has {cfg.to_dict()}")
-    try:
-        methods = [_build_method(r) for r in meta["methods"]]
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{path}: malformed method record: {e}") from None
+    path = os.fspath(path)
+    meta = io.read_record(path)
+    methods = check_record(path, meta, cfg)
     base = backbone
     if meta["n_classes"] != backbone["head"]["W"].shape[0]:
         base = new_head(backbone, int(meta["n_classes"]))
+    want, got = backbone_sha256(base, methods, meta["train_head"]), meta.get("backbone_sha256")
+    if want != got:
+        msg = (f"{path}: adapter was trained on another backbone (record field backbone_sha256 "
+               f"{str(got)[:12] + '…' if got else 'absent'}, this backbone {want[:12]}…)")
+        if not other_backbone:
+            raise ValueError(msg + "; pass other_backbone=True (CLI: --other-backbone) to load it anyway")
+        warnings.warn(msg + "; loaded anyway (other_backbone=True)")
     expected, _ = tree.split(attach(base, methods, cfg), trainable(methods, meta["train_head"]))
-    io.check_same_shapes(theta, expected, what=f"{path}")
-    dtype = base["embed"]["pos"].dtype
-    # rebuilt on the nesting attach makes (a file keeps leaves only: empty {} entries and
-    # trailing {} of lists are not stored), with the file's leaves, bit-exact
-    ref = base["embed"]["pos"]  # θ goes to the backbone's device (a NumPy file into a CuPy model)
-    theta = tree.map_leaves(lambda p, a: io.from_host(tree.get(theta, p), dtype, like=ref), expected)
+    theta, meta = io.load_tree(path, expected)
+    ref = base["embed"]["pos"]  # θ goes to the backbone's device and dtype (a NumPy file into a CuPy model)
+    theta = tree.map_leaves(lambda p, a: io.from_host(a, ref.dtype, like=ref), theta)
     _, phi = tree.split(base, trainable(methods, meta["train_head"]))
     return tree.combine(theta, phi), methods, meta
