@@ -25,7 +25,7 @@ import autograd.numpy as np
 import numpy as onp
 
 from ..nn import linear
-from ..validate import finite_number, int_at_least, layer_indices
+from ..validate import layer_indices, scale, width
 from .base import Method
 
 INPUTS = ("normed", "residual")
@@ -77,12 +77,11 @@ def per_adapter(d, d_hat) -> int:
 
 # ------------------------------------------------------------------------- checks
 def _check_d_hat(d_hat):
-    int_at_least("d_hat (the bottleneck width d̂)", d_hat, 1)
+    width("d_hat (the bottleneck width d̂)", d_hat)
 
 
 def _check_sigma(field_name, sigma, optional=False):
-    finite_number(f"{field_name} (an init standard deviation)", sigma, non_negative=True, optional=optional,
-                  allowed="a finite number ≥ 0" + (" or None" if optional else ""))
+    scale(f"{field_name} (an init standard deviation)", sigma, non_negative=True, optional=optional)
 
 
 def _check_bool(field_name, v):
@@ -175,7 +174,7 @@ class AdaptFormer(Method):
 
     def __post_init__(self):
         _check_d_hat(self.d_hat)
-        finite_number("s (the adapter scale)", self.s)
+        scale("s (the adapter scale)", self.s)
         _check_bool("learnable_s", self.learnable_s)
         if self.input not in INPUTS:
             raise ValueError(f"input must be one of {INPUTS} (normed = LN₂(X'), residual = X'), got {self.input!r}")

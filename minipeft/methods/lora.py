@@ -18,7 +18,7 @@ import numpy as onp
 from ..merge import LINEARS, check_choice, check_unmerge, linear_shape, take_theta, without
 from ..nn import linear
 from .. import tree
-from ..validate import finite_number, int_at_least, layer_indices
+from ..validate import MAX_SCALE, layer_indices, scale, width
 from .base import Method
 
 
@@ -46,8 +46,9 @@ class LoRA(Method):
     suggested_lr = 1e-2
 
     def __post_init__(self):
-        int_at_least("r", self.r, 1, allowed="a positive int (1 ≤ r ≤ min(d, k))")
-        finite_number("alpha", self.alpha, positive=True, optional=True, allowed="a positive number or None (α = r)")
+        width("r", self.r)  # and r ≤ min(d, k): check_cfg
+        scale("alpha", self.alpha, positive=True, optional=True,
+              allowed=f"a positive number ≤ {MAX_SCALE:g} or None (α = r)")
         object.__setattr__(self, "targets", check_choice("targets", self.targets, tuple(LINEARS)))
         object.__setattr__(self, "layers", layer_indices(
             "layers", self.layers, allowed_sequence="None (all) or a non-empty tuple of layer indices"))

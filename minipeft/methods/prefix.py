@@ -36,8 +36,8 @@ import numpy as onp
 from ..nn import linear, merge_heads, prepend, softmax, split_heads
 from ..transformer import cast
 from .base import Method
-from ..validate import int_at_least
-from .prompt import P_MAX, check_length, check_name, check_positive, check_shape
+from ..validate import scale, width
+from .prompt import P_MAX, check_length, check_name, check_shape
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,12 @@ class PrefixTuning(Method):
 
     def __post_init__(self):
         object.__setattr__(self, "p", check_length(self.p))
-        check_positive(self.init_std, "init_std")
+        scale("init_std", self.init_std, positive=True)
         if not isinstance(self.reparam, (bool, onp.bool_)):
             raise TypeError(f"reparam must be a bool, got {self.reparam!r}")
         object.__setattr__(self, "reparam", bool(self.reparam))
-        object.__setattr__(self, "d_prime", int_at_least("d_prime", self.d_prime, 1, numpy_ints=True))
-        object.__setattr__(self, "hidden", int_at_least("hidden", self.hidden, 1, numpy_ints=True))
+        object.__setattr__(self, "d_prime", width("d_prime", self.d_prime, numpy_ints=True))
+        object.__setattr__(self, "hidden", width("hidden", self.hidden, numpy_ints=True))
         check_name(self.name)
 
     # -------------------------------------------------------------------- θ

@@ -28,7 +28,7 @@ import numpy as onp
 
 from ..nn import prepend
 from ..transformer import cast
-from ..validate import finite_number, int_at_least, is_int
+from ..validate import int_at_least, is_int, scale
 from .base import Method
 
 #: the longest prompt or prefix allowed (p ≤ P_MAX): the sequence grows by p, and
@@ -45,8 +45,8 @@ def check_length(p, field_name: str = "p") -> int:
 
 
 def check_positive(x, field_name: str) -> float:
-    """x must be a positive finite number (not a bool)."""
-    return finite_number(field_name, x, positive=True)
+    """x must be a finite number in (0, MAX_SCALE] (not a bool)."""
+    return scale(field_name, x, positive=True)
 
 
 def check_name(name) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as onp
 
 from .. import tree
-from ..validate import finite_number
+from ..validate import MAX_SCALE, scale
 from ..merge import (LAYER_NORMS, LINEARS, check_choice, check_unmerge, fold_out, linear_width, ln_path, nonzero,
                      take_theta, unfold_out, without)
 from .base import Method
@@ -52,7 +52,7 @@ class SSF(Method):
         object.__setattr__(self, "placements", check_choice("placements", self.placements, PLACEMENTS))
         if self.init_mode not in INITS:
             raise ValueError(f"init_mode must be one of {INITS}, got {self.init_mode!r}")
-        finite_number("init_std", self.init_std, non_negative=True, allowed="a finite non-negative number")
+        scale("init_std", self.init_std, non_negative=True, allowed=f"a finite non-negative number ≤ {MAX_SCALE:g}")
 
     def _width(self, cfg, p) -> int:
         return cfg.d if p in LAYER_NORMS else linear_width(cfg, p)
