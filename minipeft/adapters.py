@@ -154,3 +154,32 @@ def load_adapter(path, backbone, cfg: Config, *, other_backbone: bool = False):
     theta = tree.map_leaves(lambda p, a: io.from_host(a, ref.dtype, like=ref), theta)
     _, phi = tree.split(base, trainable(methods, meta["train_head"]))
     return tree.combine(theta, phi), methods, meta
+
+
+def load_merged(path):
+    """Read a merged backbone written by ``minipeft merge``: returns (params, cfg, meta).
+
+    The record carries the config, the class count and the dtype; the expected leaves are
+    the backbone of that config with a head of n_classes rows, in that dtype (checked
+    before any data is read, as every load).
+    """
+    from .transformer import init_params
+
+    path = os.fspath(path)
+    meta = io.read_record(path)
+    if meta.get("kind") != "merged-backbone":
+        raise ValueError(f"{path}: not a merged backbone (record field 'kind' is {meta.get('kind')!r:.80})")
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{path}: record field 'config' missing or not an object")
+    try:
+        cfg = Config.from_dict(meta["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: record field 'config': {e}") from None
+    n = meta.get("n_classes")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CLASSES:
+        raise ValueError(f"{path}: record field 'n_classes' must be an int in [1, {MAX_CLASSES}], got {n!r:.80}")
+    if meta.get("dtype") not in io.FLOAT_DTYPES:
+        raise ValueError(f"{path}: record field 'dtype' must be one of {io.FLOAT_DTYPES}, got {meta.get('dtype')!r:.80}")
+    skeleton = new_head(init_params(cfg, 0, meta["dtype"]), n)
+    params, meta = io.load_tree(path, skeleton, dtypes=(meta["dtype"],))
+    return tree.map_leaves(lambda p, a: io.from_host(a, a.dtype), params), cfg, meta

@@ -112,7 +112,7 @@ def scale(name: str, value, *, positive: bool = False, non_negative: bool = Fals
         allowed = f"a finite number ≥ 0 and ≤ {maximum:g}"
     else:
         allowed = f"a finite number with |value| ≤ {maximum:g}"
-    if not allowed.endswith("None"):
+    if "None" not in allowed:
         allowed += " or None" if optional else ""
     finite_number(name, value, positive=positive, non_negative=non_negative, optional=optional, allowed=allowed)
     if value is not None and abs(value) > maximum:
