@@ -7,17 +7,22 @@ another backbone (shape or content), another method, a truncated file — each a
 ValueError naming the file and the field. The record is checked field by field (types,
 ranges) before anything is built; the expected θ (its leaves and shapes) is built from
 the record and the config, never from the file's keys, and each array's header is
-checked against it before its data is read (``io.load_tree``).
+checked against it before its data is read (``io.load_tree``). This file is the one
+reader (``read_adapter``, ``load_adapter``) and the one writer (``save_adapter``) of that
+record, and writes and reads the merged backbone ``minipeft merge`` makes
+(``save_merged``, ``load_merged``).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import warnings
+from typing import NamedTuple
 
 import numpy as onp
 
 from . import io, tree
+from .backend import cast_like
 from .methods import REGISTRY, attach, method_class, trainable
 from .transformer import Config, new_head
 
@@ -25,6 +30,15 @@ from .transformer import Config, new_head
 RESERVED = ("format", "version", "kind", "methods", "config", "n_classes", "train_head", "backbone_sha256")
 #: the largest head a record may ask for (n_classes × d numbers)
 MAX_CLASSES = 65536
+
+
+class AdapterFile(NamedTuple):
+    """What ``read_adapter`` found in a file's record (no array read yet): the rebuilt
+    methods, the record, the path."""
+
+    methods: list
+    meta: dict
+    path: str
 
 
 def registry_name(method) -> str:
@@ -89,9 +103,8 @@ def build_methods(path, meta: dict) -> list:
             raise ValueError(f"{where}.type must be one of {sorted(REGISTRY)}, got {r['type']!r:.80}")
         if not isinstance(r["options"], dict):
             raise ValueError(f"{where}.options must be an object, got {type(r['options']).__name__}")
-        opts = {k: tuple(v) if isinstance(v, list) else v for k, v in r["options"].items()}
         try:
-            out.append(method_class(r["type"])(**opts))
+            out.append(method_class(r["type"]).from_options(r["options"]))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}.options: {e}") from None
     return out
@@ -128,32 +141,51 @@ def check_record(path, meta: dict, cfg: Config) -> list:
     return methods
 
 
-def load_adapter(path, backbone, cfg: Config, *, other_backbone: bool = False):
-    """Read an adapter for ``backbone`` (params of config ``cfg``): returns (params, methods, meta).
-
-    params = backbone (with a head of the adapter's class count) + the saved θ, bit-exact.
-    An adapter trained on another backbone (its ``backbone_sha256`` differs, or is absent)
-    is a ValueError; with ``other_backbone=True`` it loads with a UserWarning.
-    """
+def read_adapter(path, cfg: Config) -> AdapterFile:
+    """Read an adapter file's record and check it against ``cfg`` (``check_record``), without
+    a backbone and without reading any array."""
     path = os.fspath(path)
     meta = io.read_record(path)
-    methods = check_record(path, meta, cfg)
+    return AdapterFile(check_record(path, meta, cfg), meta, path)
+
+
+def load_adapter(path, backbone, cfg: Config, *, other_backbone: bool = False):
+    """An adapter for ``backbone`` (params of config ``cfg``): returns (params, methods, meta).
+
+    path: a file, or what ``read_adapter`` returned for one (a caller that checked the
+    record first). params = backbone (with a head of the adapter's class count) + the saved
+    θ, bit-exact, in the backbone's dtype and on its device. An adapter trained on another
+    backbone (its ``backbone_sha256`` differs, or is absent) is a ValueError; with
+    ``other_backbone=True`` it loads with a UserWarning.
+    """
+    f = path if isinstance(path, AdapterFile) else read_adapter(path, cfg)
+    methods, meta = f.methods, f.meta
     base = backbone
     if meta["n_classes"] != backbone["head"]["W"].shape[0]:
         base = new_head(backbone, int(meta["n_classes"]))
     want, got = backbone_sha256(base, methods, meta["train_head"]), meta.get("backbone_sha256")
     if want != got:
-        msg = (f"{path}: adapter was trained on another backbone (record field backbone_sha256 "
+        msg = (f"{f.path}: adapter was trained on another backbone (record field backbone_sha256 "
                f"{str(got)[:12] + '…' if got else 'absent'}, this backbone {want[:12]}…)")
         if not other_backbone:
             raise ValueError(msg + "; pass other_backbone=True (CLI: --other-backbone) to load it anyway")
         warnings.warn(msg + "; loaded anyway (other_backbone=True)")
+    # the expected θ from the record and the config: its leaves and shapes, never the file's keys
     expected, _ = tree.split(attach(base, methods, cfg), trainable(methods, meta["train_head"]))
-    theta, meta = io.load_tree(path, expected)
-    ref = base["embed"]["pos"]  # θ goes to the backbone's device and dtype (a NumPy file into a CuPy model)
-    theta = tree.map_leaves(lambda p, a: io.from_host(a, ref.dtype, like=ref), theta)
+    theta, meta = io.load_tree(f.path, expected)
+    theta = cast_like(theta, base["embed"]["pos"])  # a NumPy file into a CuPy model
     _, phi = tree.split(base, trainable(methods, meta["train_head"]))
     return tree.combine(theta, phi), methods, meta
+
+
+def save_merged(path, merged, adapter: AdapterFile, cfg: Config, *, task: str, dtype: str, max_abs_diff: float):
+    """Write a merged backbone (what ``merge.merge_methods`` returned for ``adapter``) with its
+    record: the methods folded in, the config, the head's classes, the task it was checked
+    on, the dtype and max |Δ| between merged and unmerged logits there."""
+    io.save_tree(path, merged, {"kind": "merged-backbone", "methods": adapter.meta["methods"],
+                                "config": cfg.to_dict(), "n_classes": int(adapter.meta["n_classes"]), "task": task,
+                                "dtype": dtype, "source": os.path.basename(adapter.path),
+                                "max_abs_diff": max_abs_diff})
 
 
 def load_merged(path):
@@ -182,4 +214,4 @@ def load_merged(path):
         raise ValueError(f"{path}: record field 'dtype' must be one of {io.FLOAT_DTYPES}, got {meta.get('dtype')!r:.80}")
     skeleton = new_head(init_params(cfg, 0, meta["dtype"]), n)
     params, meta = io.load_tree(path, skeleton, dtypes=(meta["dtype"],))
-    return tree.map_leaves(lambda p, a: io.from_host(a, a.dtype), params), cfg, meta
+    return cast_like(params, skeleton["embed"]["pos"]), cfg, meta  # on the backend

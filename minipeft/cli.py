@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 
-from . import data, tree
+from . import data
 from .methods import REGISTRY, method_class
 
 #: words a BOOL flag accepts (case-insensitive); anything else is an error
@@ -220,15 +220,13 @@ def _cmd_info(args):
 
 def _cmd_train(args):
     from .adapters import save_adapter
-    from .methods import attach, trainable
+    from .methods import attach, count_trainable
     from .pretrained import DEFAULT_CONFIG, backbone_path, load_backbone
     from .train import NonFiniteError, evaluate, fit
     from .transformer import new_head
 
-    cls = method_class(args.method)
-    opts = {k[4:]: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items()
-            if k.startswith("opt_") and v is not dataclasses.MISSING}
-    method = cls(**opts)
+    method = method_class(args.method).from_options(
+        {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not dataclasses.MISSING})
     cfg = DEFAULT_CONFIG
     if hasattr(method, "check_cfg"):
         method.check_cfg(cfg)  # before the backbone is loaded (or built)
@@ -238,11 +236,11 @@ def _cmd_train(args):
     task = data.load_task(args.task)
     params = attach(new_head(backbone, task.n_classes, seed=args.seed), [method], cfg, seed=args.seed)
     train_head = not args.frozen_head
-    n_train = tree.count(tree.split(params, trainable([method], train_head))[0])
-    lr = args.lr if args.lr is not None else getattr(method, "suggested_lr", 1e-3)
+    n_train = count_trainable(params, [method], train_head)
+    lr = args.lr if args.lr is not None else method.suggested_lr
     print(f"method {args.method} {json.dumps(method.options())}")
     print(f"task {task.name}: {task.description}; sizes {task.sizes()}")
-    n_method = tree.count(tree.split(params, trainable([method], False))[0])
+    n_method = count_trainable(params, [method], train_head=False)
     print(f"trainable numbers: {n_train:,} = {100 * n_train / cfg.n_params:.3f}% of the backbone ({cfg.n_params:,}); "
           f"method {n_method:,}, head {n_train - n_method:,}")
     steps = args.epochs * max(1, math.ceil(task.train[0].shape[0] / args.batch_size))
@@ -278,29 +276,25 @@ def _task_of(meta, flag_task, path):
 
 
 def _cmd_merge(args):
-    from .adapters import check_record, load_adapter
-    from .io import read_record, save_tree
+    from .adapters import load_adapter, read_adapter, save_merged
     from .merge import check_mergeable, merge_methods
     from .pretrained import DEFAULT_CONFIG, backbone_path, load_backbone
     from .train import evaluate, predict
 
     cfg = DEFAULT_CONFIG
-    meta = read_record(args.adapter)
-    methods = check_record(args.adapter, meta, cfg)
-    check_mergeable(methods)  # before loading anything big
-    task_name = _task_of(meta, args.task, args.adapter)
+    adapter = read_adapter(args.adapter, cfg)  # the record only, every field checked
+    check_mergeable(adapter.methods)  # before loading anything big
+    task_name = _task_of(adapter.meta, args.task, args.adapter)
     out = _check_out(args.out if args.out is not None else os.path.splitext(args.adapter)[0] + "-merged.npz",
                      inputs=(args.adapter, backbone_path(cfg)))
     backbone, _ = load_backbone(cfg, dtype=args.dtype)
-    params, methods, meta = load_adapter(args.adapter, backbone, cfg, other_backbone=args.other_backbone)
+    params, methods, meta = load_adapter(adapter, backbone, cfg, other_backbone=args.other_backbone)
     merged, _ = merge_methods(params, methods)
     task = data.load_task(task_name, args.dtype)
     X = task.test[0]
     delta = float(abs(predict(merged, X, cfg) - predict(params, X, cfg, methods)).max())
     acc_u, acc_m = evaluate(params, task.test, cfg, methods)["acc"], evaluate(merged, task.test, cfg)["acc"]
-    save_tree(out, merged, {"kind": "merged-backbone", "methods": meta["methods"], "config": cfg.to_dict(),
-                            "n_classes": int(meta["n_classes"]), "task": task.name, "dtype": args.dtype,
-                            "source": os.path.basename(args.adapter), "max_abs_diff": delta})
+    save_merged(out, merged, adapter, cfg, task=task.name, dtype=args.dtype, max_abs_diff=delta)
     names = " + ".join(r["type"] for r in meta["methods"])
     print(f"merged {names} into the backbone ({args.dtype}): test acc unmerged {acc_u:.3f}, merged {acc_m:.3f}")
     print(f"max |Δ| merged vs unmerged logits on {task.name} test ({X.shape[0]} images): {delta:.3e}")
@@ -309,7 +303,7 @@ def _cmd_merge(args):
 
 
 def _cmd_evaluate(args):
-    from .adapters import check_record, load_adapter, load_merged
+    from .adapters import load_adapter, load_merged, read_adapter
     from .io import read_record
     from .pretrained import DEFAULT_CONFIG, load_backbone
     from .train import evaluate
@@ -322,10 +316,10 @@ def _cmd_evaluate(args):
         task = data.load_task(_task_of(meta, args.task, args.file), meta["dtype"])
     elif kind == "adapter":
         cfg = DEFAULT_CONFIG
-        check_record(args.file, meta, cfg)
+        adapter = read_adapter(args.file, cfg)
         task = data.load_task(_task_of(meta, args.task, args.file))
         backbone, _ = load_backbone(cfg)
-        params, methods, meta = load_adapter(args.file, backbone, cfg, other_backbone=args.other_backbone)
+        params, methods, meta = load_adapter(adapter, backbone, cfg, other_backbone=args.other_backbone)
     else:
         raise ValueError(f"{args.file}: record field 'kind' is {kind!r:.80}; evaluate reads a merged backbone "
                          f"('merged-backbone') or an adapter ('adapter')")
