@@ -39,7 +39,11 @@ def save_tree(path, params, meta: dict) -> None:
             raise ValueError(f"params: cannot save leaf at path {p!r} (keys must be non-empty and dot-free)")
         arrays[key] = to_host(leaf)
     record = {"format": FORMAT, "version": VERSION, **meta}
-    arrays[_META] = onp.frombuffer(json.dumps(record, sort_keys=True).encode(), dtype=onp.uint8)
+    try:  # NaN/Infinity are not JSON: a record holding one could not be read back
+        text = json.dumps(record, sort_keys=True, allow_nan=False)
+    except ValueError:
+        raise ValueError("meta: the record must hold finite numbers only (no NaN/Inf)") from None
+    arrays[_META] = onp.frombuffer(text.encode(), dtype=onp.uint8)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     if os.path.isdir(path):

@@ -83,3 +83,104 @@ def test_divergence_is_warned_and_a_normal_run_is_not(tiny_cfg):
         rec.clear()
         mp.fit(params, data, tiny_cfg, [mp.FullFineTune()], lr=1e-3, steps=60, batch_size=16)
         assert not [w for w in rec if issubclass(w.category, mp.DivergenceWarning)]
+
+
+# --------------------------------------------------------------- the CLI under faults
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from minipeft import io, pretrained  # noqa: E402
+from minipeft.cli import main  # noqa: E402
+
+
+@pytest.fixture
+def fake_cache(monkeypatch, tmp_path):
+    """A valid cache entry for the default config holding untrained weights, so `train` starts
+    at once (the weights' quality is not what these tests are about)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MINIPEFT_CACHE", str(cache))
+    p = mp.init_params(pretrained.DEFAULT_CONFIG, 0, "float32")
+    info = {"val_acc": 0.1, "test_acc": 0.1, "seconds": 0.0, "spec": pretrained._spec(pretrained.DEFAULT_CONFIG, 0),
+            "sha256": io.tree_sha256(p)}
+    io.save_tree(pretrained.backbone_path(), p, {"kind": "backbone", **info})
+    return cache
+
+
+def _files(*folders):
+    return sorted(os.path.join(d, n) for d in folders if os.path.isdir(d) for n in os.listdir(d))
+
+
+def test_cli_huge_lr_exits_3_with_one_line_and_saves_nothing(fake_cache, tmp_path, capsys):
+    out = tmp_path / "a.npz"
+    assert main(["train", "--method", "lora", "--lr", "1e300", "--epochs", "1", "--out", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "non-finite" in err and "step 0" in err and "nothing saved" in err
+    assert not out.exists() and not [f for f in _files(tmp_path, fake_cache) if ".tmp-" in f]
+    assert main(["train", "--method", "lora", "--lr", "1e300", "--epochs", "1", "--out", str(out),
+                 "--save-on-error"]) == 3
+    from minipeft.adapters import load_adapter
+    params, methods, meta = load_adapter(out, pretrained.load_backbone(build=False)[0], pretrained.DEFAULT_CONFIG)
+    assert meta["stopped_at_step"] == 0 and mp.train.first_nonfinite(params) is None
+
+
+def test_out_problems_are_reported_before_training(fake_cache, tmp_path, capsys, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("the backbone was loaded before --out was checked")
+    monkeypatch.setattr(pretrained, "load_backbone", refuse)
+    (tmp_path / "file").write_bytes(b"")
+    for out, what in [(tmp_path, "is a directory"), (tmp_path / "file" / "a.npz", "is a file, not a folder"),
+                      ("", "non-empty"), (pretrained.backbone_path(), "refusing to overwrite")]:
+        assert main(["train", "--method", "lora", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and what in err, err
+
+
+def test_an_interrupted_save_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    from minipeft.cli import Terminated
+    f = tmp_path / "p.npz"
+    io.save_tree(f, {"a": onp.ones(3)}, {"v": 1})
+    before = f.read_bytes()
+    for exc in (KeyboardInterrupt, Terminated):
+        def half_then_signal(fh, **arrays):
+            fh.write(b"PK\x03\x04 half a file")
+            raise exc()
+        monkeypatch.setattr(onp, "savez", half_then_signal)
+        with pytest.raises(exc):
+            io.save_tree(f, {"a": onp.zeros(3)}, {"v": 2})
+        assert f.read_bytes() == before and os.listdir(tmp_path) == ["p.npz"]
+
+
+def _signal_during(argv, sig, marker, stream, env, cwd):
+    """Run ``minipeft argv``, send ``sig`` once ``marker`` appears on ``stream``; (rc, rest of stderr)."""
+    p = subprocess.Popen([sys.executable, "-m", "minipeft", *argv], cwd=cwd, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    src = p.stdout if stream == "stdout" else p.stderr
+    for line in src:
+        if marker in line:
+            break
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    return p.returncode, err
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_train_leaves_no_partial_or_temp_file(fake_cache, tmp_path, sig, code):
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "MINIPEFT_PROGRESS": "0"}
+    before = _files(fake_cache)
+    out = tmp_path / "out" / "a.npz"
+    rc, err = _signal_during(["train", "--method", "lora", "--epochs", "50", "--out", str(out)], sig, "training:",
+                             "stdout", env, tmp_path)
+    assert rc == code and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not out.exists() and _files(fake_cache) == before
+    assert not [f for f in _files(tmp_path, tmp_path / "out", fake_cache) if ".tmp-" in f]
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_pretrain_leaves_no_partial_or_temp_file(tmp_path, sig, code):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "MINIPEFT_PROGRESS": "0", "MINIPEFT_CACHE": str(cache)}
+    rc, err = _signal_during(["pretrain"], sig, "building the pretrained backbone", "stderr", env, tmp_path)
+    assert rc == code and err.count("\n") == 1 and "Traceback" not in err, err
+    assert _files(cache) == []  # no backbone, no temp file
