@@ -57,12 +57,33 @@ JUNK = st.one_of(
 )
 
 
+def _plausible(f):
+    """Values of the field's own type near its default (so many cases build a model)."""
+    d = f.default if f.default is not dataclasses.MISSING else None
+    if isinstance(d, bool):
+        return st.booleans()
+    if isinstance(d, int):
+        return st.integers(1, 8)
+    if isinstance(d, float) or f.metadata.get("type") is float:
+        return st.floats(0.0, 2.0)
+    if isinstance(d, tuple) and d:
+        return st.lists(st.sampled_from(d), min_size=1, max_size=len(d), unique=True).map(tuple)
+    if isinstance(d, str):
+        return st.sampled_from(tuple(f.metadata.get("choices", ())) + (d,) + tuple(NAMES[:6]))
+    return st.one_of(st.none(), st.lists(st.integers(0, 1), min_size=1, max_size=2, unique=True).map(tuple))
+
+
 def _options(cls):
-    fields = [f for f in dataclasses.fields(cls) if f.name != "name"]
-    optional = {f.name: st.one_of(st.just(f.default), JUNK) for f in fields}
-    optional["bogus_option"] = st.integers()
-    optional["name"] = st.sampled_from(["x", "a.b", "", "lora", "embed"])
-    return st.fixed_dictionaries({}, optional=optional)
+    """1–3 options changed from the default: each a plausible value or junk; now and then an
+    unknown option or a bad name."""
+    fields = {f.name: st.one_of(_plausible(f), JUNK) for f in dataclasses.fields(cls) if f.name != "name"}
+    fields["bogus_option"] = st.integers()
+    fields["name"] = st.sampled_from(["x", "a.b", "", "lora", "embed"])
+    keys = sorted(fields)
+    weights = st.sampled_from([k for k in keys if k not in ("bogus_option", "name")] * 6 + ["bogus_option", "name"]
+                              if len(keys) > 2 else keys)
+    return st.lists(weights, max_size=3, unique=True).flatmap(
+        lambda names: st.fixed_dictionaries({n: fields[n] for n in names}))
 
 
 def _bound(cfg):
@@ -114,8 +135,12 @@ CONFIG_VALUES = st.one_of(st.sampled_from([0, -1, 1, 2, 3, 4, 8, 16, 10 ** 6, 2 
                           st.integers(1, 24))
 
 
-@FUZZ
-@given(kw=st.fixed_dictionaries({}, optional={f.name: CONFIG_VALUES for f in dataclasses.fields(mp.Config)}))
+_CFG_FIELDS = [f.name for f in dataclasses.fields(mp.Config)]
+
+
+@settings(FUZZ, max_examples=60)
+@given(kw=st.lists(st.sampled_from(_CFG_FIELDS), max_size=3, unique=True).flatmap(
+    lambda names: st.fixed_dictionaries({n: CONFIG_VALUES for n in names})))
 def test_config_fields(kw):
     names = [f.name for f in dataclasses.fields(mp.Config)] + ["config"]
 
