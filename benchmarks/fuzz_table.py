@@ -26,18 +26,22 @@ def main() -> int:
         with open(table) as fh:
             data = json.load(fh)
     others = data.pop("_others", [])
-    print("\n| category | cases tried | clear errors | correct results | anything else |")
-    print("|---|---:|---:|---:|---:|")
+    lines = ["| category | cases tried | clear errors | correct results | anything else |", "|---|---:|---:|---:|---:|"]
     total = {"clear error": 0, "correct": 0, "other": 0}
     for cat in sorted(data):
         row = data[cat]
         for k in total:
             total[k] += row.get(k, 0)
-        print(f"| {cat} | {sum(row.values())} | {row.get('clear error', 0)} | {row.get('correct', 0)} "
-              f"| {row.get('other', 0)} |")
-    print(f"| **all** | {sum(total.values())} | {total['clear error']} | {total['correct']} | {total['other']} |")
-    for cat, info in others:
-        print(f"OTHER [{cat}] {info}")
+        lines.append(f"| {cat} | {sum(row.values())} | {row.get('clear error', 0)} | {row.get('correct', 0)} "
+                     f"| {row.get('other', 0)} |")
+    lines.append(f"| **all** | {sum(total.values())} | {total['clear error']} | {total['correct']} "
+                 f"| {total['other']} |")
+    lines += [f"OTHER [{cat}] {info}" for cat, info in others]
+    text = "\n".join(lines)
+    print("\n" + text)
+    with open(os.path.join(ROOT, "benchmarks", "fuzz_results.md"), "w") as fh:
+        fh.write(f"# Fuzz suite outcomes\n\nWritten by `python benchmarks/fuzz_table.py` (pytest exit code {rc}): "
+                 f"tests/test_fuzz.py and the classified cases of tests/test_faults.py.\n\n{text}\n")
     return rc
 
 

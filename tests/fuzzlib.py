@@ -73,18 +73,11 @@ def record(category: str, outcome: str, info: str = "") -> None:
 
 
 def write_table() -> None:
-    """Write TALLY to $MINIPEFT_FUZZ_TABLE when set (merged with what is there: one file per run)."""
+    """Write TALLY (everything this process recorded so far) to $MINIPEFT_FUZZ_TABLE when set."""
     path = os.environ.get("MINIPEFT_FUZZ_TABLE")
     if not path:
         return
-    data = {}
-    if os.path.exists(path):
-        with open(path) as fh:
-            data = json.load(fh)
-    for cat, counts in TALLY.items():
-        row = data.setdefault(cat, {o: 0 for o in OUTCOMES})
-        for o, n in counts.items():
-            row[o] = row.get(o, 0) + n
-    data["_others"] = data.get("_others", []) + [list(x) for x in OTHERS]
+    data = {cat: {o: counts.get(o, 0) for o in OUTCOMES} for cat, counts in TALLY.items()}
+    data["_others"] = [list(x) for x in OTHERS]
     with open(path, "w") as fh:
         json.dump(data, fh, indent=1, sort_keys=True)

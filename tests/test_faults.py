@@ -8,7 +8,15 @@ import pytest
 import minipeft as mp
 from minipeft.methods import method_class
 
+import fuzzlib
 from conftest import images
+from fuzzlib import record
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _table():
+    yield
+    fuzzlib.write_table()
 
 
 def _data(cfg, n=48, seed=0, dtype="float32"):
@@ -36,6 +44,7 @@ def test_huge_lr_stops_with_the_error_and_the_last_finite_theta(tiny_cfg, method
         ref = params
     for (p, a), (q, b) in zip(mp.tree.leaves_with_paths(e.params), mp.tree.leaves_with_paths(ref)):
         assert p == q and onp.array_equal(a, b), p
+    record("training faults", "clear error", f"huge lr, {method}")
 
 
 def test_nan_in_params_is_refused_before_training_naming_the_leaf(tiny_cfg):
@@ -44,6 +53,7 @@ def test_nan_in_params_is_refused_before_training_naming_the_leaf(tiny_cfg):
     params["lora"]["blocks"][1]["v"]["A"][0, 0] = onp.nan
     with pytest.raises(ValueError, match=r"^params: leaf lora\.blocks\.1\.v\.A holds NaN/Inf"):
         mp.fit(params, _data(tiny_cfg, dtype="float64"), tiny_cfg, [lora], steps=5, batch_size=16)
+    record("training faults", "clear error", "NaN in params")
 
 
 def test_first_nonfinite_names_the_first_bad_leaf_in_order():
@@ -58,6 +68,7 @@ def test_huge_weight_decay_stops_at_the_update(tiny_cfg):
         mp.fit(params, _data(tiny_cfg, dtype="float64"), tiny_cfg, [mp.LinearProbe()], weight_decay=1e308,
                lr=10.0, steps=3)
     assert info.value.leaf.startswith("head.")
+    record("training faults", "clear error", "huge weight decay")
 
 
 @pytest.mark.parametrize("bad", [onp.nan, onp.inf, -onp.inf, 1e300])
@@ -70,6 +81,7 @@ def test_non_finite_images_are_refused_at_fit_predict_evaluate(tiny_cfg, bad):
                  lambda: mp.evaluate(params, (X, y), tiny_cfg)):
         with pytest.raises(ValueError, match=r"^x: must hold finite numbers, got 1 NaN/Inf"):
             call()
+        record("training faults", "clear error", f"non-finite image {bad}")
 
 
 def test_divergence_is_warned_and_a_normal_run_is_not(tiny_cfg):
@@ -83,6 +95,8 @@ def test_divergence_is_warned_and_a_normal_run_is_not(tiny_cfg):
         rec.clear()
         mp.fit(params, data, tiny_cfg, [mp.FullFineTune()], lr=1e-3, steps=60, batch_size=16)
         assert not [w for w in rec if issubclass(w.category, mp.DivergenceWarning)]
+    record("training faults", "correct", "finite divergence warned")
+    record("training faults", "correct", "normal run not warned")
 
 
 # --------------------------------------------------------------- the CLI under faults
@@ -123,6 +137,8 @@ def test_cli_huge_lr_exits_3_with_one_line_and_saves_nothing(fake_cache, tmp_pat
     from minipeft.adapters import load_adapter
     params, methods, meta = load_adapter(out, pretrained.load_backbone(build=False)[0], pretrained.DEFAULT_CONFIG)
     assert meta["stopped_at_step"] == 0 and mp.train.first_nonfinite(params) is None
+    record("CLI faults", "clear error", "train --lr 1e300")
+    record("CLI faults", "correct", "train --lr 1e300 --save-on-error")
 
 
 def test_out_problems_are_reported_before_training(fake_cache, tmp_path, capsys, monkeypatch):
@@ -135,6 +151,7 @@ def test_out_problems_are_reported_before_training(fake_cache, tmp_path, capsys,
         assert main(["train", "--method", "lora", "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and what in err, err
+        record("CLI faults", "clear error", f"--out {out}")
 
 
 def test_an_interrupted_save_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
@@ -150,6 +167,7 @@ def test_an_interrupted_save_leaves_the_old_file_and_no_temp(tmp_path, monkeypat
         with pytest.raises(exc):
             io.save_tree(f, {"a": onp.zeros(3)}, {"v": 2})
         assert f.read_bytes() == before and os.listdir(tmp_path) == ["p.npz"]
+        record("CLI faults", "correct", f"{exc.__name__} during a save")
 
 
 def _signal_during(argv, sig, marker, stream, env, cwd):
@@ -175,6 +193,7 @@ def test_signal_during_train_leaves_no_partial_or_temp_file(fake_cache, tmp_path
     assert rc == code and err.count("\n") == 1 and "Traceback" not in err, err
     assert not out.exists() and _files(fake_cache) == before
     assert not [f for f in _files(tmp_path, tmp_path / "out", fake_cache) if ".tmp-" in f]
+    record("CLI faults", "correct", f"{sig.name} during train")
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
@@ -184,3 +203,4 @@ def test_signal_during_pretrain_leaves_no_partial_or_temp_file(tmp_path, sig, co
     rc, err = _signal_during(["pretrain"], sig, "building the pretrained backbone", "stderr", env, tmp_path)
     assert rc == code and err.count("\n") == 1 and "Traceback" not in err, err
     assert _files(cache) == []  # no backbone, no temp file
+    record("CLI faults", "correct", f"{sig.name} during pretrain")
