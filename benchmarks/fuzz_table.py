@@ -21,7 +21,7 @@ def main() -> int:
         table = os.path.join(d, "fuzz.json")
         env = {**os.environ, "MINIPEFT_FUZZ_TABLE": table, "MINIPEFT_PROGRESS": "0",
                "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow",
                               "tests/test_fuzz.py", "tests/test_faults.py"], cwd=ROOT, env=env)
         with open(table) as fh:
             data = json.load(fh)

@@ -183,7 +183,10 @@ def _signal_during(argv, sig, marker, stream, env, cwd):
     return p.returncode, err
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+# one signal of each kind per command in the default run, the other two behind -m slow (each
+# starts a fresh interpreter that imports scikit-learn for the data: seconds apiece)
+@pytest.mark.parametrize("sig,code", [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
 def test_signal_during_train_leaves_no_partial_or_temp_file(fake_cache, tmp_path, sig, code):
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "MINIPEFT_PROGRESS": "0"}
     before = _files(fake_cache)
@@ -196,7 +199,8 @@ def test_signal_during_train_leaves_no_partial_or_temp_file(fake_cache, tmp_path
     record("CLI faults", "correct", f"{sig.name} during train")
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)],
+                         ids=["SIGINT", "SIGTERM"])
 def test_signal_during_pretrain_leaves_no_partial_or_temp_file(tmp_path, sig, code):
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "MINIPEFT_PROGRESS": "0", "MINIPEFT_CACHE": str(cache)}
@@ -204,3 +208,52 @@ def test_signal_during_pretrain_leaves_no_partial_or_temp_file(tmp_path, sig, co
     assert rc == code and err.count("\n") == 1 and "Traceback" not in err, err
     assert _files(cache) == []  # no backbone, no temp file
     record("CLI faults", "correct", f"{sig.name} during pretrain")
+
+
+# ------------------------------------------------------------- config vs params
+def test_forward_checks_what_the_shapes_tell(tiny_cfg):
+    params = mp.init_params(tiny_cfg, 0, "float32")
+    base = dict(d=16, h=2, N=2, d_ff=24, n_classes=3, image_size=8, patch=4)
+    cases = [(mp.Config(**{**base, "patch": 2}), "position table"),
+             (mp.Config(**{**base, "image_size": 16, "patch": 8}), "embed.W has shape"),
+             (mp.Config(**{**base, "d_ff": 32}), "blocks.0.mlp.W_1"),
+             (mp.Config(**{**base, "front": "text", "vocab": 9, "max_len": 4}), "needs embed.W_tok")]
+    for cfg, match in cases:
+        x = (onp.zeros((1, cfg.channels, cfg.image_size, cfg.image_size), "float32") if cfg.front == "vision"
+             else onp.zeros((1, 3), "int64"))
+        with pytest.raises(ValueError, match=match):
+            mp.forward(params, x, cfg)
+        record("config vs params", "clear error", match)
+    three = mp.Config(**{**base, "channels": 3})
+    with pytest.raises(ValueError, match="embed.W has shape"):
+        mp.forward(params, onp.zeros((1, 3, 8, 8), "float32"), three)
+    record("config vs params", "clear error", "channels")
+    for bad in (True, float("inf"), float("nan"), 0.0, 2.0, "1e-5"):
+        with pytest.raises(ValueError, match="eps"):
+            mp.Config(**{**base, "eps": bad})
+        record("config vs params", "clear error", f"eps={bad!r}")
+
+
+def test_merged_files_carry_their_config_and_load_bit_exact(tmp_path, tiny_cfg):
+    from minipeft.adapters import AdapterFile, load_merged, save_merged
+    merged = mp.new_head(mp.init_params(tiny_cfg, 3, "float64"), 5)
+    meta = {"methods": [], "n_classes": 5}
+    save_merged(tmp_path / "m.npz", merged, AdapterFile([], meta, "a.npz"), tiny_cfg, task="digits",
+                dtype="float64", max_abs_diff=0.0)
+    params, cfg, meta = load_merged(tmp_path / "m.npz")
+    assert cfg == tiny_cfg and meta["task"] == "digits"
+    for (p, a), (q, b) in zip(mp.tree.leaves_with_paths(params), mp.tree.leaves_with_paths(merged)):
+        assert p == q and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    record("config vs params", "correct", "merged file round trip")
+
+
+@pytest.mark.slow
+def test_cli_train_merge_evaluate(fake_cache, tmp_path, capsys):
+    import re
+    a = tmp_path / "lora.npz"
+    assert main(["train", "--method", "lora", "--epochs", "1", "--out", str(a)]) == 0
+    assert "constant schedule" in capsys.readouterr().out
+    assert main(["merge", str(a)]) == 0
+    merged_acc = re.search(r"merged (\d\.\d+)", capsys.readouterr().out)[1]
+    assert main(["evaluate", str(tmp_path / "lora-merged.npz")]) == 0
+    assert f"test acc {merged_acc}" in capsys.readouterr().out

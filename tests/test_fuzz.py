@@ -513,9 +513,9 @@ def no_backbone(monkeypatch, tmp_path):
     return tmp_path
 
 
-def _int_ok(s, lo):
+def _int_ok(s, lo, hi=None):
     try:
-        return int(s) >= lo and int(s) < 2 ** 64
+        return int(s) >= lo and (hi is None or int(s) <= hi)
     except ValueError:
         return False
 
@@ -567,7 +567,7 @@ def test_cli_train_flags(no_backbone, flags, form, method):
     opt = ["--r", "2"] if method == "lora" else ["--learnable-s", word]
     outp = {"ok": str(d / "a.npz"), "": ""}.get(out, str(d / out))
     argv = ["train", *meth, "--epochs", epochs, "--lr", lr, "--batch-size", bs, "--seed", seed, *opt, "--out", outp]
-    valid = (_int_ok(epochs, 1) and _float_ok(lr) and _int_ok(bs, 1) and _int_ok(seed, 0)
+    valid = (_int_ok(epochs, 1) and _float_ok(lr) and _int_ok(bs, 1) and _int_ok(seed, 0, 2 ** 64 - 1)
              and (method == "lora" or word.lower() in ("true", "false", "yes", "no", "on", "off", "0", "1"))
              and out in ("ok", "new/deep/a.npz"))
     _check_cli(argv, valid, ["--epochs", "--lr", "--batch-size", "--seed", "--learnable-s", "--out"])
