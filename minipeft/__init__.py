@@ -14,6 +14,7 @@ Exported here:
     split, combine, count, tree                            θ/φ trees (tree.py)
     value_and_grad                                         O(P) gradients of trees (autodiff.py)
     fit, evaluate, predict, loss, adam_init, adam_step     training (train.py)
+    NonFiniteError, DivergenceWarning                      training faults (train.py)
     load_task, Task, TASKS, DOWNSTREAM                     real data (data.py)
     attach, trainable, count_trainable, Method,            PEFT methods (methods/): the protocol
       method_class, LinearProbe, FullFineTune              and the two baselines
@@ -23,14 +24,14 @@ from . import backend, nn, tree
 from .autodiff import value_and_grad
 from .data import DOWNSTREAM, TASKS, Task, load_task
 from .methods import FullFineTune, LinearProbe, Method, attach, count_trainable, method_class, trainable
-from .train import adam_init, adam_step, evaluate, fit, loss, predict
+from .train import DivergenceWarning, NonFiniteError, adam_init, adam_step, evaluate, fit, loss, predict
 from .transformer import Config, features, forward, init_params, new_head
 from .tree import combine, count, split
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Config", "DOWNSTREAM", "FullFineTune", "LinearProbe", "Method", "TASKS", "Task", "adam_init",
+    "Config", "DOWNSTREAM", "DivergenceWarning", "NonFiniteError", "FullFineTune", "LinearProbe", "Method", "TASKS", "Task", "adam_init",
     "adam_step", "attach", "backend", "combine", "count", "count_trainable", "evaluate", "features", "fit",
     "forward", "init_params", "load_task", "loss", "method_class", "new_head", "nn", "predict", "split",
     "trainable", "tree", "value_and_grad",

@@ -1,18 +1,77 @@
-"""The ``minipeft`` command: pretrain, info, train, merge, tour.
+"""The ``minipeft`` command: pretrain, info, train, merge, evaluate, tour.
 
 Every method's options become ``train`` flags automatically, from its dataclass fields
 (``metadata["help"]`` is the help text), so a new method needs no CLI code.
+
+Reliability: every flag is checked before anything is built or loaded (an error is one
+line on stderr, exit 2); ``--out`` is checked before any work (a directory, a folder that
+cannot be written, a path under a regular file, an input file or the backbone cache are
+refused); an OSError is one line naming the path (exit 1); training that goes non-finite
+stops with one line (exit 3) and saves nothing unless ``--save-on-error``; Ctrl-C and
+SIGTERM print one line and exit 130 / 143, leaving no partial or temp file.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 import os
+import signal
 import sys
+import threading
 
 from . import data
 from .methods import REGISTRY, method_class
+
+#: words a BOOL flag accepts (case-insensitive); anything else is an error
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: "minipeft train: error: …" and exit 2 (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _bool(s: str) -> bool:
+    w = s.lower()
+    if w in TRUE_WORDS or w in FALSE_WORDS:
+        return w in TRUE_WORDS
+    raise argparse.ArgumentTypeError(f"expected one of {'/'.join(TRUE_WORDS + FALSE_WORDS)}, got {s!r}")
+
+
+_bool.__name__ = "bool"
+
+
+def _int_at_least(minimum: int, maximum: int | None = None):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {s!r}") from None
+        if v < minimum or (maximum is not None and v > maximum):
+            rng = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"expected an int {rng}, got {v}")
+        return v
+    parse.__name__ = "int"
+    return parse
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {s!r}")
+    return v
+
+
+_positive_float.__name__ = "float"
+#: seeds: NumPy takes any non-negative int; 2⁶⁴ − 1 keeps them a machine word
+_seed = _int_at_least(0, 2 ** 64 - 1)
 
 
 def _method_flags(parser, name):
@@ -26,7 +85,7 @@ def _method_flags(parser, name):
               "default": dataclasses.MISSING, "metavar": f.name.upper()}
         typ = f.metadata.get("type") or (type(default) if default is not None else str)
         if isinstance(default, bool) or typ is bool:
-            kw["type"] = lambda s: s.lower() in ("1", "true", "yes", "on")
+            kw["type"] = _bool
             kw["metavar"] = "BOOL"
         elif isinstance(default, tuple) or f.metadata.get("nargs"):
             kw["nargs"] = "+"
@@ -40,15 +99,15 @@ def _method_flags(parser, name):
 
 def build_parser(method: str | None = None):
     """The argparse parser; with ``method``, ``train`` also gets that method's flags."""
-    p = argparse.ArgumentParser(prog="minipeft", description="Parameter-efficient fine-tuning in NumPy + autograd.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="minipeft", description="Parameter-efficient fine-tuning in NumPy + autograd.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("pretrain", help="train (or rebuild) the cached pretrained backbone and report its accuracy")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--rebuild", action="store_true", help="train again even if a valid cache exists")
 
     s = sub.add_parser("info", help="the backbone's config, parameter counts and cache file")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_seed, default=0)
 
     methods_list = ", ".join(sorted(REGISTRY))
     s = sub.add_parser("train", help="fine-tune the pretrained backbone with a method on a downstream task",
@@ -56,12 +115,17 @@ def build_parser(method: str | None = None):
                                    "`minipeft train --method NAME --help` lists that method's options.")
     s.add_argument("--method", required=True, choices=sorted(REGISTRY))
     s.add_argument("--task", default="digits", choices=data.DOWNSTREAM)
-    s.add_argument("--epochs", type=int, default=10)
-    s.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the method's suggestion)")
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--epochs", type=_int_at_least(1), default=10)
+    s.add_argument("--lr", type=_positive_float, default=None,
+                   help="Adam learning rate (default: the method's suggestion)")
+    s.add_argument("--schedule", default="constant", choices=("constant", "cosine"),
+                   help="learning-rate schedule (default: constant)")
+    s.add_argument("--batch-size", type=_int_at_least(1), default=64)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--frozen-head", action="store_true", help="keep the (new, random) head frozen")
     s.add_argument("--out", default=None, help="adapter file to write (default: minipeft-METHOD-TASK.npz)")
+    s.add_argument("--save-on-error", action="store_true",
+                   help="if training goes non-finite, save the last finite θ to --out anyway (default: save nothing)")
     if method is not None:
         _method_flags(s, method)
 
@@ -70,7 +134,8 @@ def build_parser(method: str | None = None):
                                    "each at its suggested lr) and prints trainable numbers, % of the backbone, test "
                                    "accuracy, mergeability and training time.")
     s.add_argument("--task", default="digits", choices=data.DOWNSTREAM)
-    s.add_argument("--epochs", type=int, default=None, help="epochs per method (default: 10; 1 with --quick)")
+    s.add_argument("--epochs", type=_int_at_least(1), default=None,
+                   help="epochs per method (default: 10; 1 with --quick)")
     s.add_argument("--quick", action="store_true", help="1 epoch on the first 256 training examples (a smoke test)")
     s.add_argument("--methods", nargs="+", default=None, choices=list(REGISTRY), metavar="METHOD",
                    help=f"run only these methods, among: {', '.join(REGISTRY)}")
@@ -84,7 +149,54 @@ def build_parser(method: str | None = None):
                    help="task whose test split is compared (default: the adapter's)")
     s.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="dtype to merge and compare in (default: float32, the backbone's)")
+    s.add_argument("--other-backbone", action="store_true",
+                   help="load an adapter trained on another backbone of the same config (with a warning)")
+
+    s = sub.add_parser("evaluate", help="accuracy of a merged backbone (from `minipeft merge`) or an adapter",
+                       description="Loads FILE (a merged backbone or an adapter, on the pretrained backbone) and "
+                                   "prints its val and test accuracy on the task.")
+    s.add_argument("file", help="merged backbone (ADAPTER-merged.npz) or adapter file")
+    s.add_argument("--task", default=None, choices=data.DOWNSTREAM,
+                   help="task to evaluate on (default: the one in the file's record)")
+    s.add_argument("--other-backbone", action="store_true",
+                   help="an adapter: allow one trained on another backbone of the same config (with a warning)")
     return p
+
+
+def _check_out(path, flag: str = "--out", inputs=()) -> str:
+    """``path`` checked, before any work, to be a file minipeft may write: not empty, not a
+    directory, not an input (``inputs``) nor in the backbone cache, its folder (or the first
+    existing ancestor) a directory where a file can be created (probed with a temp file)."""
+    import tempfile
+
+    from .pretrained import cache_dir
+
+    if not path:
+        raise ValueError(f"{flag} must be a non-empty file path, got {path!r}")
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise ValueError(f"{flag} {path}: is a directory; give a file path")
+    if os.path.lexists(full) and not os.path.isfile(full):
+        raise ValueError(f"{flag} {path}: exists and is not a regular file")
+    for inp in inputs:
+        if os.path.exists(full) and os.path.exists(inp) and os.path.samefile(full, inp):
+            raise ValueError(f"{flag} {path}: is the input file {inp}; refusing to overwrite it")
+    cache = os.path.realpath(cache_dir())
+    real = os.path.realpath(full)
+    if os.path.commonpath([cache, real]) == cache:
+        raise ValueError(f"{flag} {path}: is inside the backbone cache {cache}; write it elsewhere")
+    folder = os.path.dirname(full)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path}: {folder} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-probe-", suffix=".npz")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot write in {folder}: {e.strerror}") from None
+    return path
 
 
 def _cmd_pretrain(args):
@@ -109,13 +221,17 @@ def _cmd_info(args):
 def _cmd_train(args):
     from .adapters import save_adapter
     from .methods import attach, count_trainable
-    from .pretrained import DEFAULT_CONFIG, load_backbone
-    from .train import evaluate, fit
+    from .pretrained import DEFAULT_CONFIG, backbone_path, load_backbone
+    from .train import NonFiniteError, evaluate, fit
     from .transformer import new_head
 
     method = method_class(args.method).from_options(
         {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not dataclasses.MISSING})
     cfg = DEFAULT_CONFIG
+    if hasattr(method, "check_cfg"):
+        method.check_cfg(cfg)  # before the backbone is loaded (or built)
+    out = _check_out(args.out if args.out is not None else f"minipeft-{args.method}-{args.task}.npz",
+                     inputs=(backbone_path(cfg),))
     backbone, _ = load_backbone(cfg)
     task = data.load_task(args.task)
     params = attach(new_head(backbone, task.n_classes, seed=args.seed), [method], cfg, seed=args.seed)
@@ -127,42 +243,92 @@ def _cmd_train(args):
     n_method = count_trainable(params, [method], train_head=False)
     print(f"trainable numbers: {n_train:,} = {100 * n_train / cfg.n_params:.3f}% of the backbone ({cfg.n_params:,}); "
           f"method {n_method:,}, head {n_train - n_method:,}")
-    params, hist = fit(params, task.train, cfg, [method], train_head=train_head, epochs=args.epochs, lr=lr,
-                       batch_size=args.batch_size, seed=args.seed, desc=f"{args.method} on {task.name}")
+    steps = args.epochs * max(1, math.ceil(task.train[0].shape[0] / args.batch_size))
+    print(f"training: {args.epochs} epoch{'s' if args.epochs != 1 else ''} ({steps} steps of batch {args.batch_size}), Adam lr {lr:g} "
+          f"({'--lr' if args.lr is not None else 'the method' + chr(39) + 's suggested lr'}), "
+          f"{args.schedule} schedule, seed {args.seed}", flush=True)
+    record = {"task": task.name, "epochs": args.epochs, "lr": lr, "schedule": args.schedule,
+              "batch_size": args.batch_size, "seed": args.seed}
+    try:
+        params, hist = fit(params, task.train, cfg, [method], train_head=train_head, epochs=args.epochs, lr=lr,
+                           batch_size=args.batch_size, schedule=args.schedule, seed=args.seed,
+                           desc=f"{args.method} on {task.name}")
+    except NonFiniteError as e:
+        if args.save_on_error:
+            save_adapter(out, e.params, [method], cfg, train_head=train_head,
+                         extra={**record, "stopped_at_step": e.step, "stopped_because": "non-finite " + e.where})
+            e.args = (f"{e.args[0]}; --save-on-error: the last finite θ saved to {out}",)
+        else:
+            e.args = (f"{e.args[0]}; nothing saved (--save-on-error saves the last finite θ)",)
+        raise
     val, test = evaluate(params, task.val, cfg, [method]), evaluate(params, task.test, cfg, [method])
     print(f"final train loss {hist['loss'][-1]:.4f}; val acc {val['acc']:.3f}; test acc {test['acc']:.3f}")
-    out = args.out or f"minipeft-{args.method}-{task.name}.npz"
-    save_adapter(out, params, [method], cfg, train_head=train_head,
-                 extra={"task": task.name, "test_acc": test["acc"], "epochs": args.epochs, "lr": lr})
+    save_adapter(out, params, [method], cfg, train_head=train_head, extra={**record, "test_acc": test["acc"]})
     print(f"adapter saved: {out}")
+
+
+def _task_of(meta, flag_task, path):
+    task_name = flag_task or meta.get("task")
+    if task_name not in data.DOWNSTREAM:
+        raise ValueError(f"task: the record of {path} names no downstream task ({task_name!r:.80}); "
+                         f"pass --task, one of {data.DOWNSTREAM}")
+    return task_name
 
 
 def _cmd_merge(args):
     from .adapters import load_adapter, read_adapter, save_merged
     from .merge import check_mergeable, merge_methods
-    from .pretrained import DEFAULT_CONFIG, load_backbone
+    from .pretrained import DEFAULT_CONFIG, backbone_path, load_backbone
     from .train import evaluate, predict
 
     cfg = DEFAULT_CONFIG
-    adapter = read_adapter(args.adapter, cfg)
+    adapter = read_adapter(args.adapter, cfg)  # the record only, every field checked
     check_mergeable(adapter.methods)  # before loading anything big
-    task_name = args.task or adapter.meta.get("task")
-    if task_name not in data.DOWNSTREAM:
-        raise ValueError(f"task: the adapter's record names no downstream task ({task_name!r}); "
-                         f"pass --task, one of {data.DOWNSTREAM}")
+    task_name = _task_of(adapter.meta, args.task, args.adapter)
+    out = _check_out(args.out if args.out is not None else os.path.splitext(args.adapter)[0] + "-merged.npz",
+                     inputs=(args.adapter, backbone_path(cfg)))
     backbone, _ = load_backbone(cfg, dtype=args.dtype)
-    params, methods, meta = load_adapter(adapter, backbone, cfg)
+    params, methods, meta = load_adapter(adapter, backbone, cfg, other_backbone=args.other_backbone)
     merged, _ = merge_methods(params, methods)
     task = data.load_task(task_name, args.dtype)
     X = task.test[0]
     delta = float(abs(predict(merged, X, cfg) - predict(params, X, cfg, methods)).max())
     acc_u, acc_m = evaluate(params, task.test, cfg, methods)["acc"], evaluate(merged, task.test, cfg)["acc"]
-    out = args.out or os.path.splitext(args.adapter)[0] + "-merged.npz"
     save_merged(out, merged, adapter, cfg, task=task.name, dtype=args.dtype, max_abs_diff=delta)
     names = " + ".join(r["type"] for r in meta["methods"])
     print(f"merged {names} into the backbone ({args.dtype}): test acc unmerged {acc_u:.3f}, merged {acc_m:.3f}")
     print(f"max |Δ| merged vs unmerged logits on {task.name} test ({X.shape[0]} images): {delta:.3e}")
-    print(f"merged backbone saved: {out}")
+    print(f"merged backbone saved: {out} (a plain backbone: `minipeft evaluate {out}`, or in Python "
+          f"minipeft.adapters.load_merged)")
+
+
+def _cmd_evaluate(args):
+    from .adapters import load_adapter, load_merged, read_adapter
+    from .io import read_record
+    from .pretrained import DEFAULT_CONFIG, load_backbone
+    from .train import evaluate
+
+    meta = read_record(args.file)
+    kind = meta.get("kind")
+    if kind == "merged-backbone":
+        params, cfg, meta = load_merged(args.file)
+        methods = []
+        task = data.load_task(_task_of(meta, args.task, args.file), meta["dtype"])
+    elif kind == "adapter":
+        cfg = DEFAULT_CONFIG
+        adapter = read_adapter(args.file, cfg)
+        task = data.load_task(_task_of(meta, args.task, args.file))
+        backbone, _ = load_backbone(cfg)
+        params, methods, meta = load_adapter(adapter, backbone, cfg, other_backbone=args.other_backbone)
+    else:
+        raise ValueError(f"{args.file}: record field 'kind' is {kind!r:.80}; evaluate reads a merged backbone "
+                         f"('merged-backbone') or an adapter ('adapter')")
+    if task.n_classes != int(params["head"]["W"].shape[0]):
+        raise ValueError(f"--task {task.name}: has {task.n_classes} classes, the file's head has "
+                         f"{int(params['head']['W'].shape[0])}")
+    val, test = evaluate(params, task.val, cfg, methods), evaluate(params, task.test, cfg, methods)
+    print(f"{args.file} ({kind}) on {task.name}: val acc {val['acc']:.3f}, test acc {test['acc']:.3f} "
+          f"(test loss {test['loss']:.4f})")
 
 
 def _cmd_tour(args):
@@ -172,21 +338,75 @@ def _cmd_tour(args):
     print(format_table(rows, args.task))
 
 
+class Terminated(BaseException):
+    """Raised by the CLI's SIGTERM handler, so saves in progress remove their temp files."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _method_of(argv) -> str | None:
+    """The --method of a ``train`` command line, in any form argparse accepts
+    (``--method lora``, ``--method=lora``, an abbreviation ``--meth lora``)."""
+    if not argv or argv[0] != "train":
+        return None
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--method")
+    try:
+        known, _ = p.parse_known_args(argv[1:])
+    except SystemExit:  # "expected one argument": the full parser reports it
+        return None
+    return known.method if known.method in REGISTRY else None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _warn_one_line(message, category, filename, lineno, file=None, line=None):
+    print(f"minipeft: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None) -> int:
-    """Entry point of the ``minipeft`` console script."""
+    """Entry point of the ``minipeft`` console script.
+
+    Exit codes: 0 done; 1 an OS error (one line naming the path); 2 bad input (flags,
+    files, options); 3 training went non-finite; 130 Ctrl-C; 143 SIGTERM.
+    """
+    import warnings
+
+    from .train import NonFiniteError
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    method = None
-    if "--method" in argv:
-        i = argv.index("--method")
-        if i + 1 < len(argv) and argv[i + 1] in REGISTRY:
-            method = argv[i + 1]
-    args = build_parser(method).parse_args(argv)
+    args = build_parser(_method_of(argv)).parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    old_show = warnings.showwarning
+    warnings.showwarning = _warn_one_line
     try:
         {"pretrain": _cmd_pretrain, "info": _cmd_info, "train": _cmd_train, "merge": _cmd_merge,
-         "tour": _cmd_tour}[args.command](args)
+         "evaluate": _cmd_evaluate, "tour": _cmd_tour}[args.command](args)
+    except NonFiniteError as e:
+        print(f"minipeft: error: {_one_line(e)}", file=sys.stderr)
+        return 3
     except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"minipeft: error: {e}", file=sys.stderr)
+        print(f"minipeft: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:
+        where = e.filename if e.filename is not None else ""
+        print(f"minipeft: error: {where}{': ' if where else ''}{_one_line(e.strerror or e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("minipeft: interrupted (Ctrl-C); no partial or temp file left", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("minipeft: terminated (SIGTERM); no partial or temp file left", file=sys.stderr)
+        return 143
+    finally:
+        warnings.showwarning = old_show
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     return 0
 
 

@@ -65,23 +65,58 @@ def pretrain(cfg: Config = DEFAULT_CONFIG, seed: int = 0, progress=None):
     return params, info
 
 
+def check_record(path, meta: dict, cfg: Config, seed: int) -> dict:
+    """The info of a backbone record after checking every field it must have (ValueError naming it)."""
+    if meta.get("kind") != "backbone":
+        raise ValueError(f"{path}: not a backbone file (record field 'kind' missing or not 'backbone': "
+                         f"{meta.get('kind')!r:.80})")
+    if meta.get("spec") != json.loads(json.dumps(_spec(cfg, seed))):
+        raise ValueError(f"{path}: made with another recipe or config (record field 'spec')")
+    for key in ("val_acc", "test_acc"):
+        v = meta.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise ValueError(f"{path}: record field {key!r} must be a number in [0, 1], got {v!r:.80}"
+                             + (" (missing)" if key not in meta else ""))
+    v = meta.get("seconds")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+        raise ValueError(f"{path}: record field 'seconds' must be a finite number >= 0, got {v!r:.80}")
+    v = meta.get("sha256")
+    if not isinstance(v, str) or len(v) != 64:
+        raise ValueError(f"{path}: record field 'sha256' (the arrays' checksum) missing or malformed: {v!r:.80}")
+    return {k: meta[k] for k in ("val_acc", "test_acc", "seconds", "spec", "sha256")}
+
+
+def _read_cache(path, cfg: Config, seed: int):
+    """(params, info) from the cache file, every check passed; ValueError naming what failed."""
+    info = check_record(path, io.read_record(path), cfg, seed)
+    skeleton = init_params(cfg, seed, RECIPE["dtype"])  # leaves and shapes from the config, not the file
+    params, _ = io.load_tree(path, skeleton, dtypes=(RECIPE["dtype"],))  # dtype exact, every leaf finite
+    if io.tree_sha256(params) != info["sha256"]:
+        raise ValueError(f"{path}: the arrays do not match the record's checksum (record field 'sha256')")
+    return params, info
+
+
 def load_backbone(cfg: Config = DEFAULT_CONFIG, seed: int = 0, build: bool = True, progress=None,
                   dtype=None, rebuild: bool = False):
     """The pretrained backbone: (params, info), cast to ``dtype`` (default: as stored, float32).
 
-    Reads the cache; if the file is missing, corrupted or of another recipe, builds it
-    (when ``build``; else raises FileNotFoundError/ValueError) and saves it atomically.
-    ``rebuild`` forces a fresh build.
+    Reads the cache and checks it: the record's fields, every leaf of the expected shape
+    and of dtype float32 (never cast), finite, and the arrays' SHA-256 equal to the
+    record's. If the file is missing or fails a check, builds it (when ``build``, with a
+    warning saying why; else raises FileNotFoundError/ValueError) and saves it
+    atomically. ``rebuild`` forces a fresh build. A directory at the cache path is a
+    ValueError (nothing is removed). info: {"val_acc", "test_acc", "seconds", "spec",
+    "sha256", "config"}: the backbone carries its Config (``info["config"]``).
     """
     path = backbone_path(cfg, seed)
+    io.remove_stale_temps(os.path.dirname(path))
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise ValueError(f"{path}: the backbone cache path is {'a directory' if os.path.isdir(path) else 'not a file'}"
+                         f"; remove it (minipeft does not delete it) and run `minipeft pretrain`")
     params = None
     if os.path.exists(path) and not rebuild:
         try:
-            params, meta = io.load_tree(path)
-            if meta.get("spec") != json.loads(json.dumps(_spec(cfg, seed))):
-                raise ValueError(f"{path}: made with another recipe or config")
-            io.check_same_shapes(params, init_params(cfg, seed, "float32"), what=path)
-            info = {k: meta[k] for k in ("val_acc", "test_acc", "seconds", "spec")}
+            params, info = _read_cache(path, cfg, seed)
         except ValueError as e:
             if not build:
                 raise
@@ -93,5 +128,7 @@ def load_backbone(cfg: Config = DEFAULT_CONFIG, seed: int = 0, build: bool = Tru
         print(f"minipeft: building the pretrained backbone (once, then cached) -> {path}",
               file=sys.stderr, flush=True)
         params, info = pretrain(cfg, seed, progress)
+        info["sha256"] = io.tree_sha256(params)
         io.save_tree(path, params, {"kind": "backbone", **info})
+    info = {**info, "config": Config.from_dict(info["spec"]["config"])}
     return cast(params, dtype if dtype is not None else params["embed"]["pos"].dtype), info  # on the backend

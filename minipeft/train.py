@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as onp
 
@@ -74,6 +75,71 @@ def _zip_leaves(fn, theta, *others):
     return fn(theta, *others)
 
 
+# ----------------------------------------------------------------------- finiteness
+class NonFiniteError(FloatingPointError):
+    """``fit`` met a non-finite loss, gradient or updated θ and stopped.
+
+    Attributes: ``step`` (0-based step that produced it), ``loss`` (that step's loss, a
+    float, possibly nan/inf), ``leaf`` (path string of the first non-finite gradient leaf,
+    or of the updated θ when ``where == "update"``; "" when none), ``where`` ("loss", "gradient" or
+    "update"), ``params`` (the full tree with the last finite θ: the one before that
+    step) and ``history`` (the losses of the finished steps).
+    """
+
+    def __init__(self, message, *, step, loss, leaf, where, params, history):
+        super().__init__(message)
+        self.step, self.loss, self.leaf, self.where = step, loss, leaf, where
+        self.params, self.history = params, history
+
+
+class DivergenceWarning(RuntimeWarning):
+    """``fit`` finished with a finite loss far above where it started (see ``DIVERGENCE``)."""
+
+
+#: warn when the mean loss of the last steps exceeds the first step's by this factor
+#: and by at least DIVERGENCE_MIN nats (cross-entropy starts near log C)
+DIVERGENCE = 10.0
+DIVERGENCE_MIN = 1.0
+
+
+def first_nonfinite(tree_) -> str | None:
+    """Path string of the first leaf holding a NaN or ±Inf, or None when all are finite.
+
+    One fused reduction first (Σ leaf·0 is 0 exactly unless some entry is non-finite),
+    the per-leaf walk only when it fails.
+    """
+    leaves = tree.leaves_with_paths(tree_)
+    if not leaves:
+        return None
+    with onp.errstate(invalid="ignore", over="ignore"):  # inf·0 = nan is the signal, not a fault
+        total = sum(float((leaf * 0).sum()) for _, leaf in leaves)
+    if total == 0.0:
+        return None
+    for p, leaf in leaves:
+        if not bool(module_of(leaf).isfinite(leaf).all()):
+            return tree.path_str(p)
+    return None  # pragma: no cover  (the sum was non-zero only through a non-finite entry)
+
+
+def check_finite_params(params, what: str = "params") -> None:
+    """ValueError naming the first leaf of ``params`` that holds a NaN or ±Inf."""
+    bad = first_nonfinite(params)
+    if bad is not None:
+        raise ValueError(f"{what}: leaf {bad} holds NaN/Inf values; training from it cannot give a finite model")
+
+
+def _divergence_warning(losses, stacklevel=3):
+    """DivergenceWarning when the loss ended ≥ DIVERGENCE× (and ≥ DIVERGENCE_MIN above) its start."""
+    if len(losses) < 2:
+        return
+    tail = losses[-max(1, min(10, len(losses) // 10)):]
+    start, end = losses[0], sum(tail) / len(tail)
+    if end > DIVERGENCE * start and end > start + DIVERGENCE_MIN:
+        warnings.warn(f"fit: the loss diverged: it started at {start:.4g} and ended at {end:.4g} (mean of the last "
+                      f"{len(tail)} steps); the learning rate or weight decay is probably too large",
+                      DivergenceWarning, stacklevel=stacklevel)
+
+
 # ------------------------------------------------------------------------------ fit
 SCHEDULES = ("constant", "cosine")
 
@@ -88,9 +154,15 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
     schedule: "constant" (lr throughout) or "cosine" (lr_t = lr · ½(1 + cos(π t / steps))).
     Returns (params', history) with history["loss"] the loss of every step; every φ leaf
     of params' is the very array of ``params`` (bit-identical).
+
+    Faults stop training: the first non-finite loss, gradient leaf or updated θ leaf raises
+    ``NonFiniteError`` (naming the step, the loss and the leaf) whose ``.params`` holds the
+    last finite θ; NaN/Inf in X or in params is a ValueError before any step. A run whose loss ends
+    ``DIVERGENCE``× above its start (and ≥ ``DIVERGENCE_MIN`` nats) emits ``DivergenceWarning``.
     """
     X, y = data
     check_on_backend(params, "params")
+    check_finite_params(params)
     dtype = params["embed"]["pos"].dtype
     X = check_batch(X, cfg, dtype)
     y = check_labels(y, params["head"]["W"].shape[0], X.shape[0])
@@ -113,18 +185,35 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
     objective = lambda th, xb, yb: loss(th, phi, xb, yb, cfg, methods)  # noqa: E731
     history = {"loss": []}
     order = onp.empty(0, dtype=int)
-    with bar(total, desc, progress) as pbar:
+    # NumPy's overflow/invalid warnings are redundant: every step is checked and a fault raises
+    with bar(total, desc, progress) as pbar, onp.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for step in range(total):
             if len(order) < batch_size:
                 order = onp.concatenate([order, rng.permutation(n)])
             idx, order = order[:batch_size], order[batch_size:]
             value, grads = value_and_grad(lambda th: objective(th, X[idx], y[idx]), theta)
+            value = float(value)
             lr_t = lr if schedule == "constant" else lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-            theta, state = adam_step(theta, grads, state, lr=lr_t, weight_decay=weight_decay)
-            history["loss"].append(float(value))
+            bad = first_nonfinite(grads)  # the first non-finite gradient leaf, or None
+            where = "loss" if not math.isfinite(value) else "gradient"
+            if bad is None and where == "gradient":
+                new_theta, new_state = adam_step(theta, grads, state, lr=lr_t, weight_decay=weight_decay)
+                bad, where = first_nonfinite(new_theta), "update"
+            if bad is not None or where == "loss":
+                kind = "updated θ" if where == "update" else "gradient"
+                raise NonFiniteError(
+                    f"fit: non-finite {where} at step {step} (loss {value:.6g}, lr {lr_t:.3g}, weight_decay "
+                    f"{weight_decay:.3g}); first non-finite {kind} leaf: {bad or 'none'}; stopped, the "
+                    f"error's .params holds the last finite θ (lower lr or weight_decay, check the data and "
+                    f"the method's options)",
+                    step=step, loss=value, leaf=bad or "", where=where, params=tree.combine(theta, phi),
+                    history={"loss": list(history["loss"])})
+            theta, state = new_theta, new_state
+            history["loss"].append(value)
             pbar.update(1)
             if step % 10 == 0:
-                pbar.set_postfix(loss=f"{float(value):.3f}")
+                pbar.set_postfix(loss=f"{value:.3f}")
+    _divergence_warning(history["loss"])
     return tree.combine(theta, phi), history
 
 

@@ -88,6 +88,42 @@ def layer_indices(name: str, layers, *, allowed_sequence: str = "None (every lay
     return tuple(layers)
 
 
+#: the largest magnitude of a method's scale or init-std option (s, σ, α, init_std, scale):
+#: with inputs in [0, 1] and LayerNorm before every block, activations and gradients of
+#: every method stay finite in float32 at that bound (tests/test_fuzz.py checks the bound)
+MAX_SCALE = 1e3
+#: the largest width option of a method (d̂, d', hidden, r): an array a method adds has at
+#: most MAX_WIDTH × (the largest backbone dimension, or 2·N·d) numbers
+MAX_WIDTH = 4096
+
+
+def scale(name: str, value, *, positive: bool = False, non_negative: bool = False, optional: bool = False,
+          maximum: float = MAX_SCALE, allowed: Optional[str] = None):
+    """``value`` checked to be a finite number with |value| ≤ ``maximum`` (and > 0 / ≥ 0 when asked).
+
+    The error names the field and the range: "s must be a finite number with |value| ≤ 1000";
+    ``allowed`` replaces the text after "must be".
+    """
+    if allowed is not None:
+        pass
+    elif positive:
+        allowed = f"a positive finite number ≤ {maximum:g}"
+    elif non_negative:
+        allowed = f"a finite number ≥ 0 and ≤ {maximum:g}"
+    else:
+        allowed = f"a finite number with |value| ≤ {maximum:g}"
+    if "None" not in allowed:
+        allowed += " or None" if optional else ""
+    finite_number(name, value, positive=positive, non_negative=non_negative, optional=optional, allowed=allowed)
+    if value is not None and abs(value) > maximum:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def width(name: str, value, *, numpy_ints: bool = False, maximum: int = MAX_WIDTH) -> int:
+    """``value`` as an int in [1, ``maximum``] (a width or rank option), else ValueError naming it."""
+    return int_at_least(name, value, 1, maximum=maximum, numpy_ints=numpy_ints,
+                        allowed=f"a positive int ≤ {maximum}")
 def one_of(name: str, value, allowed, *, hint: str = ""):
     """``value`` unchanged when it is one of the names ``allowed`` (strings); else ValueError
     "{name} must be one of {allowed}{hint}, got {value!r}"."""

@@ -409,7 +409,10 @@ def test_adapter_round_trip_bit_exact_then_merge(tmp_path, tiny_cfg, m, dtype):
     f = tmp_path / "a.npz"
     save_adapter(f, p, [m], tiny_cfg, train_head=False, extra={"task": "toy"})
     base = mp.backend.cast(mp.init_params(tiny_cfg, 0, "float64"), dtype)
-    q, methods, meta = load_adapter(f, base, tiny_cfg)
+    with pytest.raises(ValueError, match="another backbone"):  # p's φ was randomized: not base
+        load_adapter(f, base, tiny_cfg)
+    with pytest.warns(UserWarning, match="another backbone"):
+        q, methods, meta = load_adapter(f, base, tiny_cfg, other_backbone=True)
     assert methods == [m] and meta["task"] == "toy"
     theta_p, _ = mp.split(p, mp.trainable([m], train_head=False))
     theta_q, phi_q = mp.split(q, mp.trainable([m], train_head=False))

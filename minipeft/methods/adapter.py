@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as onp
 
 from ..nn import linear
-from ..validate import boolean, finite_number, int_at_least, one_of
+from ..validate import boolean, one_of, scale, width
 from .base import Method, adapted_layers, layers_option, per_layer
 
 INPUTS = ("normed", "residual")
@@ -77,12 +77,11 @@ def per_adapter(d, d_hat) -> int:
 
 # ------------------------------------------------------------------------- checks
 def _check_d_hat(d_hat):
-    int_at_least("d_hat (the bottleneck width d̂)", d_hat, 1)
+    width("d_hat (the bottleneck width d̂)", d_hat)
 
 
 def _check_sigma(field_name, sigma, optional=False):
-    finite_number(f"{field_name} (an init standard deviation)", sigma, non_negative=True, optional=optional,
-                  allowed="a finite number ≥ 0" + (" or None" if optional else ""))
+    scale(f"{field_name} (an init standard deviation)", sigma, non_negative=True, optional=optional)
 
 
 _LAYERS_META = {"help": "block indices (from 0) that get adapters, stored sorted; None = every block",
@@ -140,7 +139,7 @@ class AdaptFormer(Method):
     def check_options(self):
         """Validate and normalise the options (called by ``Method.__post_init__``)."""
         _check_d_hat(self.d_hat)
-        finite_number("s (the adapter scale)", self.s)
+        scale("s (the adapter scale)", self.s)
         object.__setattr__(self, "learnable_s", boolean("learnable_s", self.learnable_s))
         one_of("input", self.input, INPUTS, hint=" (normed = LN₂(X'), residual = X')")
         object.__setattr__(self, "layers", layers_option(self.layers))

@@ -18,7 +18,7 @@ import numpy as onp
 from .. import tree
 from ..nn import linear
 from ..transformer.schema import LINEARS, linear_path, linear_shape
-from ..validate import finite_number, int_at_least, some_of
+from ..validate import MAX_SCALE, scale, some_of, width
 from .base import Method, adapted_layers, layers_option, per_layer
 
 
@@ -47,8 +47,9 @@ class LoRA(Method):
 
     def check_options(self):
         """Validate and normalise the options (called by ``Method.__post_init__``)."""
-        int_at_least("r", self.r, 1, allowed="a positive int (1 ≤ r ≤ min(d, k))")
-        finite_number("alpha", self.alpha, positive=True, optional=True, allowed="a positive number or None (α = r)")
+        width("r", self.r)  # and r ≤ min(d, k): check_cfg
+        scale("alpha", self.alpha, positive=True, optional=True,
+              allowed=f"a positive number ≤ {MAX_SCALE:g} or None (α = r)")
         object.__setattr__(self, "targets", some_of("targets", self.targets, LINEARS))
         object.__setattr__(self, "layers", layers_option(self.layers))
 

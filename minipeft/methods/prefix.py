@@ -34,7 +34,7 @@ import autograd.numpy as np
 import numpy as onp
 
 from ..nn import linear, merge_heads, prepend, softmax, split_heads
-from ..validate import boolean, finite_number, int_at_least, shape
+from ..validate import boolean, scale, shape, width
 from .base import Method
 from .layout import P_MAX, check_length
 
@@ -72,10 +72,10 @@ class PrefixTuning(Method):
     def check_options(self):
         """Validate and normalise the options (called by ``Method.__post_init__``)."""
         object.__setattr__(self, "p", check_length(self.p))
-        finite_number("init_std", self.init_std, positive=True)
+        scale("init_std", self.init_std, positive=True)
         object.__setattr__(self, "reparam", boolean("reparam", self.reparam))
-        object.__setattr__(self, "d_prime", int_at_least("d_prime", self.d_prime, 1, numpy_ints=True))
-        object.__setattr__(self, "hidden", int_at_least("hidden", self.hidden, 1, numpy_ints=True))
+        object.__setattr__(self, "d_prime", width("d_prime", self.d_prime, numpy_ints=True))
+        object.__setattr__(self, "hidden", width("hidden", self.hidden, numpy_ints=True))
 
     # -------------------------------------------------------------------- θ
     def init(self, cfg, params, rng) -> dict:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as onp
 
-from ..validate import finite_number, is_int, one_of, shape
+from ..validate import is_int, one_of, scale, shape
 from .base import Method
 from .layout import P_MAX, check_length, insert_after_cls
 
@@ -62,7 +62,7 @@ class PromptTuning(Method):
         """Validate and normalise the options (called by ``Method.__post_init__``)."""
         object.__setattr__(self, "p", check_length(self.p))
         one_of("init_from", self.init_from, INITS)
-        finite_number("scale", self.scale, positive=True)
+        scale("scale", self.scale, positive=True)
         toks = self.init_tokens
         if isinstance(toks, (str, bytes)) or not isinstance(toks, (tuple, list)):
             raise TypeError(f"init_tokens must be a tuple of token ids (ints), got {toks!r}")

@@ -22,7 +22,7 @@ import numpy as onp
 from .. import tree
 from ..merge import fold_out, unfold_out
 from ..transformer.schema import LAYER_NORMS, LINEARS, linear_path, linear_width, ln_path
-from ..validate import finite_number, nonzero, one_of, some_of
+from ..validate import MAX_SCALE, nonzero, one_of, scale, some_of
 from .base import Method, per_layer
 
 PLACEMENTS = tuple(LINEARS) + LAYER_NORMS
@@ -52,7 +52,7 @@ class SSF(Method):
         """Validate and normalise the options (called by ``Method.__post_init__``)."""
         object.__setattr__(self, "placements", some_of("placements", self.placements, PLACEMENTS))
         one_of("init_mode", self.init_mode, INITS)
-        finite_number("init_std", self.init_std, non_negative=True, allowed="a finite non-negative number")
+        scale("init_std", self.init_std, non_negative=True, allowed=f"a finite non-negative number ≤ {MAX_SCALE:g}")
 
     def _width(self, cfg, p) -> int:
         return cfg.d if p in LAYER_NORMS else linear_width(cfg, p)

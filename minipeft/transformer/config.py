@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from ..validate import finite_number, int_at_least, one_of
 
 FRONTS = ("vision", "text")
+#: upper bounds of the size fields (a config is a promise to allocate): widths, depth, classes, …
+MAXIMA = {"d": 65536, "h": 4096, "N": 1024, "d_ff": 262144, "n_classes": 65536, "image_size": 4096,
+          "patch": 4096, "channels": 64, "vocab": 1 << 24, "max_len": 65536}
+#: the largest backbone (numbers in φ) a config may describe: 2²⁸ (1 GiB in float32)
+MAX_PARAMS = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -35,20 +40,32 @@ class Config:
 
     def __post_init__(self):
         for f in ("d", "h", "N", "d_ff", "n_classes"):
-            int_at_least(f, getattr(self, f), 1, type_error=True)
+            self._size(f)
         one_of("front", self.front, FRONTS)
         if self.d % self.h:
             raise ValueError(f"d must be divisible by h (heads): d={self.d}, h={self.h}")
-        finite_number("eps", self.eps, positive=True)
+        finite_number("eps", self.eps, positive=True, allowed="a finite number in (0, 1] (LayerNorm's ε)")
+        if self.eps > 1:
+            raise ValueError(f"eps must be a finite number in (0, 1] (LayerNorm's ε), got {self.eps!r}")
         if self.front == "vision":
             for f in ("image_size", "patch", "channels"):
-                int_at_least(f, getattr(self, f), 1, type_error=True)
+                self._size(f)
             if self.image_size % self.patch:
                 raise ValueError(
                     f"image_size must be a multiple of patch: image_size={self.image_size}, patch={self.patch}")
         else:
             for f in ("vocab", "max_len"):
-                int_at_least(f, getattr(self, f), 1, type_error=True)
+                self._size(f)
+        for f in ("image_size", "patch", "channels", "vocab", "max_len"):  # unused by this front: still ints
+            int_at_least(f, getattr(self, f), 0, maximum=MAXIMA[f], type_error=True,
+                         allowed=f"a non-negative int ≤ {MAXIMA[f]}")
+        if self.n_params > MAX_PARAMS:
+            raise ValueError(f"config: the backbone would have {self.n_params:,} numbers, more than MAX_PARAMS = "
+                             f"{MAX_PARAMS:,}; make d, d_ff, N, vocab or the image smaller")
+
+    def _size(self, f):
+        int_at_least(f, getattr(self, f), 1, maximum=MAXIMA[f], type_error=True,
+                     allowed=f"a positive int ≤ {MAXIMA[f]}")
 
     @property
     def d_h(self) -> int:

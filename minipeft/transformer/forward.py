@@ -145,12 +145,38 @@ def forward(params, x, cfg: Config, methods=(), trace=None):
 
 
 def _check_params(params, cfg: Config):
-    """ValueError when the backbone in ``params`` is not one of ``cfg``'s shape (N blocks, width d)."""
-    N, pos = len(params["blocks"]), tuple(params["embed"]["pos"].shape)
+    """ValueError when the backbone in ``params`` is not one of ``cfg``'s shape.
+
+    Checks everything the shapes can tell: the front (embed.W or embed.W_tok), patch size
+    and channels (W is d × channels·patch²), vocab, N, d, d_ff, the position table. h and
+    eps leave no trace in the shapes: a saved backbone carries its config (``load_backbone``
+    returns it in info["config"]; adapter and merged files record it).
+    """
+    hint = "; pass the config the params were built with (a saved backbone carries it)"
+    emb = params["embed"]
+    N, pos = len(params["blocks"]), tuple(emb["pos"].shape)
     if N != cfg.N or pos != (cfg.n_positions, cfg.d):
         raise ValueError(f"params: the backbone has N={N} blocks and a position table of shape {pos}, but cfg "
-                         f"says N={cfg.N} and ({cfg.n_positions}, {cfg.d}) (1 + tokens, d); pass the config the "
-                         f"params were built with")
+                         f"says N={cfg.N} and ({cfg.n_positions}, {cfg.d}) (1 + tokens, d){hint}")
+    key, want = (("W", (cfg.d, cfg.patch_dim)) if cfg.front == "vision" else ("W_tok", (cfg.vocab, cfg.d)))
+    if key not in emb:
+        other = "text" if cfg.front == "vision" else "vision"
+        raise ValueError(f"params: cfg.front={cfg.front!r} needs embed.{key}, the backbone has none (a {other} "
+                         f"backbone?){hint}")
+    got = tuple(emb[key].shape)
+    if got != want:
+        what = ("d × channels·patch² = " if cfg.front == "vision" else "vocab × d = ") + str(want)
+        raise ValueError(f"params: embed.{key} has shape {got}, cfg says {what} (patch={cfg.patch}, "
+                         f"channels={cfg.channels}, vocab={cfg.vocab}){hint}")
+    for ell, bp in enumerate(params["blocks"]):
+        for mod, leaf, shape in (("attn", "W_q", (cfg.d, cfg.d)), ("mlp", "W_1", (cfg.d_ff, cfg.d))):
+            got = tuple(bp[mod][leaf].shape)
+            if got != shape:
+                raise ValueError(f"params: blocks.{ell}.{mod}.{leaf} has shape {got}, cfg says {shape} "
+                                 f"(d={cfg.d}, d_ff={cfg.d_ff}){hint}")
+    hw = tuple(params["head"]["W"].shape)
+    if len(hw) != 2 or hw[1] != cfg.d:
+        raise ValueError(f"params: head.W has shape {hw}, expected (n_classes, d={cfg.d}){hint}")
 
 
 def _check_methods(params, methods):

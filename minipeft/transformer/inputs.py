@@ -14,7 +14,7 @@ def check_batch(x, cfg: Config, dtype):
     """Validate a batch and return it as an array ready for ``embed``.
 
     vision: x (B, C, H, W), or (B, H, W) when channels == 1, real numbers; H = W =
-    image_size -> (B, C, H, W) in ``dtype``.  text: x (B, n) integer ids in [0, vocab),
+    image_size -> (B, C, H, W) in ``dtype``, finite after the cast (NaN/Inf: ValueError).  text: x (B, n) integer ids in [0, vocab),
     1 ≤ n ≤ max_len -> (B, n) int.  Anything else: TypeError/ValueError naming "x".
     """
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
@@ -29,7 +29,9 @@ def check_batch(x, cfg: Config, dtype):
         if x.ndim != 4 or tuple(x.shape[1:]) != want or x.shape[0] < 1:
             raise ValueError(f"x: expected images of shape (B, {want[0]}, {want[1]}, {want[2]})"
                              f"{' or (B, H, W)' if cfg.channels == 1 else ''} with B >= 1, got {tuple(x.shape)}")
-        return x.astype(dtype, copy=False)
+        with onp.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by check_finite
+            x = x.astype(dtype, copy=False)
+        return check_finite(x, "x")  # after the cast: 1e300 is inf in float32
     if kind not in "iu":
         raise TypeError(f"x: token ids must be an integer array, got dtype {x.dtype}")
     if x.ndim != 2 or x.shape[0] < 1 or not (1 <= x.shape[1] <= cfg.max_len):
@@ -37,6 +39,18 @@ def check_batch(x, cfg: Config, dtype):
                          f"got {tuple(x.shape)}")
     if x.size and (int(x.min()) < 0 or int(x.max()) >= cfg.vocab):
         raise ValueError(f"x: token ids must lie in [0, vocab={cfg.vocab}), got range [{int(x.min())}, {int(x.max())}]")
+    return x
+
+
+def check_finite(x, name: str = "x"):
+    """ValueError naming ``name`` when the float array ``x`` holds a NaN or ±Inf (counted)."""
+    from ..backend import module_of
+
+    raw = getattr(x, "_value", x)  # an autograd box: check the value it carries
+    ok = module_of(raw).isfinite(raw)
+    if not bool(ok.all()):
+        n_bad = int(ok.size - int(ok.sum()))
+        raise ValueError(f"{name}: must hold finite numbers, got {n_bad} NaN/Inf value(s) of {ok.size}")
     return x
 
 
