@@ -111,7 +111,7 @@ def test_read_tab_bad_files(tmp_path, monkeypatch):
 
 def _fresh(name):
     """The task loaded again from the files (every cache cleared)."""
-    for f in (tasks.load_text_task, datasets.load_bbc_news, datasets.load_20newsgroups, datasets.load_reuters,
+    for f in (tasks._load, datasets.load_bbc_news, datasets.load_20newsgroups, datasets.load_reuters,
               datasets.load_election_tweets):
         f.cache_clear()
     return text.load_text_task(name)
@@ -137,6 +137,8 @@ def test_task_splits_are_deterministic_disjoint_and_capped(name):
     assert onp.abs(onp.bincount(full.labels, minlength=a.n_classes) - want).max() <= 1.0 + 1e-9
     assert len(a.label_words) == a.n_classes and all(w.strip() for w in a.label_words)
     assert a.max_len >= 16
+    with pytest.raises(ValueError, match="read-only"):
+        a.train.labels[0] = 0  # the cached task cannot be relabelled in place
 
 
 @pytest.mark.parametrize("name", text.TEXT_TASKS)
@@ -159,6 +161,8 @@ def test_few_shot_is_balanced_deterministic_and_nested(name):
 def test_task_bad_input_names_the_field():
     with pytest.raises(ValueError, match=r"task must be one of \('bbc', 'news20', 'reuters8', 'tweets'\), got 'imdb'"):
         text.load_text_task("imdb")
+    with pytest.raises(ValueError, match=r"task must be one of .*got \['bbc'\]"):
+        text.load_text_task(["bbc"])
     t = text.load_text_task("reuters8")
     smallest = int(onp.bincount(t.train.labels).min())
     with pytest.raises(ValueError, match=rf"k must be at most {smallest} .*'grain'.*got {smallest + 1}"):

@@ -38,6 +38,9 @@ class TextData:
     labels: onp.ndarray = field(repr=False)
     label_names: tuple
 
+    def __post_init__(self):
+        self.labels.setflags(write=False)  # shared by cached tasks: nobody may relabel them in place
+
     def __len__(self) -> int:
         return len(self.texts)
 

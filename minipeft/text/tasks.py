@@ -176,10 +176,17 @@ def _check_name(name) -> str:
     return name
 
 
-@lru_cache(maxsize=len(_SPECS))
 def load_text_task(name: str) -> TextTask:
-    """The text task ``name`` (one of ``TEXT_TASKS``), split deterministically (see the module docstring)."""
-    spec = _SPECS[_check_name(name)]
+    """The text task ``name`` (one of ``TEXT_TASKS``), split deterministically (see the module docstring).
+
+    Raises ValueError naming ``task`` and the allowed names for anything else. Loaded once, then cached.
+    """
+    return _load(_check_name(name))
+
+
+@lru_cache(maxsize=len(_SPECS))
+def _load(name: str) -> TextTask:
+    spec = _SPECS[name]
     rng = onp.random.default_rng([SPLIT_SEED, TEXT_TASKS.index(name), 0])
     pool, test = _pools(name)
     if test is None:
