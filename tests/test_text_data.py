@@ -258,3 +258,15 @@ def test_bucketing_bad_input():
     with pytest.raises(ValueError, match="seed must be a non-negative int"):
         text.bucket_batches([3, 4], 2, -1)
     assert text.bucket_batches([], 4, 0) == []
+
+
+def test_gap_task_has_a_measured_gap():
+    """text.GAP_TASK is chosen by benchmarks/text_gap.py's stored result: full − probe > 3 standard errors."""
+    import json
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "text_gap.json")
+    results = [r for r in json.load(open(path)).values() if r["task"] == text.GAP_TASK]
+    assert results, f"no result for {text.GAP_TASK!r} in {path}: run python benchmarks/text_gap.py"
+    for r in results:
+        se = (r["probe_se"] ** 2 + r["full_se"] ** 2) ** 0.5
+        assert r["full_acc"] - r["probe_acc"] > 3 * se, r
+        assert r["n_test"] == len(text.load_text_task(r["task"]).test)

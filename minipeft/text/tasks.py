@@ -64,6 +64,9 @@ _SPECS = {
                     {"HillaryClinton": "clinton", "realDonaldTrump": "trump"}),
 }
 TEXT_TASKS = tuple(_SPECS)
+#: the task where a frozen linear probe is clearly below full fine-tuning, the gap PEFT must close
+#: (measured with the PyTorch reference: benchmarks/text_gap.py, results in benchmarks/text_gap.json)
+GAP_TASK = "tweets"
 
 
 @dataclass(frozen=True)
