@@ -12,7 +12,8 @@ Rules, the same for every task
 - Splits: a shipped test file is the test pool and validation is carved from the training file;
   otherwise the pool is split into train / val / test by ``VAL_FRACTION`` and ``TEST_FRACTION``.
   Every carve is stratified (each class in proportion, at least one example per class).
-- Caps, for a 2-core CPU (a forward pass of MiniLM over 128 tokens costs ~3 GFLOP per text):
+- Caps, for a 2-core CPU (a forward pass costs about 2·P·T FLOP per text: P weights outside
+  the embeddings, T tokens):
   val and test are stratified subsets of at most ``VAL_CAP`` and ``TEST_CAP`` texts; the
   full-data setting (``task.full()``) trains on at most ``FULL_CAP`` texts of the training split.
 - Few-shot: ``task.few_shot(k, seed)`` takes k texts per class from the whole training split;
