@@ -1,7 +1,9 @@
 """The ``minipeft`` command: pretrain, info, train, merge, tour.
 
 Every method's options become ``train`` flags automatically, from its dataclass fields
-(``metadata["help"]`` is the help text), so a new method needs no CLI code.
+(``metadata["help"]`` is the help text), so a new method needs no CLI code. Every command
+runs under the process policy of ``minipeft.runtime`` ($MINIPEFT_THREADS BLAS threads,
+default 1; $MINIPEFT_MALLOC allocator thresholds, default "keep").
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import json
 import os
 import sys
 
-from . import data, tree
+from . import data, runtime, tree
 from .methods import REGISTRY, method_class
 
 
@@ -197,6 +199,7 @@ def main(argv=None) -> int:
             method = argv[i + 1]
     args = build_parser(method).parse_args(argv)
     try:
+        runtime.apply()  # BLAS threads and allocator for the whole command (minipeft/runtime.py)
         {"pretrain": _cmd_pretrain, "info": _cmd_info, "train": _cmd_train, "merge": _cmd_merge,
          "tour": _cmd_tour}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as e:
