@@ -11,7 +11,7 @@ import weakref
 
 import numpy as onp
 import pytest
-from autograd.extend import defvjp
+from autograd.extend import defvjp, defvjp_argnums
 
 import minipeft as mp
 from minipeft import tree
@@ -160,3 +160,36 @@ def test_a_lora_step_peaks_well_below_a_full_step():
     lora_peak = _peak(lambda: value_and_grad(lambda th: mp.loss(th, phi_l, x, y, cfg, [lora]), th_l))
     full_peak = _peak(lambda: value_and_grad(lambda th: mp.loss(th, phi_f, x, y, cfg), th_f))
     assert lora_peak <= 0.85 * full_peak, (lora_peak, full_peak)
+
+
+def test_no_backward_work_below_the_lowest_trainable_parameter(tiny_cfg):
+    """LoRA on the last block only (head frozen): no VJP is built, and none runs, for anything
+    below that block — autograd traces only what depends on θ. Counted by spying on the VJP
+    makers of linear (dX), layer norm and attention."""
+    cfg = tiny_cfg  # N = 2
+    lora = mp.method_class("lora")(layers=(cfg.N - 1,))
+    params = mp.attach(randomize(mp.init_params(cfg, 0), seed=2), [lora], cfg, 0)
+    theta, phi = tree.split(params, mp.trainable([lora], train_head=False))
+    made = {"dX": 0, "ln": 0, "attn": 0}
+
+    def count(key, maker):
+        def spy(*a, **k):
+            made[key] += 1
+            return maker(*a, **k)
+        return spy
+
+    defvjp(P.linear, count("dX", P._linear_vjp_x), P._linear_vjp_W, P._linear_vjp_b)
+    defvjp_argnums(P.layer_norm, count("ln", P._ln_vjp))
+    defvjp_argnums(A.attention_weights, count("attn", A._attention_weights_vjp))
+    try:
+        x, y = images(cfg, 3), onp.arange(3) % cfg.n_classes
+        _, g = value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, [lora]), theta)
+    finally:
+        defvjp(P.linear, P._linear_vjp_x, P._linear_vjp_W, P._linear_vjp_b)
+        defvjp_argnums(P.layer_norm, P._ln_vjp)
+        defvjp_argnums(A.attention_weights, A._attention_weights_vjp)
+    # the last block: dX of W_o, W_1, W_2, of LoRA's B-branches on q and v (their input x Aᵀ is
+    # traced), and of the head; LN₂ and LN_f (LN₁ reads the untraced X_{N-1}); one attention
+    assert made == {"dX": 6, "ln": 2, "attn": 1}, made
+    gB = [leaf for path, leaf in tree.leaves_with_paths(g["lora"]) if path[-1] == "B"]  # B = 0 at init, so dA = 0
+    assert gB and all(float(abs(leaf).max()) > 0 for leaf in gB)
