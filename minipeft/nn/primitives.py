@@ -103,8 +103,8 @@ def _linear_vjp_x(ans, x, W, b=None):
 
 def _linear_vjp_W(ans, x, W, b=None):
     x2 = x.reshape(-1, x.shape[-1])  # (M, d_in)
-    if not x2.flags.c_contiguous:  # a strided view (the CLS rows): hold a compact copy, so the
-        x2 = x2.copy()  # closure does not keep the view's whole base alive
+    if type(x2) is onp.ndarray and not x2.flags.c_contiguous:  # a strided view (the CLS rows): hold a
+        x2 = x2.copy()  # compact copy, so the closure does not keep the view's whole base alive
 
     def vjp(g):
         return g.reshape(-1, g.shape[-1]).T @ x2  # (d_out, d_in)
