@@ -24,6 +24,12 @@ driver, no device, no working kernel) and nothing changes. ``pip install
 A model's *device* is the module of its arrays (``module_of(params["embed"]["pos"])``);
 ``fit`` and ``predict`` refuse a tree whose leaves are not all on the current backend
 (ValueError naming the leaf), rather than silently computing on the host.
+
+This file is the one home of the dtype and device helpers: ``cast(tree, dtype, module)``
+and ``cast_like(tree, ref)`` (a tree in a model's dtype, on its device: how ``attach``
+places θ and ``load_adapter`` a file's leaves), ``like``, ``to_device``, ``to_host``,
+``module_of``. ``module_of`` reads the registry of device array types that
+``cupy_patches`` keeps (it imports nothing of minipeft, so the two files form no circle).
 """
 from __future__ import annotations
 
@@ -32,12 +38,15 @@ import types
 
 import numpy
 
+from . import cupy_patches
+from .cupy_patches import DEVICE_MODULES, is_device_array, module_of  # noqa: F401  (public here)
+from .tree import leaves_with_paths, path_str
+from .validate import one_of
+
 _ALLOWED_DTYPES = ("float32", "float64")
 BACKENDS = ("numpy", "cupy")
 ENV = "MINIPEFT_BACKEND"
 _state = {"xp": numpy, "name": "numpy", "dtype": numpy.dtype("float32")}
-#: device array type -> its array module, for every module ``use_backend`` has selected
-_DEVICE_MODULES: dict = {}
 
 
 class BackendError(RuntimeError):
@@ -91,8 +100,7 @@ def use_backend(backend):
     no device, no kernel) and leaves the backend as it was.
     """
     if isinstance(backend, str):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        one_of("backend", backend, BACKENDS)
         if backend == "numpy":
             _state.update(xp=numpy, name="numpy")
             return numpy
@@ -109,11 +117,8 @@ def use_backend(backend):
 
 def _register(module) -> None:
     """Teach autograd the module's array type (once); see ``minipeft.cupy_patches``."""
-    if module.ndarray not in _DEVICE_MODULES:
-        from . import cupy_patches
-
+    if module.ndarray not in DEVICE_MODULES:
         cupy_patches.install(module.ndarray, module)
-        _DEVICE_MODULES[module.ndarray] = module
 
 
 def _load_cupy():
@@ -150,23 +155,8 @@ def _load_cupy():
 
 
 # ------------------------------------------------------------- moving arrays
-def module_of(a):
-    """The array module an array lives on: a registered device module, else ``numpy``.
-
-    Looks through autograd boxes, so it works on traced values too.
-    """
-    while hasattr(a, "_value") and hasattr(a, "_node"):  # an autograd Box
-        a = a._value
-    return _DEVICE_MODULES.get(type(a), numpy)
-
-
-def is_device_array(a) -> bool:
-    """True for an array of a registered device module (CuPy, or the tests' stand-in)."""
-    return module_of(a) is not numpy
-
-
 def _is_array(a) -> bool:
-    return isinstance(a, (numpy.ndarray, numpy.generic)) or type(a) in _DEVICE_MODULES
+    return isinstance(a, (numpy.ndarray, numpy.generic)) or type(a) in DEVICE_MODULES
 
 
 def to_module(tree, module):
@@ -203,14 +193,29 @@ def like(tree, ref):
     return to_module(tree, module_of(ref))
 
 
+def cast(tree, dtype, module=None):
+    """Every leaf of ``tree`` (nested dicts/lists) as an array of ``dtype`` on ``module``
+    (default: the backend's array module, ``xp()``); a leaf already so is not copied."""
+    mod = xp() if module is None else module
+    if isinstance(tree, dict):
+        return {k: cast(v, dtype, mod) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [cast(v, dtype, mod) for v in tree]
+    return mod.asarray(tree, dtype=dtype)
+
+
+def cast_like(tree, ref):
+    """``tree`` cast to the dtype of the array ``ref`` and moved onto its module (a model's
+    dtype and device): how a method's θ, a loaded file's leaves or a batch join a model."""
+    return cast(tree, ref.dtype, module_of(ref))
+
+
 def check_on_backend(tree, what: str = "params") -> None:
     """ValueError naming the first leaf of ``tree`` that is not on the current backend.
 
     Guards the training and inference entry points: a NumPy tree under the CuPy backend
     (or the reverse) would otherwise compute silently on the other device.
     """
-    from .tree import leaves_with_paths, path_str
-
     mod = xp()
     for p, leaf in leaves_with_paths(tree):
         if _is_array(leaf) and module_of(leaf) is not mod:
@@ -222,6 +227,5 @@ def check_on_backend(tree, what: str = "params") -> None:
 # ------------------------------------------------------------ the environment
 _env = os.environ.get(ENV, "").strip()
 if _env:
-    if _env not in BACKENDS:
-        raise ValueError(f"{ENV} must be one of {BACKENDS}, got {_env!r}")
+    one_of(ENV, _env, BACKENDS)
     use_backend(_env)

@@ -25,7 +25,8 @@ from . import io, runtime
 from .data import load_task
 from .methods import FullFineTune
 from .train import evaluate, fit
-from .transformer import Config, cast, init_params
+from .backend import cast
+from .transformer import Config, init_params
 
 #: the pretraining recipe: what ``pretrain`` runs; part of the cache key
 RECIPE = {"task": "mnist", "epochs": 20, "batch_size": 64, "lr": 2e-3, "schedule": "cosine", "dtype": "float32"}
@@ -101,7 +102,7 @@ def load_backbone(cfg: Config = DEFAULT_CONFIG, seed: int = 0, build: bool = Tru
     if params is None:
         if not build:
             raise FileNotFoundError(f"{path}: no pretrained backbone cached; run `minipeft pretrain`")
-        print(f"minipeft: building the pretrained backbone (once; ~1-2 min on a laptop CPU) -> {path}",
+        print(f"minipeft: building the pretrained backbone (once, then cached) -> {path}",
               file=sys.stderr, flush=True)
         params, info = pretrain(cfg, seed, progress)
         io.save_tree(path, params, {"kind": "backbone", **info})
