@@ -44,6 +44,8 @@ import minipeft as mp  # noqa: E402
 from minipeft import tree  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fresh  # noqa: E402
+import headline  # noqa: E402
 import measure  # noqa: E402
 
 try:
@@ -56,10 +58,13 @@ except ImportError:
 
 INSTALL = 'python -m pip install -e ".[crosscheck]"'
 HERE = Path(__file__).resolve().parent
-BATCH, N_LAYERS, HEADS, PATCH, CLASSES = 64, 4, 4, 4, 10
+from cases import BATCH, CLASSES, HEADS, N_LAYERS, Case, config, method, mp_forward, mp_step  # noqa: E402,F401
+from cases import torch_forward, torch_step  # noqa: E402,F401
 #: relative error allowed between minipeft and PyTorch (‖a − b‖ / ‖b‖, per leaf)
 TOL = {"float32": 1e-4, "float64": 1e-10}
 KINDS = ("forward", "lora", "prompt", "full")
+#: the steps of the fresh-process memory table
+MEM_KINDS = ("forward", "lora", "prompt", "ia3", "full")
 #: sizes where PyTorch's fused attention (F.scaled_dot_product_attention) is timed too
 SDPA_SIZES = ((64, 17, "float32"), (128, 65, "float32"))
 
@@ -77,115 +82,6 @@ def pin_threads():
             torch.set_num_interop_threads(1)
         except RuntimeError:  # already set (or parallel work already started)
             pass
-
-
-# ---------------------------------------------------------------------------- cases
-def config(d, T):
-    """The benchmark's ViT with T = 1 + g² tokens: g×g patches of 4×4 pixels."""
-    g = math.isqrt(T - 1) if T > 1 else 0
-    if T < 2 or g * g != T - 1:
-        raise ValueError(f"T must be 1 + g² tokens (CLS + g×g patches), e.g. 5, 17, 65; got {T}")
-    if d % HEADS:
-        raise ValueError(f"d must be a multiple of h = {HEADS}, got {d}")
-    return mp.Config(d=d, h=HEADS, N=N_LAYERS, d_ff=2 * d, n_classes=CLASSES, image_size=g * PATCH, patch=PATCH)
-
-
-def method(name):
-    """A fresh instance of a registered method, or None when its module is not there yet."""
-    try:
-        return mp.method_class(name)()
-    except (ImportError, AttributeError):
-        return None
-
-
-class Case:
-    """One size and dtype: the backbone (every leaf perturbed, so LN γ ≠ 1, biases ≠ 0),
-    LoRA and prompt-tuning θ (B ≠ 0), a batch of images in [0, 1] and labels."""
-
-    def __init__(self, d, T, dtype, batch=BATCH, seed=0):
-        self.cfg, self.dtype, self.T = config(d, T), dtype, T
-        rng = onp.random.default_rng(seed)
-        base = mp.init_params(self.cfg, seed, dtype)
-        self.params = tree.map_leaves(
-            lambda p, a: (a + 0.05 * rng.standard_normal(a.shape)).astype(dtype), base)
-        self.x = rng.random((batch, 1, self.cfg.image_size, self.cfg.image_size)).astype(dtype)
-        self.y = rng.integers(0, CLASSES, batch)
-        self.methods = {}
-        for name in ("lora", "prompt"):
-            m = method(name)
-            if m is not None:
-                p = mp.attach(self.params, [m], self.cfg, seed)
-                p[m.name] = tree.map_leaves(
-                    lambda q, a: (a + 0.05 * rng.standard_normal(a.shape)).astype(dtype), p[m.name])
-                self.methods[name] = (m, p)
-
-    def setup(self, kind):
-        """(params, methods, predicate of θ) for a step of ``kind`` (lora, prompt or full)."""
-        if kind == "full":
-            return self.params, [], (lambda path, leaf: True)
-        m, p = self.methods[kind]
-        return p, [m], mp.trainable([m])
-
-    def torch_args(self, kind):
-        """The twin's keyword arguments for ``kind``."""
-        if kind == "lora":
-            m = self.methods["lora"][0]
-            return {"lora": (m.name, m.scaling)}
-        if kind == "prompt":
-            return {"prompt": self.methods["prompt"][0].name}
-        return {}
-
-
-# ----------------------------------------------------------------- the two halves
-def mp_forward(case, params=None, methods=()):
-    params = case.params if params is None else params
-    return lambda: mp.forward(params, case.x, case.cfg, methods)
-
-
-def mp_step(case, kind, grad="value_and_grad"):
-    """One minipeft training step: loss, gradients of θ, one Adam update."""
-    params, methods, pred = case.setup(kind)
-    theta, phi = mp.split(params, pred)
-    box = {"theta": theta, "state": mp.adam_init(theta)}
-    x, y, cfg = case.x, case.y, case.cfg
-
-    def objective(th):
-        return mp.loss(th, phi, x, y, cfg, methods)
-
-    def step():
-        if grad == "value_and_grad":
-            _, g = mp.value_and_grad(objective, box["theta"])
-        else:  # autograd boxing the whole dict: the O(P²) bookkeeping
-            g = autograd.grad(objective)(box["theta"])
-        box["theta"], box["state"] = mp.adam_step(box["theta"], g, box["state"], lr=1e-3)
-
-    return step
-
-
-def torch_forward(case, sdpa=False):
-    P = tm.to_torch(case.params, lambda p, a: False)
-    x = torch.from_numpy(case.x)
-
-    def fwd():
-        with torch.no_grad():
-            return tm.forward(P, x, case.cfg, sdpa=sdpa)
-
-    return fwd
-
-
-def torch_step(case, kind, sdpa=False):
-    """One PyTorch training step: zero_grad, forward, cross-entropy, backward, Adam."""
-    params, _, pred = case.setup(kind)
-    P = tm.to_torch(params, pred)
-    opt = torch.optim.Adam([t for t in P.values() if t.requires_grad], lr=1e-3)
-    x, y, kw = torch.from_numpy(case.x), torch.from_numpy(case.y), case.torch_args(kind)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(tm.forward(P, x, case.cfg, sdpa=sdpa, **kw), y).backward()
-        opt.step()
-
-    return step
 
 
 # ------------------------------------------------------------------- correctness
@@ -234,7 +130,7 @@ def run_case(d, T, dtype, args, have_torch, log):
     """Check, then time every measurement of one size and dtype, interleaved."""
     case = Case(d, T, dtype, batch=args.batch)
     kinds = [k for k in ("lora", "prompt") if k in case.methods] + ["full"]
-    out = {"d": d, "T": T, "dtype": dtype, "kinds": kinds, "checks": []}
+    out = {"d": d, "T": T, "dtype": dtype, "batch": args.batch, "kinds": kinds, "checks": []}
     if have_torch:
         for k in ["forward"] + kinds:
             c = check(case, k)
@@ -350,8 +246,9 @@ def _cell(res, kind, have_torch):
     return f"{a:.1f} / {b:.1f} (**{r['cpu']:.2f}**, {r['iqr'][0]:.2f}–{r['iqr'][1]:.2f})"
 
 
-def report(results, info, peaks, args, have_torch, wall_s):
-    """The markdown: header, main table, inside-minipeft table, GEMM, memory, O(P²), targets."""
+def report(results, info, peaks, args, have_torch, wall_s, head=""):
+    """The markdown: header, the headline (fresh processes, memory, BLAS, targets: ``head``), then
+    the in-process tables: main table, inside-minipeft table, GEMM, memory, O(P²), targets."""
     L = []
     cmd = "python benchmarks/bench.py" + (" " + " ".join(args.argv) if args.argv else "")
     L.append(f"Measured {info['date']} with `{cmd}` ({wall_s / 60:.1f} min).  ")
@@ -361,13 +258,19 @@ def report(results, info, peaks, args, have_torch, wall_s):
              f"PyTorch {info['torch']}" + (f" ({info['torch BLAS']})" if have_torch else "") + ".  ")
     L.append("One BLAS/OpenMP thread everywhere (OPENBLAS_NUM_THREADS=OMP_NUM_THREADS=MKL_NUM_THREADS=1, "
              f"torch.set_num_threads(1)); allocator: glibc {args.malloc}"
-             + (" (mmap threshold 32 MiB, trim threshold 256 MiB, for both frameworks)" if args.malloc == "tuned"
+             + (" (minipeft.runtime's: mmap threshold 32 MiB, trim threshold 1 GiB, for both frameworks)"
+                if args.malloc == "tuned"
                 else " settings") + ". Times are medians of the process's CPU time over interleaved rounds "
              "(A B, B A, …); a ratio is the median of the per-round ratios, its interquartile range after it. "
              f"Batch {args.batch}, N = {N_LAYERS} layers, h = {HEADS}, d_ff = 2d, patch 4 "
              "(T = 17: 16×16 images, T = 65: 32×32); LoRA r = 4 on W_q, W_v (+ head); prompt tuning p = 8 (+ head); "
              "a step = loss + gradients + one Adam update.")
     L.append("")
+    if head:
+        L += ["### Headline: fresh processes, memory, BLAS", "", head, "### In one process (the second table)", "",
+              "Both frameworks in this one process, after the BLAS-peak GEMMs and the correctness checks: the "
+              "process's history (glibc's adaptive thresholds raised by large frees) favours whoever allocates "
+              "per step, so these ratios are not what a fresh `minipeft train` gets; the fresh-process table is.", ""]
     if have_torch:
         checks = [c for r in results for c in r["checks"]]
         bad = [c for c in checks if not c["ok"]]
@@ -549,11 +452,24 @@ def parse(argv):
     ap.add_argument("--budget", type=float, default=12.0, help="CPU seconds of timed rounds per size and dtype")
     ap.add_argument("--malloc", choices=["default", "tuned"], default="default",
                     help="tuned: raise glibc's mmap/trim thresholds for the whole process (both frameworks), "
-                         "so freed activations are not page-faulted in again every step (measure.tune_malloc)")
+                         "so freed activations are not page-faulted in again every step (minipeft.runtime.tune_allocator)")
     ap.add_argument("--peak-n", type=int, default=2048, help="size n of the n×n GEMM that measures the BLAS peak")
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the tracemalloc peak-memory runs")
     ap.add_argument("--no-grad-compare", dest="grad_compare", action="store_false",
                     help="skip timing autograd.grad over the dict")
+    ap.add_argument("--no-fresh", dest="fresh", action="store_false",
+                    help="skip the fresh-process step pairs and memory (the headline)")
+    ap.add_argument("--no-train", dest="train", action="store_false",
+                    help="skip timing the whole `minipeft train` process against the PyTorch script")
+    ap.add_argument("--fresh-size", type=int, nargs=2, default=[128, 65], metavar=("D", "T"),
+                    help="model size of the fresh-process steps and of the memory table (default 128 65)")
+    ap.add_argument("--fresh-batch", type=int, nargs="+", default=[16, 64, 256], help="batches of the fresh steps")
+    ap.add_argument("--fresh-pairs", type=int, default=3, help="interleaved process pairs per fresh measurement")
+    ap.add_argument("--fresh-steps", type=int, default=8, help="timed steps per fresh process")
+    ap.add_argument("--mem-batch", type=int, default=256, help="batch of the memory table")
+    ap.add_argument("--mem-kinds", nargs="+", default=list(MEM_KINDS), choices=MEM_KINDS,
+                    help="steps of the memory table (full is always measured: the ratios divide by it)")
+    ap.add_argument("--train-epochs", type=int, default=20, help="epochs of the timed `minipeft train` process")
     ap.add_argument("--out", type=Path, default=None,
                     help="write the markdown here (and the raw numbers beside it as .json); "
                          "default benchmarks/results.md for a full run, nothing for --quick")
@@ -563,6 +479,17 @@ def parse(argv):
     if args.quick:
         args.d, args.T, args.dtype, args.rounds = [64], [17], ["float32"], args.rounds or 5
         args.peak_n = min(args.peak_n, 1024)
+        args.fresh_size, args.fresh_batch, args.fresh_pairs, args.fresh_steps = [64, 17], [16], 1, 3
+        args.mem_batch, args.train_epochs = 64, 1
+    for name in ("fresh_pairs", "fresh_steps", "mem_batch", "train_epochs"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be a positive int, got {getattr(args, name)}")
+    if any(b < 1 for b in args.fresh_batch):
+        ap.error(f"--fresh-batch must be positive ints, got {args.fresh_batch}")
+    try:
+        config(*args.fresh_size)
+    except ValueError as e:
+        ap.error(f"--fresh-size: {e}")
     for T in args.T:
         try:
             config(args.d[0], T)
@@ -582,10 +509,12 @@ def parse(argv):
 def main(argv=None):
     args = parse(argv)
     pin_threads()
-    if args.malloc == "tuned" and not measure.tune_malloc():
-        print("--malloc tuned: this C library has no glibc mallopt; running with the default allocator",
-              file=sys.stderr)
-        args.malloc = "default (tuning unavailable)"
+    if args.malloc == "tuned":
+        from minipeft import runtime
+        state = runtime.tune_allocator()
+        if not state.startswith("keep"):
+            print(f"--malloc tuned: the allocator was not tuned ({state}); running with its settings", file=sys.stderr)
+            args.malloc = f"default ({state})"
     if args.profile:
         profile(*args.profile, args.dtype[0])
         return 0
@@ -594,6 +523,7 @@ def main(argv=None):
     if not have_torch:
         log(f"PyTorch is not installed, so only the minipeft half runs. Install it with:\n    {INSTALL}")
     info = machine()
+    info["command"] = "python benchmarks/bench.py" + (" " + " ".join(args.argv) if args.argv else "")
     t_start = time.perf_counter()
     peaks = {}
     for dt in args.dtype:
@@ -601,18 +531,28 @@ def main(argv=None):
         if have_torch:
             peaks[dt]["torch"] = measure.blas_peak(dt, n=args.peak_n, matmul=torch.matmul)
         log(f"BLAS peak {dt}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks[dt].items()))
+    head = {"blas": headline.blas_kernels(torch)}
+    if args.fresh and have_torch:  # the headline: each framework in its own fresh process
+        D, T = args.fresh_size
+        head["fresh"] = [fresh.step_pairs(k, D, T, b, "float32", args.fresh_pairs, args.fresh_steps, log)
+                         for b in args.fresh_batch for k in ("lora", "full")]
+        if args.memory:
+            kinds = [k for k in MEM_KINDS if k in args.mem_kinds or k == "full"]
+            head["memory"] = [fresh.memory(kinds, D, T, args.mem_batch, dt, log) for dt in args.dtype]
+    if args.train and have_torch:
+        head["train"] = fresh.train_pairs(args.train_epochs, args.fresh_pairs, log)
     results = []
     for dt in args.dtype:
         for d in args.d:
             for T in args.T:
                 results.append(run_case(d, T, dt, args, have_torch, log))
-    text = report(results, info, peaks, args, have_torch, time.perf_counter() - t_start)
+    data = {"info": info, "peaks": peaks, "headline": head, "results": results}
+    text = report(results, info, peaks, args, have_torch, time.perf_counter() - t_start, headline.render(data))
     print(text)
     out = args.out if args.out is not None else (None if args.quick else HERE / "results.md")
     if out is not None:
         out.write_text(text)
-        out.with_suffix(".json").write_text(json.dumps({"info": info, "peaks": peaks, "results": results},
-                                                       indent=1, default=str))
+        out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
         log(f"wrote {out} and {out.with_suffix('.json')}")
     failed = [c for r in results for c in r["checks"] if not c["ok"]]
     return 1 if failed else 0

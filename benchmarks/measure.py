@@ -143,36 +143,7 @@ def peak_bytes(fn):
         tracemalloc.stop()
 
 
-# ------------------------------------------------------------------------ allocator
-#: glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def tune_malloc(mmap_threshold=32 << 20, trim_threshold=256 << 20):
-    """Keep freed memory in the process instead of handing it back to the kernel (glibc).
-
-    By default glibc serves large blocks with fresh ``mmap`` pages and trims the heap
-    once its free top exceeds twice the (adaptive) mmap threshold; a training step that
-    allocates and frees its activations every step then page-faults them all in again
-    each step — on this VM ~5 µs a 4 KiB page, 10-30 thousand faults a step. Raising
-    both thresholds (what ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` do)
-    removes the faults. Process-wide: it applies to NumPy and PyTorch alike.
-    Returns True when glibc accepted both settings.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold))) and bool(
-            libc.mallopt(_M_TRIM_THRESHOLD, int(trim_threshold)))
-    except (OSError, AttributeError):
-        return False
-
-
+# ---------------------------------------------------------------------- page faults
 def page_faults():
     """Minor page faults of this process so far (0 where ``resource`` is missing)."""
     try:

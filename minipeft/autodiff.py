@@ -5,7 +5,9 @@ then builds a zero copy of the container on the way back, O(P²) in the number o
 P (harmless for PEFT's handful of tensors, costly for full fine-tuning; benchmarks/bench.py
 measures it). Here each leaf gets its own root node, the tree handed to
 the function is a plain dict of ArrayBoxes, and the backward pass keeps the cotangent
-that reaches each root: O(P). Pinned to autograd 1.9's tracer (``trace_stack``,
+that reaches each root: O(P). Each node's VJP closure is dropped once it has run, so the
+activations it held are freed during the backward pass, not after it (autograd's own
+``backward_pass`` keeps them all until the end). Pinned to autograd 1.9's tracer (``trace_stack``,
 ``new_box``, ``VJPNode.new_root``, ``toposort``, ``add_outgrads``, ``vspace``).
 """
 from __future__ import annotations
@@ -40,7 +42,8 @@ def value_and_grad(fun, theta):
         if i is not None:
             found[i] = g
             continue
-        for parent, ingrad in zip(node.parents, node.vjp(g)):
+        ingrads, node.vjp = node.vjp(g), None  # drop the closure: its activations free as we go
+        for parent, ingrad in zip(node.parents, ingrads):
             outgrads[parent] = add_outgrads(outgrads.get(parent), ingrad)
     grads = {p: (g if g is not None else vspace(leaf).zeros()) for (p, leaf), g in zip(pairs, found)}
     return value, map_leaves(lambda p, _: grads[p], theta)

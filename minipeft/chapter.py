@@ -6,9 +6,10 @@
     params, hist, acc = ch.train(method, lr, epochs)
     ch.save(fig, "05_lora.png")
 
-``setup`` limits BLAS to one thread for the process (threadpoolctl, a scikit-learn
-dependency; nothing happens without it): on a small shared CPU, two BLAS threads on these
-small matrices stall each other. It selects matplotlib's Agg backend (figures go to PNG
+``setup`` applies the process policy of ``minipeft.runtime`` (the same as the command
+line's): BLAS limited to $MINIPEFT_THREADS threads, 1 by default (threadpoolctl) — on a
+small shared CPU two BLAS threads on these small matrices stall each other, and the thread
+count is part of what decides the bits — and glibc's allocator keeping freed memory. It selects matplotlib's Agg backend (figures go to PNG
 files) unless MPLBACKEND is set (a Jupyter kernel sets it, so notebooks keep their inline
 plots), makes the figure folder, and loads the pretrained backbone (built on first use,
 cached) and the downstream task.
@@ -25,10 +26,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import pretrained
+from . import pretrained, runtime
 from .data import Task, load_task
 from .methods import attach
-from .tour import limit_blas_threads
 from .train import evaluate, fit
 from .transformer import Config, new_head
 
@@ -45,7 +45,7 @@ class Chapter:
     #: the downstream task of the chapter (None when it uses several)
     task: Task | None
     fig_dir: Path
-    #: the one-thread BLAS limit, kept so that it holds while the chapter runs
+    #: the BLAS thread limit (``runtime.limit_blas``), kept so that it holds while the chapter runs
     blas_limit: object = field(repr=False, compare=False)
     #: the figure files ``save`` wrote, in order
     saved: list = field(default_factory=list, repr=False, compare=False)
@@ -84,13 +84,14 @@ class Chapter:
 
 
 def setup(file: str | None = None, task: str | None = "digits") -> Chapter:
-    """One BLAS thread, the Agg backend, the figure folder, the pretrained backbone and ``task``.
+    """The process policy (one BLAS thread by default), the Agg backend, the figure folder, the pretrained backbone and ``task``.
 
     file: the chapter's path (``__file__``; None in a notebook, which then uses the current
     folder); figures go to $CHAPTER_FIG_DIR if set, else ``<its folder>/figures``. task: a
     name for ``load_task``, or None for a chapter that loads its own tasks.
     """
-    limit = limit_blas_threads(1)
+    limit = runtime.limit_blas()  # the process policy (runtime.py): 1 thread unless $MINIPEFT_THREADS
+    runtime.tune_allocator()
     if not os.environ.get("MPLBACKEND"):
         import matplotlib
 

@@ -1,7 +1,9 @@
 """The ``minipeft`` command: pretrain, info, train, merge, evaluate, tour.
 
 Every method's options become ``train`` flags automatically, from its dataclass fields
-(``metadata["help"]`` is the help text), so a new method needs no CLI code.
+(``metadata["help"]`` is the help text), so a new method needs no CLI code. Every command
+runs under the process policy of ``minipeft.runtime`` ($MINIPEFT_THREADS BLAS threads,
+default 1; $MINIPEFT_MALLOC allocator thresholds, default "keep").
 
 Reliability: every flag is checked before anything is built or loaded (an error is one
 line on stderr, exit 2); ``--out`` is checked before any work (a directory, a folder that
@@ -21,7 +23,7 @@ import signal
 import sys
 import threading
 
-from . import data
+from . import data, runtime
 from .methods import REGISTRY, method_class
 
 #: words a BOOL flag accepts (case-insensitive); anything else is an error
@@ -385,6 +387,7 @@ def main(argv=None) -> int:
     old_show = warnings.showwarning
     warnings.showwarning = _warn_one_line
     try:
+        runtime.apply()  # BLAS threads and allocator for the whole command (minipeft/runtime.py)
         {"pretrain": _cmd_pretrain, "info": _cmd_info, "train": _cmd_train, "merge": _cmd_merge,
          "evaluate": _cmd_evaluate, "tour": _cmd_tour}[args.command](args)
     except NonFiniteError as e:

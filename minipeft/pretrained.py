@@ -4,11 +4,16 @@
 a minute and a half on a 2-core CPU, with a progress bar). The cache folder is
 $MINIPEFT_CACHE, else $XDG_CACHE_HOME/minipeft, else ~/.cache/minipeft. The file name
 carries a hash of everything that decides the weights (config, seed, schedule, data,
-minipeft's format version), so a change of recipe builds a new file. Same seed → same
-bits: training is deterministic on one machine and BLAS build.
+minipeft's format version, the BLAS thread count of ``minipeft.runtime``'s policy), so a
+change of recipe builds a new file. Same seed → same bits: ``pretrain`` always trains under
+the policy's thread count ($MINIPEFT_THREADS, default 1), whatever limit the caller had set,
+so the backbone does not depend on which command built it; the record also names the BLAS
+library and kernel it was built with (``runtime.describe``). What this covers and what it
+does not: ``minipeft.runtime``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,7 +21,7 @@ import sys
 import time
 import warnings
 
-from . import io
+from . import io, runtime
 from .data import load_task
 from .methods import FullFineTune
 from .train import evaluate, fit
@@ -38,7 +43,8 @@ def cache_dir() -> str:
 
 
 def _spec(cfg: Config, seed: int) -> dict:
-    return {"config": cfg.to_dict(), "seed": seed, "recipe": RECIPE, "format": io.VERSION}
+    return {"config": cfg.to_dict(), "seed": seed, "recipe": RECIPE, "format": io.VERSION,
+            "blas_threads": runtime.threads()}
 
 
 def backbone_path(cfg: Config = DEFAULT_CONFIG, seed: int = 0) -> str:
@@ -50,18 +56,23 @@ def backbone_path(cfg: Config = DEFAULT_CONFIG, seed: int = 0) -> str:
 def pretrain(cfg: Config = DEFAULT_CONFIG, seed: int = 0, progress=None):
     """Train the backbone from ``init_params(cfg, seed)`` on the pretraining task.
 
-    Full training (every leaf) with Adam for RECIPE["epochs"] epochs. Returns (params, info)
-    with info = {"val_acc", "test_acc", "seconds", "spec"}.
+    Full training (every leaf) with Adam for RECIPE["epochs"] epochs, under the process
+    policy's BLAS thread count (``runtime.threads()``; the caller's limit is restored after).
+    Returns (params, info) with info = {"val_acc", "test_acc", "seconds", "spec", "built_with"}
+    (spec: what the cache key hashes; built_with: ``runtime.describe()`` during the build).
     """
     task = load_task(RECIPE["task"], RECIPE["dtype"])
-    t0 = time.perf_counter()
-    params = init_params(cfg, seed, RECIPE["dtype"])
-    params, _ = fit(params, task.train, cfg, [FullFineTune()], epochs=RECIPE["epochs"],
-                    batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], schedule=RECIPE["schedule"], seed=seed, progress=progress,
-                    desc="pretraining backbone")
-    seconds = time.perf_counter() - t0
-    info = {"val_acc": evaluate(params, task.val, cfg)["acc"], "test_acc": evaluate(params, task.test, cfg)["acc"],
-            "seconds": round(seconds, 1), "spec": _spec(cfg, seed)}
+    runtime.tune_allocator()
+    with runtime.limit_blas() or contextlib.nullcontext():  # the policy's threads, whatever the caller set
+        built_with = runtime.describe()
+        t0 = time.perf_counter()
+        params = init_params(cfg, seed, RECIPE["dtype"])
+        params, _ = fit(params, task.train, cfg, [FullFineTune()], epochs=RECIPE["epochs"],
+                        batch_size=RECIPE["batch_size"], lr=RECIPE["lr"], schedule=RECIPE["schedule"], seed=seed,
+                        progress=progress, desc="pretraining backbone")
+        seconds = time.perf_counter() - t0
+        info = {"val_acc": evaluate(params, task.val, cfg)["acc"], "test_acc": evaluate(params, task.test, cfg)["acc"],
+                "seconds": round(seconds, 1), "spec": _spec(cfg, seed), "built_with": built_with}
     return params, info
 
 
@@ -83,7 +94,8 @@ def check_record(path, meta: dict, cfg: Config, seed: int) -> dict:
     v = meta.get("sha256")
     if not isinstance(v, str) or len(v) != 64:
         raise ValueError(f"{path}: record field 'sha256' (the arrays' checksum) missing or malformed: {v!r:.80}")
-    return {k: meta[k] for k in ("val_acc", "test_acc", "seconds", "spec", "sha256")}
+    return {**{k: meta[k] for k in ("val_acc", "test_acc", "seconds", "spec", "sha256")},
+            "built_with": meta.get("built_with")}  # runtime.describe() during the build
 
 
 def _read_cache(path, cfg: Config, seed: int):

@@ -24,7 +24,7 @@ import contextlib
 import sys
 import time
 
-from . import data, pretrained
+from . import data, pretrained, runtime
 from .methods import REGISTRY, attach, count_trainable, method_class
 from .train import evaluate, fit
 from .transformer import new_head
@@ -37,29 +37,17 @@ QUICK_TRAIN = 256
 BASELINES = ("linear-probe", "full")
 
 
-def limit_blas_threads(n):
-    """A context limiting BLAS to ``n`` threads (threadpoolctl, a scikit-learn dependency);
-    a no-op when ``n`` is None or threadpoolctl is missing. On a small shared CPU, two BLAS
-    threads on these small matrices stall each other (design.md). The limit applies when
-    this is called; leaving the ``with`` block restores the previous one."""
-    if n is None:
-        return contextlib.nullcontext()
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=n, user_api="blas")
-
-
 def run_tour(task: str = "digits", epochs: int | None = None, *, quick: bool = False, methods=None,
              n_train: int | None = None, seed: int = 0, batch_size: int = 64, progress=None,
-             blas_threads: int | None = 1, log=None) -> list:
+             blas_threads: int | None = None, log=None) -> list:
     """Fine-tune the pretrained backbone with every method on ``task``; one row per method.
 
     task: a downstream task (``data.DOWNSTREAM``). epochs: passes over the training data
     (default ``DEFAULT_EPOCHS``; 1 with ``quick``). quick: 1 epoch on the first
     ``QUICK_TRAIN`` examples. methods: registry names to run (default: all, in registry
-    order). n_train: use only the first n_train training examples. progress: fit's bar
+    order). n_train: use only the first n_train training examples. blas_threads: BLAS
+    threads while training (default: the process policy, ``runtime.threads()``, 1 unless
+    $MINIPEFT_THREADS says otherwise); the previous limit is restored on return. progress: fit's bar
     (None: on a terminal, unless MINIPEFT_PROGRESS=0). log: a callable receiving one
     line per finished method (default: print to stderr).
 
@@ -88,7 +76,8 @@ def run_tour(task: str = "digits", epochs: int | None = None, *, quick: bool = F
     train = (X[:n_train], y[:n_train]) if n_train is not None else (X, y)
     head = t.n_classes * cfg.d + t.n_classes
     rows = []
-    with limit_blas_threads(blas_threads):
+    runtime.tune_allocator()
+    with runtime.limit_blas(blas_threads) or contextlib.nullcontext():
         for i, name in enumerate(names, 1):
             m = method_class(name)()
             lr = float(m.suggested_lr)

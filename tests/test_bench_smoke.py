@@ -13,7 +13,11 @@ import minipeft as mp
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = ["--d", "16", "--T", "5", "--batch", "4", "--dtype", "float32", "float64", "--rounds", "1",
-        "--no-memory", "--no-grad-compare", "--peak-n", "256"]
+        "--no-memory", "--no-grad-compare", "--peak-n", "256", "--no-fresh", "--no-train"]
+#: the headline on a tiny size: fresh-process step pairs and the memory table, one of each
+TINY_FRESH = ["--d", "16", "--T", "5", "--batch", "4", "--dtype", "float32", "--rounds", "1", "--no-grad-compare",
+              "--peak-n", "256", "--no-train", "--fresh-size", "16", "5", "--fresh-batch", "4", "--fresh-pairs", "1",
+              "--fresh-steps", "1", "--mem-batch", "4", "--mem-kinds", "lora", "full"]
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +123,91 @@ def test_bad_arguments_name_the_option(args, match):
     p = _run(args, block_torch=True, timeout=60)
     assert p.returncode == 2 and "usage" in p.stderr
     assert re.search(match, p.stderr), p.stderr
+
+
+# --------------------------------------------------------------- the headline (issue 16)
+def _headline():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import fresh
+        import headline
+        import readme_table
+    finally:
+        sys.path.remove(str(BENCH))
+    return fresh, headline, readme_table
+
+
+def test_fresh_workers_time_and_measure_a_tiny_step():
+    """The minipeft worker in a process of its own (it applies minipeft's policy and must not
+    load PyTorch), the PyTorch worker here: both report per-step times and faults; the memory
+    worker reports a peak."""
+    pytest.importorskip("torch")
+    fresh, _, _ = _headline()
+    spec = {"mode": "steps", "kind": "lora", "d": 16, "T": 5, "batch": 4, "dtype": "float32", "steps": 2}
+    a = fresh.run_worker({**spec, "framework": "mp"})
+    assert a["cpu_ms"] > 0 and a["faults"] >= 0 and a["policy"]["blas_threads"] == 1
+    assert a["policy"]["allocator"] != "not applied" and not a["torch_loaded"]
+    b = fresh.worker({**spec, "framework": "torch"})
+    assert b["cpu_ms"] > 0 and b["policy"]["torch_threads"] == 1
+    m = fresh.worker({**spec, "framework": "torch", "mode": "memory", "batch": 64})
+    assert m["rss_mb"] >= 0 and "traced_mb" not in m
+
+
+def _fake_results(lora_ratio, mem_lora):
+    step = {"kind": "lora", "d": 128, "T": 65, "batch": 64, "dtype": "float32", "pairs": 3, "steps": 8,
+            "ratio": lora_ratio, "iqr": (lora_ratio, lora_ratio), "n": 3,
+            "mp": {"cpu_ms": 10.0, "wall_ms": 11.0, "faults": 2.0, "sys_ms": 0.1},
+            "torch": {"cpu_ms": 10.0 / lora_ratio, "wall_ms": 11.0, "faults": 3.0, "sys_ms": 0.2},
+            "mp_policy": {"allocator": "keep"}}
+    mem = {"d": 128, "T": 65, "batch": 256, "dtype": "float32", "kinds": ["lora", "full"],
+           "mp": {"lora": {"traced_mb": mem_lora, "rss_mb": mem_lora}, "full": {"traced_mb": 100.0, "rss_mb": 100.0}},
+           "torch": {"lora": {"rss_mb": 90.0}, "full": {"rss_mb": 120.0}}}
+    train = {"epochs": 20, "pairs": 3, "command": "minipeft train --method lora --task digits --epochs 20",
+             "ratio": 0.9, "iqr": (0.9, 0.9), "n": 3, "mp": {"cpu_s": 9.0, "sys_s": 0.5, "wall_s": 10.0},
+             "torch": {"cpu_s": 10.0, "sys_s": 0.4, "wall_s": 11.0}}
+    return {"info": {"date": "d", "machine": "m", "command": "c"}, "peaks": {"float32": {"numpy": 100.0, "torch": 90.0}},
+            "headline": {"fresh": [step], "memory": [mem], "train": train, "blas": {"numpy": ["openblas"]}},
+            "results": []}
+
+
+def test_the_headline_marks_each_target_pass_or_fail():
+    _, headline, _ = _headline()
+    good = headline.render(_fake_results(0.95, 65.0))
+    assert "fresh-process lora step ≤ 1.0× PyTorch at batch 64 (d = 128, T = 65, float32): 0.95 — pass" in good
+    assert "lora step traced peak ≤ 0.7× the full step's (float32, batch 256): 0.65 — pass" in good
+    assert "lora step peak ≤ PyTorch's same step (float32, RSS): 65 vs 90 MB — pass" in good
+    assert "process ≤ 1.0× the PyTorch script (CPU time): 0.90 — pass" in good
+    bad = headline.render(_fake_results(1.10, 96.0))
+    assert "0.95" not in bad and bad.count("**FAIL**") == 3  # the step, the memory ratio, the RSS against PyTorch
+
+
+def test_readme_block_is_spliced_between_the_markers_and_checked(tmp_path):
+    _, _, rt = _headline()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\ntext before\n{rt.BEGIN}\nold numbers 1.23\n{rt.END}\ntext after\n")
+    results = tmp_path / "results.json"
+    results.write_text(__import__("json").dumps(_fake_results(0.95, 65.0)))
+    assert rt.main(["--results", str(results), "--readme", str(readme), "--check"]) == 1
+    assert rt.main(["--results", str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old numbers" not in text and "text before" in text and "text after" in text and "0.95" in text
+    assert rt.main(["--results", str(results), "--readme", str(readme), "--check"]) == 0
+
+
+def test_the_repository_readme_is_what_its_results_file_gives():
+    """No figure in the README's performance block was typed by hand."""
+    _, _, rt = _headline()
+    assert rt.main(["--check"]) == 0
+
+
+@pytest.mark.slow
+def test_bench_quick_end_to_end_with_the_headline(tmp_path):
+    """--quick: every part, the fresh processes and the whole `minipeft train` process included."""
+    pytest.importorskip("torch")
+    out = tmp_path / "quick.md"
+    p = _run(["--quick", "--out", str(out)], timeout=1800)
+    assert p.returncode == 0, p.stderr[-2000:]
+    text = out.read_text()
+    for s in ("Headline: fresh processes", "Whole process: `minipeft train", "Peak memory of one step", "BLAS: NumPy",
+              "Targets of issue 16", "In one process"):
+        assert s in text, s

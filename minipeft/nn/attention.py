@@ -74,26 +74,25 @@ def attention_weights(Q, K, h):
     scale = 1.0 / math.sqrt(Q.shape[-1] // h)
     S = onp.matmul(_heads(Q, h), _heads(K, h).transpose(0, 1, 3, 2))  # (B, h, T, S)
     S *= scale
-    return _softmax(S)
+    return _softmax(S, inplace=True)  # A in S's buffer
 
 
 def _attention_weights_vjp(argnums, A, args, kwargs):
     Q, K, h = args
+    if any(i not in (0, 1) for i in argnums):
+        raise ValueError("attention_weights: h is not differentiable")
     scale = 1.0 / math.sqrt(Q.shape[-1] // h)
+    # ∂Q reads K and ∂K reads Q: hold only the one a computed gradient needs
+    Kh = _heads(K, h) if 0 in argnums else None
+    Qh = _heads(Q, h) if 1 in argnums else None
 
     def vjp(G):
         dS = G - _row_dot(G, A)  # softmax VJP, in one buffer
         dS *= A
         dS *= scale
-        out = []
-        for i in argnums:
-            if i == 0:
-                out.append(_heads_matmul(dS, _heads(K, h), h))  # (B, T, d)
-            elif i == 1:
-                out.append(_heads_matmul(dS.transpose(0, 1, 3, 2), _heads(Q, h), h))  # (B, S, d)
-            else:
-                raise ValueError("attention_weights: h is not differentiable")
-        return tuple(out)
+        return tuple(_heads_matmul(dS, Kh, h) if i == 0  # ∂Q (B, T, d)
+                     else _heads_matmul(dS.transpose(0, 1, 3, 2), Qh, h)  # ∂K (B, S, d)
+                     for i in argnums)
 
     return vjp
 
@@ -113,11 +112,17 @@ def attend(A, V):
     return _heads_matmul(A, _heads(V, A.shape[1]), A.shape[1])
 
 
-defvjp(
-    attend,
-    lambda Z, A, V: lambda G: onp.matmul(_heads(G, A.shape[1]), _heads(V, A.shape[1]).transpose(0, 1, 3, 2)),
-    lambda Z, A, V: lambda G: _heads_matmul(A.transpose(0, 1, 3, 2), _heads(G, A.shape[1]), A.shape[1]),
-)
+def _attend_vjp_A(Z, A, V):
+    h = A.shape[1]  # ∂L/∂A = G Vᵀ reads V, not A
+    return lambda G: onp.matmul(_heads(G, h), _heads(V, h).transpose(0, 1, 3, 2))  # (B, h, T, S)
+
+
+def _attend_vjp_V(Z, A, V):
+    h = A.shape[1]  # ∂L/∂V = concat_heads(Aᵀ G) reads A, not V
+    return lambda G: _heads_matmul(A.transpose(0, 1, 3, 2), _heads(G, h), h)  # (B, S, d)
+
+
+defvjp(attend, _attend_vjp_A, _attend_vjp_V)
 
 
 # ------------------------------------------------------------------------ attention

@@ -7,7 +7,9 @@ line-by-line readable versions of the same equations live in ``nn/reference.py``
 tests check the two agree, in value and in gradient.
 
 Only differentiated arguments get a VJP: for a frozen W, ``linear`` computes no dW —
-the PEFT saving.
+the PEFT saving. Each VJP closure holds only what its own gradient reads (dX = g W keeps W
+and x's shape, not x), so an activation stays alive for the backward pass only when a
+gradient that is actually computed needs it — the PEFT memory saving.
 
 Speed notes (measured by benchmarks/bench.py; one BLAS thread): row sums are BLAS
 matrix-vector products with a ones vector, several times faster than ``sum(-1)`` on
@@ -93,12 +95,19 @@ def linear(x, W, b=None):
 
 
 def _linear_vjp_x(ans, x, W, b=None):
-    return lambda g: (g.reshape(-1, g.shape[-1]) @ W).reshape(x.shape)  # (..., d_in)
+    # dX = g W needs W and x's shape only: holding x itself here would keep every frozen
+    # linear's input alive until the backward pass (the activation memory PEFT saves)
+    shape = x.shape
+    return lambda g: (g.reshape(-1, g.shape[-1]) @ W).reshape(shape)  # (..., d_in)
 
 
 def _linear_vjp_W(ans, x, W, b=None):
+    x2 = x.reshape(-1, x.shape[-1])  # (M, d_in)
+    if type(x2) is onp.ndarray and not x2.flags.c_contiguous:  # a strided view (the CLS rows): hold a
+        x2 = x2.copy()  # compact copy, so the closure does not keep the view's whole base alive
+
     def vjp(g):
-        return g.reshape(-1, g.shape[-1]).T @ x.reshape(-1, x.shape[-1])  # (d_out, d_in)
+        return g.reshape(-1, g.shape[-1]).T @ x2  # (d_out, d_in)
 
     return vjp
 
@@ -201,21 +210,43 @@ def gelu(x):
     return _GELU.put(y, t)
 
 
+#: elements per block of a chunked element-wise chain: small enough that the block's
+#: temporaries stay in the L2 cache, large enough that NumPy's per-call cost is noise
+_BLOCK = 1 << 15
+
+
+def _blocks(n, device):
+    """Slices covering range(n) in blocks of ``_BLOCK`` (one slice on a device, where one
+    kernel over everything is the fast way)."""
+    step = n if device else _BLOCK
+    return [slice(i, i + step) for i in range(0, n, max(step, 1))]
+
+
 def _gelu_derivative(x, t):
-    s = t * t  # GELU'(x) from t = tanh(·), built in one buffer
-    onp.subtract(1.0, s, out=s)  # 1 − t²
-    s *= x
-    s *= x * x * (3 * _GELU_A * _GELU_C) + _GELU_C  # x (1 − t²) √(2/π)(1 + 3·0.044715 x²)
-    s += t
-    s += 1.0
-    s *= 0.5
-    return s
+    """GELU'(x) from t = tanh(·), written into t's buffer block by block: the temporaries are
+    of one block's size, never of x's (the same operations, in the same order, as a whole-array
+    evaluation: the bits do not depend on the block size)."""
+    xf, tf = x.reshape(-1), t.reshape(-1)  # flat views (t is the forward's own buffer)
+    for sl in _blocks(xf.shape[0], type(x) is not onp.ndarray):
+        xb, tb = xf[sl], tf[sl]
+        s = tb * tb
+        onp.subtract(1.0, s, out=s)  # 1 − t²
+        s *= xb
+        u = xb * xb
+        u *= 3 * _GELU_A * _GELU_C
+        u += _GELU_C
+        s *= u  # x (1 − t²) √(2/π)(1 + 3·0.044715 x²)
+        s += tb
+        s += 1.0
+        s *= 0.5
+        tb[...] = s
+    return t
 
 
 def _gelu_vjp(ans, x):
     # autograd builds this right after the forward (and only when x is traced): x and t
     # are still in cache, so GELU'(x) is formed now and the backward is one product.
-    t = _GELU.take(ans)
+    t = _GELU.take(ans)  # the forward's tanh buffer, no longer needed: becomes GELU'(x)
     dydx = _gelu_derivative(x, t if t is not None else _gelu_tanh(x))
     return lambda g: g * dydx
 
@@ -224,8 +255,14 @@ defvjp(gelu, _gelu_vjp)
 
 
 # --------------------------------------------------------------------------- softmax
-def _softmax(z):
-    e = z - z.max(axis=-1, keepdims=True)
+def _softmax(z, inplace=False):
+    """softmax over the last axis; ``inplace`` overwrites z (a buffer the caller owns)."""
+    m = z.max(axis=-1, keepdims=True)
+    if inplace:
+        z -= m
+        e = z
+    else:
+        e = z - m
     onp.exp(e, out=e)
     e /= _row_sum(e)
     return e

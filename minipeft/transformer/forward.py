@@ -102,12 +102,14 @@ def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None):
     O = _proj(methods, th, bp, Z, layer, "o", cfg)
     O = _seam(methods, th, "after", O, layer=layer, name="attn", cfg=cfg)
     X1 = X + O  # X'_ℓ
+    del X, Q, K, V, Z, O  # dead from here (a VJP that needs one holds its own reference): freed now, not at return
 
     h2 = layer_norm(X1, bp["ln2"]["gamma"], bp["ln2"]["beta"], cfg.eps)
     h2 = _seam(methods, th, "after", h2, layer=layer, name="ln2", cfg=cfg)
     H = gelu(_proj(methods, th, bp, h2, layer, "mlp1", cfg))  # (B, T, d_ff)
     H = _seam(methods, th, "ff_hidden", H, layer=layer, cfg=cfg)
     M = _proj(methods, th, bp, H, layer, "mlp2", cfg)  # (B, T, d)
+    del H
     M = _seam(methods, th, "after", M, layer=layer, name="mlp", cfg=cfg)
     M = _seam(methods, th, "mlp", M, x_norm=h2, x_resid=X1, layer=layer, cfg=cfg)
     if trace is not None:

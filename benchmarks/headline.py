@@ -1,0 +1,143 @@
+"""The benchmark's headline: fresh-process step and whole-command ratios, peak memory, the BLAS
+kernels, and the targets of issue 16 — measured by bench.py (through fresh.py), rendered here
+from the results dict, so that bench.py's report and the README's generated table
+(readme_table.py) are one text.
+
+Ratios are minipeft / PyTorch: below 1 minipeft is faster (or smaller).
+"""
+from __future__ import annotations
+
+import re
+
+#: the issue's targets (issue 16): fresh-process step ratios, the whole command, memory
+STEP_TARGET = 1.0  # minipeft / PyTorch, fresh processes, LoRA and full steps, every batch
+TRAIN_TARGET = 1.0  # `minipeft train` process / the PyTorch script's, CPU time
+MEM_TARGETS = {"lora": 0.7, "prompt": 0.8}  # traced peak of the step / the full step's
+
+
+def blas_kernels(torch=None) -> dict:
+    """Which BLAS kernel each side uses: NumPy's libraries from threadpoolctl (with the CPU
+    kernel OpenBLAS picked), PyTorch's BLAS and CPU capability from ``torch.__config__``."""
+    out = {}
+    try:
+        from minipeft import runtime
+        out["numpy"] = [f"{b['api']} {b['version']}, kernel {b['architecture']}, {b['threads']} thread(s)"
+                        for b in runtime.blas_libraries()]
+    except ImportError:  # pragma: no cover
+        out["numpy"] = ["unknown"]
+    if torch is not None:
+        cfg = torch.__config__.show()
+        blas = re.search(r"BLAS_INFO=(\w+)", cfg)
+        cap = re.search(r"CPU capability usage: (\S+)", cfg)
+        try:
+            cap_now = torch.backends.cpu.get_cpu_capability()
+        except AttributeError:  # pragma: no cover
+            cap_now = cap.group(1) if cap else "unknown"
+        out["torch"] = [f"{blas.group(1) if blas else 'unknown BLAS'}, CPU capability {cap_now}, "
+                        f"{torch.get_num_threads()} thread(s)"]
+    return out
+
+
+def _mark(ok):
+    return "pass" if ok else "**FAIL**"
+
+
+def _iqr(r):
+    return f"{r['iqr'][0]:.2f}–{r['iqr'][1]:.2f}"
+
+
+def fresh_table(fresh, train) -> list:
+    """Markdown lines: the fresh-process step table and the whole-command line."""
+    L = []
+    if fresh:
+        f0 = fresh[0]
+        L += [f"Each framework in a fresh process of its own (`benchmarks/fresh.py`; interleaved process pairs, "
+              f"{f0['pairs']} pair(s), {f0['steps']} timed steps each after one untimed step; d = {f0['d']}, "
+              f"T = {f0['T']}, {f0['dtype']}; minipeft under its entry points' policy "
+              f"`{f0['mp_policy'].get('allocator')}`, PyTorch as it comes):", "",
+              "| step | batch | minipeft ms | PyTorch ms | minipeft / PyTorch (IQR) | page faults / step: "
+              "minipeft, PyTorch | system ms / step: minipeft, PyTorch |",
+              "|---|---|---|---|---|---|---|"]
+        for r in fresh:
+            L.append(f"| {r['kind']} | {r['batch']} | {r['mp']['cpu_ms']:.1f} | {r['torch']['cpu_ms']:.1f} | "
+                     f"**{r['ratio']:.2f}** ({_iqr(r)}) | {r['mp']['faults']:.0f}, {r['torch']['faults']:.0f} | "
+                     f"{r['mp']['sys_ms']:.1f}, {r['torch']['sys_ms']:.1f} |")
+        L.append("")
+    if train:
+        L += [f"Whole process: `{train['command']}` against `python benchmarks/torch_train.py --epochs "
+              f"{train['epochs']}` (the same job in PyTorch), {train['pairs']} interleaved pair(s): CPU time "
+              f"{train['mp']['cpu_s']:.1f} s vs {train['torch']['cpu_s']:.1f} s (of which system "
+              f"{train['mp']['sys_s']:.1f} s vs {train['torch']['sys_s']:.1f} s), ratio **{train['ratio']:.2f}** "
+              f"({_iqr(train)}); wall {train['mp']['wall_s']:.1f} s vs {train['torch']['wall_s']:.1f} s.", ""]
+    return L
+
+
+def memory_table(memory) -> list:
+    """Markdown lines: peak memory of each step kind, both frameworks, every dtype measured."""
+    if not memory:
+        return []
+    m0 = memory[0]
+    L = [f"Peak memory of one step above what was live before it (d = {m0['d']}, T = {m0['T']}, batch "
+         f"{m0['batch']}; each framework in a fresh process). *Traced*: tracemalloc's high-water mark of "
+         "minipeft's NumPy buffers (exact); *RSS*: the process's resident-set high-water mark during a second "
+         "step, after the first step's freed heap was handed back (both frameworks; blurred by the "
+         "allocator). A step = loss + gradients + Adam; forward = inference, no gradient.", "",
+         "| dtype | step | minipeft traced MB | / full step | minipeft RSS MB | PyTorch RSS MB | minipeft / PyTorch (RSS) |",
+         "|---|---|---|---|---|---|---|"]
+    for m in memory:
+        full = m["mp"]["full"]["traced_mb"]
+        for k in m["kinds"]:
+            a, t = m["mp"][k], m["torch"].get(k, {})
+            rel = f"{a['rss_mb'] / t['rss_mb']:.2f}" if t.get("rss_mb") else "–"
+            L.append(f"| {m['dtype']} | {k} | {a['traced_mb']:.0f} | {a['traced_mb'] / full:.2f} | {a['rss_mb']:.0f} | "
+                     f"{t.get('rss_mb', float('nan')):.0f} | {rel} |")
+    L.append("")
+    return L
+
+
+def blas_lines(blas, peaks) -> list:
+    """Markdown lines: the BLAS kernels and each side's GEMM peak."""
+    L = ["BLAS: NumPy " + "; ".join(blas.get("numpy", ["unknown"]))
+         + (" — PyTorch " + "; ".join(blas["torch"]) if "torch" in blas else "") + ". GEMM peak (one large square "
+         "GEMM, best of 5, one thread): " + ", ".join(
+             f"{dt} NumPy {p['numpy']:.0f}" + (f" / PyTorch {p['torch']:.0f}" if p.get("torch") else "") + " GFLOP/s"
+             for dt, p in peaks.items()) + ". Part of any ratio is the BLAS library, not the framework's code: "
+         "compare the peaks.", ""]
+    return L
+
+
+def targets(fresh, train, memory) -> list:
+    """Issue 16's targets, each pass/FAIL (or not measured)."""
+    L = []
+    for r in fresh:
+        L.append(f"- fresh-process {r['kind']} step ≤ {STEP_TARGET}× PyTorch at batch {r['batch']} (d = {r['d']}, "
+                 f"T = {r['T']}, {r['dtype']}): {r['ratio']:.2f} — {_mark(r['ratio'] <= STEP_TARGET)}")
+    if train:
+        L.append(f"- `{train['command']}` process ≤ {TRAIN_TARGET}× the PyTorch script (CPU time): "
+                 f"{train['ratio']:.2f} — {_mark(train['ratio'] <= TRAIN_TARGET)}")
+    for m in memory:
+        full = m["mp"]["full"]["traced_mb"]
+        for k, lim in MEM_TARGETS.items():
+            if k not in m["mp"]:
+                continue
+            v = m["mp"][k]["traced_mb"] / full
+            L.append(f"- {k} step traced peak ≤ {lim}× the full step's ({m['dtype']}, batch {m['batch']}): "
+                     f"{v:.2f} — {_mark(v <= lim)}")
+        for k in ("lora", "prompt"):
+            a, t = m["mp"].get(k, {}).get("rss_mb"), m["torch"].get(k, {}).get("rss_mb")
+            if a and t:
+                L.append(f"- {k} step peak ≤ PyTorch's same step ({m['dtype']}, RSS): {a:.0f} vs {t:.0f} MB — "
+                         f"{_mark(a <= t)}")
+    return L
+
+
+def render(res) -> str:
+    """The headline block of a results dict (bench.py's results.json)."""
+    h = res.get("headline", {})
+    L = fresh_table(h.get("fresh", []), h.get("train"))
+    L += memory_table(h.get("memory", []))
+    L += blas_lines(h.get("blas", {}), res.get("peaks", {}))
+    t = targets(h.get("fresh", []), h.get("train"), h.get("memory", []))
+    if t:
+        L += ["Targets of issue 16 (fresh processes and memory):", ""] + t + [""]
+    return "\n".join(L)

@@ -1,0 +1,195 @@
+"""Memory of a training step: what the backward pass keeps alive, and that keeping less changes no bit.
+
+PEFT's memory saving (notes, "Why PEFT"): a frozen W needs no dW = gᵀ x, so the input x of
+a frozen linear need not outlive the forward pass — dX = g W reads W only. These tests
+watch the actual arrays with weak references while the graph is alive.
+"""
+import gc
+import importlib
+import tracemalloc
+import weakref
+
+import numpy as onp
+import pytest
+from autograd.extend import defvjp, defvjp_argnums
+
+import minipeft as mp
+from minipeft import tree
+from minipeft.autodiff import value_and_grad
+
+from conftest import images, randomize
+
+P = importlib.import_module("minipeft.nn.primitives")
+A = importlib.import_module("minipeft.nn.attention")
+rng = onp.random.default_rng(0)
+
+
+def _retained_after_forward(fn, n_in=1):
+    """Run value_and_grad of a scalar function built from ``fn`` on traced inputs; ``fn`` gets the
+    boxed inputs and returns (its output, [raw arrays to watch]). Returns, for each watched array,
+    whether it was still alive after the forward pass (before the backward pass ran)."""
+    alive = {}
+
+    def f(th):
+        out, watch = fn(th)
+        refs = [weakref.ref(a) for a in watch]
+        del watch
+        gc.collect()
+        alive["now"] = [r() is not None for r in refs]
+        return (out * out).sum()
+
+    value_and_grad(f, {f"u{i}": rng.standard_normal((4, 3, 8)) for i in range(n_in)})
+    return alive["now"]
+
+
+def test_a_frozen_linears_input_is_not_kept_after_the_forward():
+    """x = 2u is traced (u trains), W is frozen: dX = g W must not hold x."""
+    W = rng.standard_normal((5, 8))
+
+    def fn(th):
+        x = th["u0"] * 2.0  # a new traced array; multiply by a constant keeps nothing
+        return P.linear(x, W), [x._value]
+
+    assert _retained_after_forward(fn) == [False]
+
+
+def test_a_trainable_linears_input_is_kept_for_its_dw():
+    """The detector works: with W traced too, dW = gᵀ x needs x, so x stays alive."""
+    def fn(th):
+        x = th["u0"] * 2.0
+        W = th["u1"][0, :5]  # (5, 8), traced
+        return P.linear(x, W), [x._value]
+
+    assert _retained_after_forward(fn, n_in=2) == [True]
+
+
+def test_attention_keeps_only_what_a_computed_gradient_reads():
+    """Only Q traced (K, V frozen data): ∂Q reads K, ∂V is not computed, so Q is not kept;
+    with K traced as well, Q is kept (∂K reads Q)."""
+    K = rng.standard_normal((4, 3, 8))
+
+    def q_only(th):
+        Q = th["u0"] * 2.0
+        return A.attend(A.attention_weights(Q, K, 2), K), [Q._value]
+
+    def q_and_k(th):
+        Q, Kt = th["u0"] * 2.0, th["u1"] * 2.0
+        return A.attend(A.attention_weights(Q, Kt, 2), K), [Q._value]
+
+    assert _retained_after_forward(q_only) == [False]
+    assert _retained_after_forward(q_and_k, n_in=2) == [True]
+
+
+def test_gelu_derivative_in_blocks_has_the_bits_of_one_whole_array_pass():
+    """The blocked derivative against the whole-array formula, bit for bit, on a size that is
+    not a multiple of the block."""
+    x = rng.standard_normal(3 * P._BLOCK + 123).astype("float32")
+    t = P._gelu_tanh(x)
+    whole = t * t
+    whole = 0.5 * (1.0 + t + (1.0 - whole) * x * (x * x * (3 * P._GELU_A * P._GELU_C) + P._GELU_C))
+    # the same operations in the same order as the blocked code: ((1 − t²)·x)·u + t + 1, ·½
+    s = 1.0 - t * t
+    s *= x
+    u = x * x
+    u *= 3 * P._GELU_A * P._GELU_C
+    u += P._GELU_C
+    s *= u
+    s += t
+    s += 1.0
+    s *= 0.5
+    got = P._gelu_derivative(x, t.copy())
+    assert got.dtype == onp.float32
+    assert onp.array_equal(got.view(onp.uint32), s.view(onp.uint32))
+    onp.testing.assert_allclose(got, whole, rtol=1e-6, atol=1e-7)  # and it is GELU'
+
+
+def _holding_x_maker(ans, x, W, b=None):
+    """The dX VJP as it was before the memory fix: the closure refers to x (for its shape)."""
+    return lambda g: (g.reshape(-1, g.shape[-1]) @ W).reshape(x.shape)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_memory_fix_changes_no_bit_of_the_losses(tiny_cfg, dtype):
+    """A few LoRA and full fine-tuning steps with the x-holding dX VJP and with the current one:
+    the same losses, bit for bit."""
+    LoRA = mp.method_class("lora")
+
+    cfg = tiny_cfg
+    params = randomize(mp.init_params(cfg, 0, dtype), seed=1)
+    x, y = images(cfg, 12, dtype=dtype), onp.arange(12) % cfg.n_classes
+    runs = {}
+    for variant in ("current", "holding x"):
+        if variant == "holding x":
+            defvjp(P.linear, _holding_x_maker, P._linear_vjp_W, P._linear_vjp_b)
+        try:
+            for kind, methods in (("lora", [LoRA()]), ("full", [])):
+                p = mp.attach(params, methods, cfg, 0) if methods else params
+                pred = mp.trainable(methods) if methods else (lambda path, leaf: True)
+                _, h = mp.fit(p, (x, y), cfg, methods, trainable=pred, steps=4, batch_size=6, progress=False)
+                runs[variant, kind] = onp.array(h["loss"])
+        finally:
+            defvjp(P.linear, P._linear_vjp_x, P._linear_vjp_W, P._linear_vjp_b)
+    for kind in ("lora", "full"):
+        a, b = runs["current", kind], runs["holding x", kind]
+        assert a.tobytes() == b.tobytes(), (kind, a, b)
+
+
+def _peak(step):
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        step()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_lora_step_peaks_well_below_a_full_step():
+    """Traced peak memory of one step (loss + gradients), d = 32, T = 17, batch 64: LoRA (r = 4
+    on q, v, head trainable) at most 0.85 of full fine-tuning."""
+    LoRA = mp.method_class("lora")
+
+    cfg = mp.Config(d=32, h=4, N=2, d_ff=64, n_classes=10, image_size=16, patch=4)
+    params = mp.init_params(cfg, 0, "float32")
+    x, y = images(cfg, 64, dtype="float32"), onp.arange(64) % 10
+    lora = LoRA()
+    pl = mp.attach(params, [lora], cfg, 0)
+    th_l, phi_l = tree.split(pl, mp.trainable([lora]))
+    th_f, phi_f = tree.split(params, lambda path, leaf: True)
+    lora_peak = _peak(lambda: value_and_grad(lambda th: mp.loss(th, phi_l, x, y, cfg, [lora]), th_l))
+    full_peak = _peak(lambda: value_and_grad(lambda th: mp.loss(th, phi_f, x, y, cfg), th_f))
+    assert lora_peak <= 0.85 * full_peak, (lora_peak, full_peak)
+
+
+def test_no_backward_work_below_the_lowest_trainable_parameter(tiny_cfg):
+    """LoRA on the last block only (head frozen): no VJP is built, and none runs, for anything
+    below that block — autograd traces only what depends on θ. Counted by spying on the VJP
+    makers of linear (dX), layer norm and attention."""
+    cfg = tiny_cfg  # N = 2
+    lora = mp.method_class("lora")(layers=(cfg.N - 1,))
+    params = mp.attach(randomize(mp.init_params(cfg, 0), seed=2), [lora], cfg, 0)
+    theta, phi = tree.split(params, mp.trainable([lora], train_head=False))
+    made = {"dX": 0, "ln": 0, "attn": 0}
+
+    def count(key, maker):
+        def spy(*a, **k):
+            made[key] += 1
+            return maker(*a, **k)
+        return spy
+
+    defvjp(P.linear, count("dX", P._linear_vjp_x), P._linear_vjp_W, P._linear_vjp_b)
+    defvjp_argnums(P.layer_norm, count("ln", P._ln_vjp))
+    defvjp_argnums(A.attention_weights, count("attn", A._attention_weights_vjp))
+    try:
+        x, y = images(cfg, 3), onp.arange(3) % cfg.n_classes
+        _, g = value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, [lora]), theta)
+    finally:
+        defvjp(P.linear, P._linear_vjp_x, P._linear_vjp_W, P._linear_vjp_b)
+        defvjp_argnums(P.layer_norm, P._ln_vjp)
+        defvjp_argnums(A.attention_weights, A._attention_weights_vjp)
+    # the last block: dX of W_o, W_1, W_2, of LoRA's B-branches on q and v (their input x Aᵀ is
+    # traced), and of the head; LN₂ and LN_f (LN₁ reads the untraced X_{N-1}); one attention
+    assert made == {"dX": 6, "ln": 2, "attn": 1}, made
+    gB = [leaf for path, leaf in tree.leaves_with_paths(g["lora"]) if path[-1] == "B"]  # B = 0 at init, so dA = 0
+    assert gB and all(float(abs(leaf).max()) > 0 for leaf in gB)
