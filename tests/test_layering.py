@@ -1,6 +1,6 @@
 """The package's layering (issue 9): every import inside minipeft points down the stack
 
-    validate, tree, progress, cupy_patches → backend → nn, autodiff, data, io → transformer
+    validate, tree, progress, cupy_patches, runtime → backend → nn, autodiff, data, text, io → transformer
     → merge (the folds) → methods → train → adapters, pretrained → tour → cli, chapter
 
 and the import graph has no circle. Read from the source with ``ast`` (imports inside
@@ -14,9 +14,9 @@ PKG = Path(__file__).resolve().parents[1] / "minipeft"
 #: rank of each top-level part of the package: a module may import only lower ranks
 #: (or modules of its own sub-package)
 RANK = {
-    "validate": 0, "tree": 0, "progress": 0, "cupy_patches": 0,
+    "validate": 0, "tree": 0, "progress": 0, "cupy_patches": 0, "runtime": 0,
     "backend": 1,
-    "nn": 2, "autodiff": 2, "data": 2, "io": 2,
+    "nn": 2, "autodiff": 2, "data": 2, "io": 2, "text": 2,
     "transformer": 3,
     "merge": 4,
     "methods": 5,
