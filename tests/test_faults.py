@@ -257,3 +257,16 @@ def test_cli_train_merge_evaluate(fake_cache, tmp_path, capsys):
     merged_acc = re.search(r"merged (\d\.\d+)", capsys.readouterr().out)[1]
     assert main(["evaluate", str(tmp_path / "lora-merged.npz")]) == 0
     assert f"test acc {merged_acc}" in capsys.readouterr().out
+
+
+def test_an_os_error_while_saving_is_one_line_naming_the_path(fake_cache, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "a.npz"
+
+    def disk_full(fh, **arrays):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(onp, "savez", disk_full)
+    assert main(["train", "--method", "bitfit", "--epochs", "1", "--batch-size", "500", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"minipeft: error: {out}: No space left on device\n", err
+    assert not out.exists() and not [f for f in _files(tmp_path) if ".tmp-" in f]
+    record("CLI faults", "clear error", "OSError while saving")
