@@ -152,6 +152,15 @@ def test_out_problems_are_reported_before_training(fake_cache, tmp_path, capsys,
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and what in err, err
         record("CLI faults", "clear error", f"--out {out}")
+    import tempfile
+
+    def denied(*a, **k):  # as root a folder's mode bits do not stop a write: stand in for one that does
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    assert main(["train", "--method", "lora", "--out", str(tmp_path / "ro" / "a.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write in" in err and "Permission denied" in err, err
+    record("CLI faults", "clear error", "--out in a folder that cannot be written")
 
 
 def test_an_interrupted_save_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
