@@ -201,6 +201,16 @@ def _check_out(path, flag: str = "--out", inputs=()) -> str:
     return path
 
 
+def _dry_attach(methods, cfg) -> None:
+    """Attach ``methods`` to a freshly initialised backbone of ``cfg`` (milliseconds for the
+    CLI's config): every option checked against the config (layers < N, r ≤ min(d, k), the
+    front a method needs, …) before the real backbone is loaded, or built (minutes)."""
+    from .methods import attach
+    from .transformer import init_params
+
+    attach(init_params(cfg, 0, "float32"), list(methods), cfg)
+
+
 def _cmd_pretrain(args):
     from .pretrained import backbone_path, load_backbone
 
@@ -230,8 +240,7 @@ def _cmd_train(args):
     method = method_class(args.method).from_options(
         {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not dataclasses.MISSING})
     cfg = DEFAULT_CONFIG
-    if hasattr(method, "check_cfg"):
-        method.check_cfg(cfg)  # before the backbone is loaded (or built)
+    _dry_attach([method], cfg)
     out = _check_out(args.out if args.out is not None else f"minipeft-{args.method}-{args.task}.npz",
                      inputs=(backbone_path(cfg),))
     backbone, _ = load_backbone(cfg)
@@ -286,6 +295,7 @@ def _cmd_merge(args):
     cfg = DEFAULT_CONFIG
     adapter = read_adapter(args.adapter, cfg)  # the record only, every field checked
     check_mergeable(adapter.methods)  # before loading anything big
+    _dry_attach(adapter.methods, cfg)
     task_name = _task_of(adapter.meta, args.task, args.adapter)
     out = _check_out(args.out if args.out is not None else os.path.splitext(args.adapter)[0] + "-merged.npz",
                      inputs=(args.adapter, backbone_path(cfg)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tempfile
 import time
 import zipfile
@@ -58,9 +59,11 @@ def save_tree(path, params, meta: dict) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # name the target (the CLI prints one line)
+            raise OSError(e.errno, e.strerror or str(e), path) from e
         raise
 
 
@@ -95,6 +98,9 @@ FLOAT_DTYPES = ("float32", "float64")
 #: a temp file of a save older than this (seconds) belongs to a save that died: removed
 STALE_SECONDS = 600
 _TMP_PREFIX = ".tmp-"
+#: what the zip reader raises on a damaged file (a flipped compression method is
+#: NotImplementedError, a flipped encryption flag RuntimeError, a torn extra field struct.error)
+_ZIP_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib_error, NotImplementedError, RuntimeError, struct.error)
 
 
 def _fail(path, what: str):
@@ -180,7 +186,7 @@ def _read_member(path, zf, info, key, *, shape=None, dtypes=FLOAT_DTYPES, budget
 def _open_zip(path):
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+    except _ZIP_ERRORS + (ValueError,) as e:
         raise _fail(path, f"not a readable minipeft file (truncated or corrupted?): {type(e).__name__}: {e}") from None
 
 
@@ -232,7 +238,7 @@ def read_record(path) -> dict:
     with _open_zip(path) as zf:
         try:
             return _read_record(path, zf, _members(path, zf))
-        except (zipfile.BadZipFile, OSError, EOFError, zlib_error) as e:
+        except _ZIP_ERRORS as e:
             raise _fail(path, f"not a readable minipeft file (truncated or corrupted?): {type(e).__name__}: {e}") from None
 
 
@@ -268,7 +274,7 @@ def load_tree(path, skeleton=None, *, dtypes=FLOAT_DTYPES):
                 raise _fail(path, f"missing leaf {missing[0]}")
             arrays = {k: _read_member(path, zf, members[k], k, shape=tuple(want[k].shape), dtypes=dtypes)
                       for k in want}
-        except (zipfile.BadZipFile, OSError, EOFError, zlib_error) as e:
+        except _ZIP_ERRORS as e:
             raise _fail(path, f"not a readable minipeft file (truncated or corrupted?): {type(e).__name__}: {e}") from None
     return tree.map_leaves(lambda p, _: arrays[tree.path_str(p)], skeleton), meta
 

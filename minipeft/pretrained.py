@@ -42,8 +42,13 @@ def cache_dir() -> str:
     return os.path.join(base, "minipeft")
 
 
+#: version of the cache entry: 2 = the record holds the arrays' SHA-256 (a cache of version 1
+#: has another file name, so it is simply not used: no rebuild warning)
+CACHE_FORMAT = 2
+
+
 def _spec(cfg: Config, seed: int) -> dict:
-    return {"config": cfg.to_dict(), "seed": seed, "recipe": RECIPE, "format": io.VERSION,
+    return {"config": cfg.to_dict(), "seed": seed, "recipe": RECIPE, "format": io.VERSION, "cache": CACHE_FORMAT,
             "blas_threads": runtime.threads()}
 
 

@@ -152,6 +152,15 @@ def test_out_problems_are_reported_before_training(fake_cache, tmp_path, capsys,
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and what in err, err
         record("CLI faults", "clear error", f"--out {out}")
+    import tempfile
+
+    def denied(*a, **k):  # as root a folder's mode bits do not stop a write: stand in for one that does
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    assert main(["train", "--method", "lora", "--out", str(tmp_path / "ro" / "a.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write in" in err and "Permission denied" in err, err
+    record("CLI faults", "clear error", "--out in a folder that cannot be written")
 
 
 def test_an_interrupted_save_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
@@ -257,3 +266,16 @@ def test_cli_train_merge_evaluate(fake_cache, tmp_path, capsys):
     merged_acc = re.search(r"merged (\d\.\d+)", capsys.readouterr().out)[1]
     assert main(["evaluate", str(tmp_path / "lora-merged.npz")]) == 0
     assert f"test acc {merged_acc}" in capsys.readouterr().out
+
+
+def test_an_os_error_while_saving_is_one_line_naming_the_path(fake_cache, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "a.npz"
+
+    def disk_full(fh, **arrays):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(onp, "savez", disk_full)
+    assert main(["train", "--method", "bitfit", "--epochs", "1", "--batch-size", "500", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"minipeft: error: {out}: No space left on device\n", err
+    assert not out.exists() and not [f for f in _files(tmp_path) if ".tmp-" in f]
+    record("CLI faults", "clear error", "OSError while saving")

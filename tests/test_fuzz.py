@@ -583,11 +583,13 @@ def test_cli_other_commands(no_backbone, adapter):
              (["train", "--method", "lora", "--alpha", "1e308", "--out", str(d / "a.npz")], False),
              (["train", "--method", "adaptformer", "--d-hat", "1000000000", "--out", str(d / "a.npz")], False),
              (["train", "--method", "lora", "--layers", "7", "--out", str(d / "a.npz")], False),
+             (["train", "--method", "adaptformer", "--layers", "7", "--out", str(d / "a.npz")], False),
+             (["train", "--method", "ssf", "--placements", "q", "nowhere", "--out", str(d / "a.npz")], False),
              (["train", "--method", "lora", "--bogus", "1"], False), (["train"], False), (["nonsense"], False),
              (["train", "--method", "lora", "--schedule", "cosine", "--out", str(d / "a.npz")], True)]
     for argv, valid in cases:
         _check_cli(argv, valid, ["--seed", "no such file", "directory", "not a", "config", "r must", "alpha", "d_hat",
-                                 "layers", "unrecognized", "required", "invalid choice"])
+                                 "layers", "placements", "unrecognized", "required", "invalid choice"])
 
 
 def test_cli_in_a_real_process_prints_one_line_and_no_traceback(tmp_path):
