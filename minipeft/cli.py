@@ -1,4 +1,4 @@
-"""The ``minipeft`` command: pretrain, info, train, merge, tour.
+"""The ``minipeft`` command: pretrain, info, train, merge, tour, exercises.
 
 Every method's options become ``train`` flags automatically, from its dataclass fields
 (``metadata["help"]`` is the help text), so a new method needs no CLI code.
@@ -12,6 +12,7 @@ import os
 import sys
 
 from . import data, tree
+from .exercises import command as exercises_command
 from .methods import REGISTRY, method_class
 
 
@@ -84,6 +85,7 @@ def build_parser(method: str | None = None):
                    help="task whose test split is compared (default: the adapter's)")
     s.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    help="dtype to merge and compare in (default: float32, the backbone's)")
+    exercises_command.add_parser(sub)
     return p
 
 
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
     args = build_parser(method).parse_args(argv)
     try:
         {"pretrain": _cmd_pretrain, "info": _cmd_info, "train": _cmd_train, "merge": _cmd_merge,
-         "tour": _cmd_tour}[args.command](args)
+         "tour": _cmd_tour, "exercises": exercises_command.run}[args.command](args)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"minipeft: error: {e}", file=sys.stderr)
         return 2

@@ -179,3 +179,36 @@ def make_copy(out: str, only=None, force: bool = False, root: str | None = None)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def write_bodies(copy_dir: str, ex_id: str, bodies: dict) -> None:
+    """Replace the bodies of exercise ``ex_id``'s parts in a copy: {part index: [lines]}
+    (lines without the region's indentation). Used to apply a mutant or restore a body."""
+    cat = markers.scan(copy_dir)
+    if ex_id not in cat:
+        raise ValueError(f"exercise id {ex_id!r} is not marked in {copy_dir}; known: {', '.join(cat)}")
+    parts = cat[ex_id].parts
+    bad = [i for i in bodies if not 0 <= i < len(parts)]
+    if bad:
+        raise ValueError(f"exercise {ex_id!r} has {len(parts)} part(s); no part {bad}")
+    by_file = {}
+    for i, body in bodies.items():
+        by_file.setdefault(parts[i].path, []).append((parts[i], body))
+    for rel, items in by_file.items():
+        path = os.path.join(copy_dir, rel)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        new = markers.replace_regions(text, [r for r, _ in items], [b for _, b in items])
+        compile(new, rel, "exec")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)
+
+
+def reference_bodies(ex_id: str, root: str | None = None) -> dict:
+    """{part index: body lines} of exercise ``ex_id`` in the reference package."""
+    root = root or package_root()
+    out = {}
+    for i, r in enumerate(markers.scan(root)[ex_id].parts):
+        with open(os.path.join(root, r.path), encoding="utf-8") as f:
+            out[i] = markers.region_body(f.read(), r)
+    return out

@@ -161,12 +161,13 @@ def scan(root: str, package: str = "minipeft") -> dict:
         exercises[r.id].parts.append(r)
     for k, e in exercises.items():  # the header's own region first
         e.parts.sort(key=lambda r: (f"{r.path}:{r.begin}" != where[k], r.path, r.begin))
-    return exercises
+    order = sorted(exercises, key=lambda k: (SECTIONS.index(exercises[k].section), "merge" in k))  # notes' order
+    return {k: exercises[k] for k in order}
 
 
 def not_implemented_line(ex: Exercise, indent: str) -> str:
     """The line that replaces a region in a student copy."""
-    msg = f'exercise {ex.id} [{ex.points} pts] (equations.md "{ex.section}"): {ex.statement}'
+    msg = f'exercise {ex.id} [{ex.points} pt{"s" if ex.points > 1 else ""}] (equations.md "{ex.section}"): {ex.statement}'
     return f"{indent}raise NotImplementedError({msg!r})"
 
 

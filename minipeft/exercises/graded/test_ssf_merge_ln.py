@@ -14,7 +14,7 @@ HINT = ("after a LayerNorm: γ'_LN = γ ⊙ γ_LN and β'_LN = γ ⊙ β_LN + β
 
 def test_merged_layer_norm_equals_ssf_after_it():
     cfg = tiny_cfg()
-    m = SSF(placements=("ln1", "ln2", "ln_f", "q"))
+    m = SSF(placements=("ln1", "ln2", "ln_f"))  # LayerNorms only: the linear branch is another exercise
     params = mp.attach(backbone(cfg), [m], cfg)
     params["ssf"] = randomize(params["ssf"])
     merged = call(m.merge, params, what="SSF.merge", hint=HINT)
