@@ -48,21 +48,18 @@ return np.concatenate([X[:, :1], prepend(P[layer], X[:, 1:])], axis=1)
 """)}),
     "prefix-after-k": Mutant("prefix-kv", "prefix concatenated after K (and V) instead of before", {0: _lines("""
 K, V = kv
-P_k, P_v = self.table(theta, cfg)
 B = K.shape[0]
-return (np.concatenate([K, np.tile(P_k[layer], (B, 1, 1))], axis=1),
-        np.concatenate([V, np.tile(P_v[layer], (B, 1, 1))], axis=1))
+return (np.concatenate([K, np.tile(theta["P_k"][layer], (B, 1, 1))], axis=1),
+        np.concatenate([V, np.tile(theta["P_v"][layer], (B, 1, 1))], axis=1))
 """)}),
     "prefix-swapped": Mutant("prefix-kv", "P_k and P_v swapped", {0: _lines("""
 K, V = kv
-P_k, P_v = self.table(theta, cfg)
-return prepend(P_v[layer], K), prepend(P_k[layer], V)
+return prepend(theta["P_v"][layer], K), prepend(theta["P_k"][layer], V)
 """)}),
     "adaptformer-s-on-frozen": Mutant("adaptformer", "AdaptFormer with s applied to the frozen MLP", {0: _lines("""
-i = _slot(self.layers, layer)
-if i is None:
+if self.layers is not None and layer not in self.layers:
     return M
-a = theta["layers"][i]
+a = theta["blocks"][layer]
 Xt = bottleneck(a, x_norm if self.input == "normed" else x_resid)
 s = a["s"] if self.learnable_s else float(self.s)
 return s * M + Xt
@@ -70,10 +67,9 @@ return s * M + Xt
     "serial-no-residual": Mutant("serial-adapter", "serial adapter without its residual h", {0: _lines("""
 if name not in self.sites or layer is None:
     return h
-i = _slot(self.layers, layer)
-if i is None:
+if self.layers is not None and layer not in self.layers:
     return h
-return bottleneck(theta["layers"][i][name], h)
+return bottleneck(theta["blocks"][layer][name], h)
 """)}),
     "lora-forward-alpha": Mutant("lora-forward", "LoRA update scaled by α instead of α/r", {0: _lines("""
 if name not in self.targets or (self.layers is not None and layer not in self.layers):

@@ -10,7 +10,7 @@ from exercise_helpers import call, check_close, check_same, naive_bottleneck, ra
 
 HINT = ("return M + s · X̃: the frozen branch M = MLP(LN₂(X')) is added unscaled, only the adapter branch X̃ is "
         "multiplied by s; X̃ reads LN₂(X') (x_norm) for input='normed' and X' (x_resid) for input='residual'; blocks "
-        "without an adapter return M unchanged; θ['layers'] holds one adapter per adapted block, in order")
+        "without an adapter return M unchanged; θ['blocks'][layer] is that block's adapter ({} when not adapted)")
 
 
 def _setup(seed=0, **kw):
@@ -29,16 +29,16 @@ def test_parallel_branch_scaled_by_s():
         for layer in range(cfg.N):
             out = call(m.on_mlp, theta, M, xn, xr, layer, cfg, what=f"on_mlp at layer {layer} ({kw})", hint=HINT)
             x = xn if m.input == "normed" else xr
-            want = M + m.s * naive_bottleneck(x, theta["layers"][layer])
+            want = M + m.s * naive_bottleneck(x, theta["blocks"][layer])
             check_close(out, want, f"MLP(LN₂(X')) + s·X̃ at layer {layer} ({kw})", HINT)
 
 
 def test_learnable_s_and_adapted_layers():
     cfg, m, theta, M, xn, xr = _setup(s=0.5, learnable_s=True, layers=(0, 2))
-    for layer, slot in ((0, 0), (2, 1)):
-        a = theta["layers"][slot]
+    for layer in (0, 2):
+        a = theta["blocks"][layer]
         out = call(m.on_mlp, theta, M, xn, xr, layer, cfg, what=f"on_mlp at layer {layer}", hint=HINT)
-        check_close(out, M + a["s"] * naive_bottleneck(xn, a), f"learnable s, layer {layer} (θ slot {slot})",
+        check_close(out, M + a["s"] * naive_bottleneck(xn, a), f"learnable s, layer {layer}",
                     HINT + "; with learnable_s the scale is θ's own s of that adapter")
     out = call(m.on_mlp, theta, M, xn, xr, 1, cfg, what="on_mlp at layer 1 (no adapter)", hint=HINT)
     check_same(out, M, "on_mlp at a block without an adapter", HINT)

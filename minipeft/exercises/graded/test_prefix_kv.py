@@ -1,7 +1,8 @@
 """Exercise prefix-kv: K' = [P_k; K], V' = [P_v; V] at every layer (equations.md, "Prefix tuning").
 
 The region is ``PrefixTuning.on_kv``: (K, V) (B, S, d) each -> (B, p+S, d) each, with the
-prefixes of block ℓ = layer + 1 (``table`` gives P_k, P_v of shape (N, p, d)).
+prefixes of block ℓ = layer + 1. Its θ is the table {"P_k", "P_v"} (N, p, d) that
+``prepare`` makes once per forward pass (through the MLP P = MLP_θ(P') when reparameterised).
 """
 import numpy as onp
 from autograd import grad
@@ -11,7 +12,7 @@ from minipeft.methods.prefix import PrefixTuning
 from exercise_helpers import call, check_close, check_shape, randomize, rng, tiny_cfg
 
 HINT = ("K' = [P_k^ℓ; K] and V' = [P_v^ℓ; V]: the prefix comes before the keys along the sequence axis (axis 1), "
-        "the keys get P_k and the values P_v, of this layer (P_k[layer]); the same prefix for every example")
+        "the keys get P_k and the values P_v, of this layer (theta['P_k'][layer]); the same prefix for every example")
 
 
 def _setup(reparam=False, seed=0):
@@ -38,9 +39,9 @@ def test_prefixes_come_first_keys_get_P_k():
     for reparam in (False, True):
         cfg, m, theta, K, V = _setup(reparam)
         P_k, P_v = _table(theta, cfg, 2)
+        table = m.prepare(theta, cfg)  # already written: the table this layer's on_kv reads
         for layer in range(cfg.N):
-            out = call(m.on_kv, theta, (K, V), layer, cfg, what=f"on_kv at layer {layer}", hint=HINT)
-            Kp, Vp = out
+            Kp, Vp = call(m.on_kv, table, (K, V), layer, cfg, what=f"on_kv at layer {layer}", hint=HINT)
             check_shape(Kp, (2, 2 + 4, cfg.d), f"K' at layer {layer}", HINT)
             check_close(Kp, onp.concatenate([onp.repeat(P_k[layer][None], 2, 0), K], 1),
                         f"K' at layer {layer} (reparam={reparam})", HINT)

@@ -9,8 +9,8 @@ from minipeft.methods.adapter import SerialAdapter
 from exercise_helpers import call, check_close, check_same, naive_bottleneck, randomize, rng, tiny_cfg
 
 HINT = ("A(h) = h + bottleneck(h) (the residual h is part of the adapter), only where name is one of the "
-        "placement's sites (self.sites) and the block has an adapter (θ['layers'] holds one dict {site: adapter} "
-        "per adapted block, in order; layer is None at ln_f); everything else passes through unchanged")
+        "placement's sites (self.sites) and the block has an adapter (θ['blocks'][layer] = {site: adapter}, {} "
+        "when not adapted; layer is None at ln_f); everything else passes through unchanged")
 
 
 def _setup(seed=0, **kw):
@@ -26,7 +26,7 @@ def test_houlsby_adapts_attention_and_mlp_outputs():
     for layer in range(cfg.N):
         for site in ("attn", "mlp"):
             out = call(m.on_after, theta, h, layer, site, cfg, what=f"on_after({site!r}, layer {layer})", hint=HINT)
-            check_close(out, h + naive_bottleneck(h, theta["layers"][layer][site]),
+            check_close(out, h + naive_bottleneck(h, theta["blocks"][layer][site]),
                         f"A(h) after {site} in block {layer}", HINT)
         for site in ("ln1", "ln2"):
             out = call(m.on_after, theta, h, layer, site, cfg, what=f"on_after({site!r})", hint=HINT)
@@ -38,7 +38,7 @@ def test_houlsby_adapts_attention_and_mlp_outputs():
 def test_pfeiffer_and_chosen_layers():
     cfg, m, theta, h = _setup(placement="pfeiffer", layers=(1,))
     out = call(m.on_after, theta, h, 1, "mlp", cfg, what="on_after('mlp', layer 1)", hint=HINT)
-    check_close(out, h + naive_bottleneck(h, theta["layers"][0]["mlp"]), "Pfeiffer A(h) after the MLP of block 1",
+    check_close(out, h + naive_bottleneck(h, theta["blocks"][1]["mlp"]), "Pfeiffer A(h) after the MLP of block 1",
                 HINT)
     for layer, site in ((1, "attn"), (0, "mlp"), (2, "mlp")):
         out = call(m.on_after, theta, h, layer, site, cfg, what=f"on_after({site!r}, layer {layer})", hint=HINT)
