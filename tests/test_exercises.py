@@ -246,6 +246,8 @@ def test_force_replaces_an_earlier_copy(tmp_path):
     make.make_copy(str(out), only=["bitfit"])
     make.make_copy(str(out), only=["lora-merge"], force=True)
     assert json.loads((out / make.MANIFEST).read_text())["selected"] == ["lora-merge"]
+    assert main(["exercises", "make", "--out", str(out), "--force", "--only"]) == 0  # no id: a reference copy
+    assert json.loads((out / make.MANIFEST).read_text())["selected"] == []
     assert sorted(os.listdir(tmp_path)) == ["copy"]
 
 

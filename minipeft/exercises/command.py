@@ -15,8 +15,9 @@ def add_parser(sub) -> None:
     ex = p.add_subparsers(dest="exercises_command", required=True)
     s = ex.add_parser("make", help="write a student copy of the package with exercises to do")
     s.add_argument("--out", required=True, help="folder to write (must not exist, or be empty)")
-    s.add_argument("--only", nargs="+", default=None, metavar="ID",
-                   help="exercise ids to set (default: all; `minipeft exercises list` shows them)")
+    s.add_argument("--only", nargs="*", default=None, metavar="ID",
+                   help="exercise ids to set (default: all; `minipeft exercises list` shows them; "
+                        "--only with no id: none, a reference copy)")
     s.add_argument("--force", action="store_true", help="replace a student copy made earlier at --out")
     s = ex.add_parser("grade", help="grade a student copy: each exercise's tests in its own limited process")
     s.add_argument("dir", help="the student copy (written by `minipeft exercises make`)")

@@ -114,7 +114,10 @@ def run_exercise(copy_dir, ex_id, work, time_limit, memory_mb) -> dict:
         if rec is not None and rec.get("error"):
             reason = rec["error"]
         elif rc is not None and rc < 0:
-            sig = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
+            try:
+                sig = signal.Signals(-rc).name
+            except ValueError:
+                sig = f"signal {-rc}"
             reason = f"the test process was killed by {sig}" + (" (CPU time limit)" if sig == "SIGXCPU" else "")
         elif rec is None or not rec.get("done"):
             reason = f"the test process stopped (exit status {rc}) before finishing: {_tail(log)[-300:]!r}"

@@ -47,6 +47,13 @@ def backbone(cfg, seed=0):
     return randomize(mp.init_params(cfg, seed=seed, dtype="float64"), seed=seed + 100)
 
 
+def with_method(cfg, m, seed=0):
+    """``backbone(cfg, seed)`` with method m's θ attached (mp.attach) and perturbed (``randomize``)."""
+    params = mp.attach(backbone(cfg, seed), [m], cfg, seed=seed)
+    params[m.name] = randomize(params[m.name], seed=seed)
+    return params
+
+
 def leaf_paths(tree, prefix=()):
     """Every leaf's path, by a plain walk: ("blocks", 0, "attn", "W_q"), …"""
     if isinstance(tree, dict):
@@ -56,15 +63,13 @@ def leaf_paths(tree, prefix=()):
     return [prefix]
 
 
-def get(tree, path):
-    for k in path:
-        tree = tree[k]
-    return tree
-
-
 # ------------------------------------------------------------------------ checks
+class GradingFailure(AssertionError):
+    """A check that failed: what was compared, and a hint."""
+
+
 def fail(what, hint):
-    raise AssertionError(f"{what}\n  hint: {hint}")
+    raise GradingFailure(f"{what}\n  hint: {hint}")
 
 
 def check(cond, what, hint):
@@ -180,7 +185,7 @@ def call(fn, *args, what, hint, **kwargs):
     """fn(*args, **kwargs), turning an error into a failure with the hint (NotImplementedError, MemoryError pass)."""
     try:
         return fn(*args, **kwargs)
-    except (NotImplementedError, AssertionError, MemoryError):
+    except (NotImplementedError, GradingFailure, MemoryError):
         raise
     except Exception as e:
         fail(f"{what}: raised {type(e).__name__}: {e}", hint)

@@ -4,9 +4,8 @@ The region is ``AdaptFormer.on_mlp``: the "mlp" seam hands it M = MLP(LN₂(X'))
 returns M + s · X̃, X̃ = ReLU(x W_downᵀ + b_down) W_upᵀ + b_up of x = LN₂(X') (input
 "normed") or X' (input "residual"); ``adapter.bottleneck`` computes X̃.
 """
-import minipeft as mp
 from minipeft.methods.adapter import AdaptFormer
-from exercise_helpers import call, check_close, check_same, naive_bottleneck, randomize, rng, tiny_cfg
+from exercise_helpers import call, check_close, check_same, naive_bottleneck, rng, tiny_cfg, with_method
 
 HINT = ("return M + s · X̃: the frozen branch M = MLP(LN₂(X')) is added unscaled, only the adapter branch X̃ is "
         "multiplied by s; X̃ reads LN₂(X') (x_norm) for input='normed' and X' (x_resid) for input='residual'; blocks "
@@ -16,8 +15,7 @@ HINT = ("return M + s · X̃: the frozen branch M = MLP(LN₂(X')) is added unsc
 def _setup(seed=0, **kw):
     cfg = tiny_cfg(N=3)
     m = AdaptFormer(d_hat=3, **kw)
-    params = mp.attach(mp.init_params(cfg, dtype="float64"), [m], cfg, seed=seed)
-    theta = randomize(params[m.name], seed=seed)
+    theta = with_method(cfg, m, seed)[m.name]
     r = rng(seed + 1)
     M, xn, xr = (r.standard_normal((2, 5, cfg.d)) for _ in range(3))
     return cfg, m, theta, M, xn, xr

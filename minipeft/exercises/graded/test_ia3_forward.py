@@ -7,8 +7,7 @@ forward pass does and comparing with the equation.
 """
 import minipeft as mp
 from minipeft.methods.ia3 import IA3
-from exercise_helpers import (backbone, call, check_close, check_same, naive_gelu, naive_linear, randomize, rng,
-                              tiny_cfg)
+from exercise_helpers import call, check_close, check_same, naive_gelu, naive_linear, rng, tiny_cfg, with_method
 
 HINT = ("on_linear: return l ⊙ y for name in self.scaled with l = θ['blocks'][layer]['l_' + name], y unchanged for "
         "the other projections (o, mlp1, mlp2); on_ff_hidden: l_ff ⊙ H, H = GELU(x W₁ᵀ + b₁) already after the GELU, "
@@ -18,9 +17,7 @@ HINT = ("on_linear: return l ⊙ y for name in self.scaled with l = θ['blocks']
 def _setup(variant, seed=0):
     cfg = tiny_cfg()
     m = IA3(variant=variant)
-    params = mp.attach(backbone(cfg, seed), [m], cfg, seed=seed)
-    params[m.name] = randomize(params[m.name], seed=seed)
-    return cfg, m, params
+    return cfg, m, with_method(cfg, m, seed)
 
 
 def _mlp(m, params, x, layer, cfg):

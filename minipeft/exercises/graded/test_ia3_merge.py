@@ -5,9 +5,8 @@ Two regions in merge.py: ``fold_out`` (output side: scale W's rows and b; with a
 also add t to b) and ``fold_in`` (input side: scale W's columns). IA3.merge applies them.
 Checked as a property: each merged projection equals the rescaled unmerged one.
 """
-import minipeft as mp
 from minipeft.methods.ia3 import IA3
-from exercise_helpers import backbone, call, check_close, check_same, naive_linear, randomize, rng, tiny_cfg
+from exercise_helpers import call, check_close, check_same, naive_linear, rng, tiny_cfg, with_method
 
 HINT = ("fold_out(W, b, s, t): W' = diag(s) W scales the rows (output units; s[:, None] * W for a matrix), b' = s ⊙ b "
         "(+ t when t is given); fold_in(W, l): W' = W diag(l) scales the columns (input units, l[None, :]), the bias "
@@ -18,9 +17,7 @@ MODS = {"q": ("W_q", "b_q"), "k": ("W_k", "b_k"), "v": ("W_v", "b_v")}
 def _setup(variant, seed=0):
     cfg = tiny_cfg()
     m = IA3(variant=variant)
-    params = mp.attach(backbone(cfg, seed), [m], cfg, seed=seed)
-    params[m.name] = randomize(params[m.name], seed=seed)
-    return cfg, m, params
+    return cfg, m, with_method(cfg, m, seed)
 
 
 def test_merged_model_equals_the_rescaled_one():

@@ -3,9 +3,8 @@
 The region is ``LoRA.on_linear``: the "linear" seam hands it y = x W₀ᵀ + b of projection
 ``name`` in block ``layer``, and x; it adds (α/r)(x Aᵀ)Bᵀ on the targets of the adapted layers.
 """
-import minipeft as mp
 from minipeft.methods.lora import LoRA
-from exercise_helpers import call, check_close, check_same, naive_linear, randomize, rng, tiny_cfg
+from exercise_helpers import call, check_close, check_same, naive_linear, rng, tiny_cfg, with_method
 
 HINT = ("y + (α/r)(x Aᵀ)Bᵀ with A (r, k), B (d, r) of this (layer, target), θ['blocks'][layer][name]; the scale "
         "is α/r (self.scaling), not α; projections not in targets, and layers not adapted, return y unchanged")
@@ -13,8 +12,7 @@ HINT = ("y + (α/r)(x Aᵀ)Bᵀ with A (r, k), B (d, r) of this (layer, target),
 def _setup(seed=0, **kw):
     cfg = tiny_cfg()
     m = LoRA(**kw)
-    params = mp.attach(mp.init_params(cfg, dtype="float64"), [m], cfg, seed=seed)
-    return cfg, m, randomize(params[m.name], seed=seed)
+    return cfg, m, with_method(cfg, m, seed)[m.name]
 
 
 def _xy(cfg, name, seed):

@@ -4,9 +4,8 @@ The region is the body of LoRA's ΔW (the update ``merge`` adds to and ``unmerge
 subtracts from each adapted W₀). Checked as a property: the merged projection equals the
 unmerged one, x W'ᵀ + b = x W₀ᵀ + b + (α/r)(x Aᵀ)Bᵀ, computed here with loops.
 """
-import minipeft as mp
 from minipeft.methods.lora import LoRA
-from exercise_helpers import backbone, call, check, check_close, check_same, naive_linear, randomize, rng, tiny_cfg
+from exercise_helpers import call, check, check_close, check_same, naive_linear, rng, tiny_cfg, with_method
 
 HINT = ("ΔW = (α/r) B A: B (d, r) @ A (r, k) is (d, k), the shape of W₀ (A B would be (r, r) or fail); scale by "
         "α/r (self.scaling), not α and not 1")
@@ -17,9 +16,7 @@ MODS = {"q": ("attn", "W_q", "b_q"), "v": ("attn", "W_v", "b_v"), "mlp1": ("mlp"
 def _setup(seed=0, **kw):
     cfg = tiny_cfg()
     m = LoRA(**kw)
-    params = mp.attach(backbone(cfg, seed), [m], cfg, seed=seed)
-    params[m.name] = randomize(params[m.name], seed=seed)
-    return cfg, m, params
+    return cfg, m, with_method(cfg, m, seed)
 
 
 def test_merged_projection_equals_the_unmerged_one():

@@ -7,9 +7,8 @@ prefixes of block ℓ = layer + 1. Its θ is the table {"P_k", "P_v"} (N, p, d) 
 import numpy as onp
 from autograd import grad
 
-import minipeft as mp
 from minipeft.methods.prefix import PrefixTuning
-from exercise_helpers import call, check_close, check_shape, randomize, rng, tiny_cfg
+from exercise_helpers import call, check_close, check_shape, rng, tiny_cfg, with_method
 
 HINT = ("K' = [P_k^ℓ; K] and V' = [P_v^ℓ; V]: the prefix comes before the keys along the sequence axis (axis 1), "
         "the keys get P_k and the values P_v, of this layer (theta['P_k'][layer]); the same prefix for every example")
@@ -18,8 +17,7 @@ HINT = ("K' = [P_k^ℓ; K] and V' = [P_v^ℓ; V]: the prefix comes before the ke
 def _setup(reparam=False, seed=0):
     cfg = tiny_cfg(N=3)
     m = PrefixTuning(p=2, reparam=reparam, d_prime=3, hidden=5)
-    params = mp.attach(mp.init_params(cfg, dtype="float64"), [m], cfg, seed=seed)
-    theta = randomize(params["prefix"], seed=seed)
+    theta = with_method(cfg, m, seed)[m.name]
     r = rng(seed + 1)
     K, V = r.standard_normal((2, 4, cfg.d)), r.standard_normal((2, 4, cfg.d))
     return cfg, m, theta, K, V

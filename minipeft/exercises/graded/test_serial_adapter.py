@@ -4,9 +4,8 @@ The region is ``SerialAdapter.on_after``: at the adapted sites ("attn" after W_o
 after W₂ for Houlsby; "mlp" only for Pfeiffer) of the adapted blocks it returns A(h); at
 every other point (ln1, ln2, ln_f, other blocks) h unchanged.
 """
-import minipeft as mp
 from minipeft.methods.adapter import SerialAdapter
-from exercise_helpers import call, check_close, check_same, naive_bottleneck, randomize, rng, tiny_cfg
+from exercise_helpers import call, check_close, check_same, naive_bottleneck, rng, tiny_cfg, with_method
 
 HINT = ("A(h) = h + bottleneck(h) (the residual h is part of the adapter), only where name is one of the "
         "placement's sites (self.sites) and the block has an adapter (θ['blocks'][layer] = {site: adapter}, {} "
@@ -16,8 +15,7 @@ HINT = ("A(h) = h + bottleneck(h) (the residual h is part of the adapter), only 
 def _setup(seed=0, **kw):
     cfg = tiny_cfg(N=3)
     m = SerialAdapter(d_hat=3, **kw)
-    params = mp.attach(mp.init_params(cfg, dtype="float64"), [m], cfg, seed=seed)
-    theta = randomize(params[m.name], seed=seed)
+    theta = with_method(cfg, m, seed)[m.name]
     return cfg, m, theta, rng(seed + 1).standard_normal((2, 5, cfg.d))
 
 

@@ -3,9 +3,8 @@
 Two regions: ``SSF.on_linear`` (after the projections q, k, v, o, mlp1, mlp2 that are
 placements) and ``SSF.on_after`` (after LN₁, LN₂ of a block and LN_f; θ['ln_f'] for LN_f).
 """
-import minipeft as mp
 from minipeft.methods.ssf import SSF
-from exercise_helpers import call, check_close, check_same, randomize, rng, tiny_cfg
+from exercise_helpers import call, check_close, check_same, rng, tiny_cfg, with_method
 
 HINT = ("γ ⊙ y + β with the (γ, β) of that placement: θ['blocks'][layer][name] for a projection or ln1/ln2, "
         "θ['ln_f'] for LN_f (layer is None there); names that are not placements (and 'attn'/'mlp' at the 'after' "
@@ -15,8 +14,7 @@ HINT = ("γ ⊙ y + β with the (γ, β) of that placement: θ['blocks'][layer][
 def _setup(placements, seed=0):
     cfg = tiny_cfg()
     m = SSF(placements=placements)
-    params = mp.attach(mp.init_params(cfg, dtype="float64"), [m], cfg, seed=seed)
-    return cfg, m, randomize(params[m.name], seed=seed)
+    return cfg, m, with_method(cfg, m, seed)[m.name]
 
 
 def test_scale_and_shift_after_projections():

@@ -3,9 +3,8 @@
 The region is the linear branch of ``SSF.merge``: W' = diag(γ) W, b' = γ ⊙ b + β.
 Checked as a property: each merged projection equals the unmerged one followed by SSF.
 """
-import minipeft as mp
 from minipeft.methods.ssf import SSF
-from exercise_helpers import backbone, call, check, check_close, check_same, naive_linear, randomize, rng, tiny_cfg
+from exercise_helpers import call, check, check_close, check_same, naive_linear, rng, tiny_cfg, with_method
 
 HINT = ("after a linear: W' = diag(γ) W (γ[:, None] * W scales W's rows, one per output unit) and b' = γ ⊙ b + β "
         "— the bias is scaled by γ and then shifted by β; only the weight and bias keys of that module change")
@@ -16,8 +15,7 @@ MODS = {"q": ("attn", "W_q", "b_q"), "o": ("attn", "W_o", "b_o"), "mlp1": ("mlp"
 def test_merged_projection_equals_ssf_after_it():
     cfg = tiny_cfg()
     m = SSF(placements=tuple(MODS))
-    params = mp.attach(backbone(cfg), [m], cfg)
-    params["ssf"] = randomize(params["ssf"])
+    params = with_method(cfg, m)
     merged = call(m.merge, params, what="SSF.merge", hint=HINT)
     check("ssf" not in merged, "merge must drop θ (params['ssf'])", "this part is already written")
     for layer in range(cfg.N):

@@ -6,7 +6,7 @@ LayerNorm equals the unmerged one followed by SSF (LN computed here by a loop ov
 """
 import minipeft as mp
 from minipeft.methods.ssf import SSF
-from exercise_helpers import backbone, call, check_close, check_same, check_shape, naive_layer_norm, randomize, rng, tiny_cfg
+from exercise_helpers import call, check_close, check_same, check_shape, naive_layer_norm, rng, tiny_cfg, with_method
 
 HINT = ("after a LayerNorm: γ'_LN = γ ⊙ γ_LN and β'_LN = γ ⊙ β_LN + β — the LN's shift β_LN is scaled by γ too, "
         "then the SSF shift β is added; the module's keys are 'gamma' and 'beta'")
@@ -15,8 +15,7 @@ HINT = ("after a LayerNorm: γ'_LN = γ ⊙ γ_LN and β'_LN = γ ⊙ β_LN + β
 def test_merged_layer_norm_equals_ssf_after_it():
     cfg = tiny_cfg()
     m = SSF(placements=("ln1", "ln2", "ln_f"))  # LayerNorms only: the linear branch is another exercise
-    params = mp.attach(backbone(cfg), [m], cfg)
-    params["ssf"] = randomize(params["ssf"])
+    params = with_method(cfg, m)
     merged = call(m.merge, params, what="SSF.merge", hint=HINT)
     x = rng(1).standard_normal((3, 5, cfg.d))
     sites = [(("blocks", ell, n), params["ssf"]["blocks"][ell][n]) for ell in range(cfg.N) for n in ("ln1", "ln2")]
