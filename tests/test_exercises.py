@@ -87,11 +87,11 @@ def test_ids_are_unique_across_files_and_parts_need_a_header(tmp_path):
     with pytest.raises(markers.MarkerError, match=r"minipeft/b.py:3: exercise id 'demo' is already defined at "
                                                   r"minipeft/a.py:3"):
         markers.scan(root)
-    root = _package(tmp_path / "2", {"a.py": "def g():\n    # exercise demo (continued)\n    pass\n    # end exercise\n"})
+    part = "def g():\n    # exercise demo (continued)\n    pass\n    # end exercise\n"
+    root = _package(tmp_path / "2", {"a.py": part})
     with pytest.raises(markers.MarkerError, match=r"minipeft/a.py:2: .*no exercise 'demo' is defined"):
         markers.scan(root)
-    root = _package(tmp_path / "3", {"a.py": GOOD, "b.py": "def g():\n    # exercise demo (continued)\n    pass\n"
-                                                           "    # end exercise\n"})
+    root = _package(tmp_path / "3", {"a.py": GOOD, "b.py": part})
     assert [r.path for r in markers.scan(root)["demo"].parts] == ["minipeft/a.py", "minipeft/b.py"]
 
 
@@ -321,8 +321,9 @@ def test_copy_installs_with_pip(tmp_path):
                              capture_output=True, text=True, check=True).stdout.strip()
     with open(os.path.join(purelib, "shared.pth"), "w") as f:  # numpy, autograd, pip, setuptools of this venv
         f.write(sysconfig.get_paths()["purelib"] + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only the install may find minipeft
     subprocess.run([py, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-e", out],
-                   check=True, timeout=600, cwd=str(tmp_path))
+                   check=True, timeout=600, cwd=str(tmp_path), env=env)
     where = subprocess.run([py, "-c", "import minipeft; print(minipeft.__file__)"], capture_output=True, text=True,
-                           check=True, cwd=str(tmp_path)).stdout.strip()
+                           check=True, cwd=str(tmp_path), env=env).stdout.strip()
     assert where == os.path.join(out, "minipeft", "__init__.py")

@@ -167,7 +167,8 @@ def scan(root: str, package: str = "minipeft") -> dict:
 
 def not_implemented_line(ex: Exercise, indent: str) -> str:
     """The line that replaces a region in a student copy."""
-    msg = f'exercise {ex.id} [{ex.points} pt{"s" if ex.points > 1 else ""}] (equations.md "{ex.section}"): {ex.statement}'
+    pts = f'{ex.points} pt{"s" if ex.points > 1 else ""}'
+    msg = f'exercise {ex.id} [{pts}] (equations.md "{ex.section}"): {ex.statement}'
     return f"{indent}raise NotImplementedError({msg!r})"
 
 

@@ -34,10 +34,10 @@ rstd = 1.0 / onp.sqrt(_row_dot(x, x) * inv_d + eps)
 x *= rstd
 return x, rstd
 """)}),
-    "linear-vjp-no-reshape": Mutant("linear-vjp", "dW = gᵀ x without the 2-D views (wrong for (B, T, ·))", {0: _lines("""
+    "linear-vjp-no-reshape": Mutant("linear-vjp", "dW = gᵀ x without the 2-D views", {0: _lines("""
 return lambda g: g.T @ x
 """)}),
-    "prompt-broadcast-to": Mutant("prompt-tuning", "P_e repeated with np.broadcast_to (no VJP in autograd)", {0: _lines("""
+    "prompt-broadcast-to": Mutant("prompt-tuning", "P_e repeated by np.broadcast_to (no VJP)", {0: _lines("""
 return np.concatenate([Z[:, :1], np.broadcast_to(P, (Z.shape[0],) + P.shape), Z[:, 1:]], axis=1)
 """)}),
     "vpt-shallow-fan-in-d": Mutant("vpt-shallow", "Xavier bound with fan-in d instead of the patch size", {0: _lines("""
@@ -105,7 +105,7 @@ return gb["gamma"] * (y + gb["beta"])
     "ssf-merge-linear-no-bias": Mutant("ssf-merge-linear", "SSF merged as γ ⊙ W without the bias term", {0: _lines("""
 new = {**m, W: g[:, None] * m[W]}
 """)}),
-    "ssf-merge-ln-beta": Mutant("ssf-merge-ln", "SSF into a LayerNorm with β' = β_LN + β (β_LN not scaled)", {0: _lines("""
+    "ssf-merge-ln-beta": Mutant("ssf-merge-ln", "SSF into a LayerNorm as β' = β_LN + β", {0: _lines("""
 new = {**m, "gamma": g * m["gamma"], "beta": m["beta"] + t}
 """)}),
 }
