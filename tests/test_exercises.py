@@ -327,3 +327,20 @@ def test_copy_installs_with_pip(tmp_path):
     where = subprocess.run([py, "-c", "import minipeft; print(minipeft.__file__)"], capture_output=True, text=True,
                            check=True, cwd=str(tmp_path), env=env).stdout.strip()
     assert where == os.path.join(out, "minipeft", "__init__.py")
+
+
+@pytest.mark.slow
+def test_a_chapter_runs_on_the_copy_once_its_exercise_is_solved(tmp_path):
+    out = str(tmp_path / "copy")
+    make.make_copy(out, only=["lora-forward"])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=out, MPLBACKEND="Agg", MINIPEFT_PROGRESS="0", CHAPTER_FIG_DIR=str(tmp_path / "figs"),
+               OPENBLAS_NUM_THREADS="1")
+    chapter = os.path.join(out, "chapters", "05_lora.py")
+    run = subprocess.run([sys.executable, chapter], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                         timeout=1200)
+    assert run.returncode != 0 and "NotImplementedError: exercise lora-forward [2 pts]" in run.stderr, run.stderr[-800:]
+    make.write_bodies(out, "lora-forward", make.reference_bodies("lora-forward"))
+    run = subprocess.run([sys.executable, chapter], cwd=str(tmp_path), env=env, capture_output=True, text=True,
+                         timeout=1200)
+    assert run.returncode == 0, run.stderr[-800:]
