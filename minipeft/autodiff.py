@@ -2,8 +2,8 @@
 
 ``autograd.grad`` of a function of a dict boxes the whole container: every leaf access
 then builds a zero copy of the container on the way back, O(P²) in the number of leaves
-P (≈10 ms a step at 72 tensors, 76 ms at 200: harmless for PEFT's handful of tensors,
-costly for full fine-tuning). Here each leaf gets its own root node, the tree handed to
+P (harmless for PEFT's handful of tensors, costly for full fine-tuning; benchmarks/bench.py
+measures it). Here each leaf gets its own root node, the tree handed to
 the function is a plain dict of ArrayBoxes, and the backward pass keeps the cotangent
 that reaches each root: O(P). Pinned to autograd 1.9's tracer (``trace_stack``,
 ``new_box``, ``VJPNode.new_root``, ``toposort``, ``add_outgrads``, ``vspace``).

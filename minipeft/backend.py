@@ -24,6 +24,12 @@ driver, no device, no working kernel) and nothing changes. ``pip install
 A model's *device* is the module of its arrays (``module_of(params["embed"]["pos"])``);
 ``fit`` and ``predict`` refuse a tree whose leaves are not all on the current backend
 (ValueError naming the leaf), rather than silently computing on the host.
+
+This file is the one home of the dtype and device helpers: ``cast(tree, dtype, module)``
+and ``cast_like(tree, ref)`` (a tree in a model's dtype, on its device: how ``attach``
+places θ and ``load_adapter`` a file's leaves), ``like``, ``to_device``, ``to_host``,
+``module_of``. ``module_of`` reads the registry of device array types that
+``cupy_patches`` keeps (it imports nothing of minipeft, so the two files form no circle).
 """
 from __future__ import annotations
 
@@ -34,6 +40,8 @@ import numpy
 
 from . import cupy_patches
 from .cupy_patches import DEVICE_MODULES, is_device_array, module_of  # noqa: F401  (public here)
+from .tree import leaves_with_paths, path_str
+from .validate import one_of
 
 _ALLOWED_DTYPES = ("float32", "float64")
 BACKENDS = ("numpy", "cupy")
@@ -92,8 +100,7 @@ def use_backend(backend):
     no device, no kernel) and leaves the backend as it was.
     """
     if isinstance(backend, str):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        one_of("backend", backend, BACKENDS)
         if backend == "numpy":
             _state.update(xp=numpy, name="numpy")
             return numpy
@@ -209,8 +216,6 @@ def check_on_backend(tree, what: str = "params") -> None:
     Guards the training and inference entry points: a NumPy tree under the CuPy backend
     (or the reverse) would otherwise compute silently on the other device.
     """
-    from .tree import leaves_with_paths, path_str
-
     mod = xp()
     for p, leaf in leaves_with_paths(tree):
         if _is_array(leaf) and module_of(leaf) is not mod:
@@ -222,6 +227,5 @@ def check_on_backend(tree, what: str = "params") -> None:
 # ------------------------------------------------------------ the environment
 _env = os.environ.get(ENV, "").strip()
 if _env:
-    if _env not in BACKENDS:
-        raise ValueError(f"{ENV} must be one of {BACKENDS}, got {_env!r}")
+    one_of(ENV, _env, BACKENDS)
     use_backend(_env)

@@ -27,6 +27,7 @@ from functools import lru_cache
 import numpy as onp
 
 from .backend import check_dtype
+from .validate import one_of
 
 TASKS = ("mnist", "digits", "mnist-rot", "mnist-invert")
 DOWNSTREAM = ("digits", "mnist-rot", "mnist-invert")
@@ -131,8 +132,7 @@ def _load(name: str) -> Task:
 
 def load_task(name: str, dtype="float32") -> Task:
     """The task ``name`` (one of TASKS) with images cast to ``dtype``; splits are fixed."""
-    if not isinstance(name, str) or name not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {name!r}")
+    one_of("task", name, TASKS)
     dtype = check_dtype(dtype)
     t = _load(name)
     cast = lambda s: (s[0].astype(dtype), s[1])  # noqa: E731

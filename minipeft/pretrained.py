@@ -90,7 +90,7 @@ def load_backbone(cfg: Config = DEFAULT_CONFIG, seed: int = 0, build: bool = Tru
     if params is None:
         if not build:
             raise FileNotFoundError(f"{path}: no pretrained backbone cached; run `minipeft pretrain`")
-        print(f"minipeft: building the pretrained backbone (once; ~1-2 min on a laptop CPU) -> {path}",
+        print(f"minipeft: building the pretrained backbone (once, then cached) -> {path}",
               file=sys.stderr, flush=True)
         params, info = pretrain(cfg, seed, progress)
         io.save_tree(path, params, {"kind": "backbone", **info})

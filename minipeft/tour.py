@@ -28,7 +28,7 @@ from . import data, pretrained
 from .methods import REGISTRY, attach, count_trainable, method_class
 from .train import evaluate, fit
 from .transformer import new_head
-from .validate import int_at_least
+from .validate import int_at_least, one_of
 
 #: default budget: epochs of the training split (chapters/README.md says how long it takes)
 DEFAULT_EPOCHS = 10
@@ -68,8 +68,7 @@ def run_tour(task: str = "digits", epochs: int | None = None, *, quick: bool = F
     backbone numbers), test_acc, val_acc, mergeable (True/False; None for the baselines,
     which add nothing to merge) and train_s (seconds in ``fit``).
     """
-    if task not in data.DOWNSTREAM:
-        raise ValueError(f"task must be one of {data.DOWNSTREAM}, got {task!r}")
+    one_of("task", task, data.DOWNSTREAM)
     names = list(REGISTRY) if methods is None else list(methods)
     unknown = [n for n in names if n not in REGISTRY]
     if unknown or not names:

@@ -16,7 +16,7 @@ from .methods.base import trainable as method_trainable
 from .nn import cross_entropy
 from .progress import bar
 from .transformer import check_batch, check_labels, forward
-from .validate import finite_number, int_at_least
+from .validate import finite_number, int_at_least, one_of
 
 
 def loss(theta, phi, x, y, cfg, methods=()):
@@ -100,8 +100,7 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
     int_at_least("steps", steps, 0, optional=True, allowed="None (use epochs) or a non-negative int")
     finite_number("lr", lr, positive=True)
     finite_number("weight_decay", weight_decay, non_negative=True)
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    one_of("schedule", schedule, SCHEDULES)
     pred = trainable if trainable is not None else method_trainable(methods, train_head)
     theta, phi = tree.split(params, pred)
     if tree.count(theta) == 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 
+from ..validate import one_of
 from .base import HOOKS, Method, attach, count_trainable, trainable
 from .baselines import FullFineTune, LinearProbe
 
@@ -27,8 +28,7 @@ REGISTRY = {
 
 def method_class(name: str):
     """The Method subclass registered as ``name`` (ValueError listing the allowed names)."""
-    if name not in REGISTRY:
-        raise ValueError(f"method must be one of {sorted(REGISTRY)}, got {name!r}")
+    one_of("method", name, sorted(REGISTRY))
     mod, cls = REGISTRY[name].split(":")
     return getattr(importlib.import_module(f"{__name__}.{mod}"), cls)
 

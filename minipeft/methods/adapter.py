@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-import autograd.numpy as np
 import numpy as onp
 
 from ..nn import linear

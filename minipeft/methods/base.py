@@ -61,9 +61,9 @@ class Method:
         and normalise them with ``object.__setattr__`` (the dataclass is frozen). Default:
         nothing to check."""
 
-    # The seam hooks: on_tokens, on_layer_in, on_linear, on_kv, on_ff_hidden, on_mlp,
-    # on_after — one per entry of transformer.SEAMS, each None (not filled) here; they are
-    # set just below the class from HOOKS, so the list of seams is written once.
+    # The seam hooks: ``on_<seam>`` for each seam of transformer.SEAMS, called as
+    # ``hook(theta_m, value, **ctx)`` (signatures: transformer/forward.py). Each is None
+    # (not filled) here, set just below the class from HOOKS: the seams are listed once.
 
     @property
     def needs_params(self) -> bool:

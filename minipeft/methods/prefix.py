@@ -54,8 +54,8 @@ class PrefixTuning(Method):
     """
 
     p: int = field(default=8, metadata={"help": f"prefix length p, 1..{P_MAX}"})
-    init_std: float = field(default=1.0, metadata={"help": "std of the initial prefixes (the pretrained "
-                                                           "backbone's keys and values have std ≈ 1.1)"})
+    init_std: float = field(default=1.0, metadata={"help": "std of the initial prefixes (the default is of the "
+                                                           "order of the pretrained backbone's keys and values)"})
     reparam: bool = field(default=False, metadata={"help": "P = MLP(P'), the paper's reparameterisation"})
     d_prime: int = field(default=16, metadata={"help": "reparam: width d' of P'"})
     hidden: int = field(default=64, metadata={"help": "reparam: hidden width of the MLP"})

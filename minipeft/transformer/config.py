@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..validate import int_at_least
+from ..validate import finite_number, int_at_least, one_of
 
 FRONTS = ("vision", "text")
 
@@ -36,12 +36,10 @@ class Config:
     def __post_init__(self):
         for f in ("d", "h", "N", "d_ff", "n_classes"):
             int_at_least(f, getattr(self, f), 1, type_error=True)
-        if self.front not in FRONTS:
-            raise ValueError(f"front must be one of {FRONTS}, got {self.front!r}")
+        one_of("front", self.front, FRONTS)
         if self.d % self.h:
             raise ValueError(f"d must be divisible by h (heads): d={self.d}, h={self.h}")
-        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
-            raise ValueError(f"eps must be a positive number, got {self.eps!r}")
+        finite_number("eps", self.eps, positive=True)
         if self.front == "vision":
             for f in ("image_size", "patch", "channels"):
                 int_at_least(f, getattr(self, f), 1, type_error=True)
