@@ -27,7 +27,7 @@ from .train import adam_init, adam_step, evaluate, fit, loss, predict
 from .transformer import Config, features, forward, init_params, new_head
 from .tree import combine, count, split
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "Config", "DOWNSTREAM", "FullFineTune", "LinearProbe", "Method", "TASKS", "Task", "adam_init",

@@ -213,11 +213,13 @@ def test_a_classic_mistake_fails_its_exercise(reference_copy, tmp_path):
 def test_limits_stop_loops_and_allocations_and_cost_only_that_exercise(reference_copy, tmp_path):
     copy = _mutated(reference_copy, tmp_path, "limits", mutants.LIMITS["loop-forever"])
     make.write_bodies(copy, "lora-merge", mutants.LIMITS["allocate-forever"].bodies)
-    report = grade.grade(copy, only=["bitfit", "lora-merge", "lora-forward"], time_limit=6, memory_mb=512, jobs=2)
+    report = grade.grade(copy, only=["bitfit", "lora-forward"], time_limit=8, jobs=2)
     rows = {r["id"]: r for r in report["exercises"]}
-    assert "time limit exceeded (6 s)" in rows["bitfit"]["reason"]
-    assert "MemoryError" in rows["lora-merge"]["reason"], rows["lora-merge"]
+    assert "time limit exceeded (8 s)" in rows["bitfit"]["reason"]
     assert rows["lora-forward"]["passed"] and report["total"] == CAT["lora-forward"].points
+    # filling 512 MiB page by page takes seconds on a loaded machine: a generous clock, a tight memory limit
+    (row,) = grade.grade(copy, only=["lora-merge"], time_limit=120, memory_mb=512)["exercises"]
+    assert not row["passed"] and "MemoryError" in row["reason"], row
 
 
 # ------------------------------------------------------------------- bad input

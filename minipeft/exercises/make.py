@@ -59,8 +59,8 @@ def check_selection(only, cat) -> list:
 
 
 def version() -> str:
-    """The running minipeft's version (read from the package without importing numpy code)."""
-    from .. import __version__
+    """The running minipeft's version (minipeft/version.py)."""
+    from ..version import __version__
 
     return __version__
 
