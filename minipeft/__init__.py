@@ -28,7 +28,7 @@ from .train import DivergenceWarning, NonFiniteError, adam_init, adam_step, eval
 from .transformer import Config, features, forward, init_params, new_head
 from .tree import combine, count, split
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "Config", "DOWNSTREAM", "DivergenceWarning", "NonFiniteError", "FullFineTune", "LinearProbe", "Method", "TASKS", "Task", "adam_init",

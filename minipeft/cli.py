@@ -1,4 +1,4 @@
-"""The ``minipeft`` command: pretrain, info, train, merge, evaluate, tour.
+"""The ``minipeft`` command: pretrain, info, train, merge, evaluate, tour, exercises.
 
 Every method's options become ``train`` flags automatically, from its dataclass fields
 (``metadata["help"]`` is the help text), so a new method needs no CLI code. Every command
@@ -24,6 +24,7 @@ import sys
 import threading
 
 from . import data, runtime
+from .exercises import command as exercises_command
 from .methods import REGISTRY, method_class
 
 #: words a BOOL flag accepts (case-insensitive); anything else is an error
@@ -162,6 +163,8 @@ def build_parser(method: str | None = None):
                    help="task to evaluate on (default: the one in the file's record)")
     s.add_argument("--other-backbone", action="store_true",
                    help="an adapter: allow one trained on another backbone of the same config (with a warning)")
+
+    exercises_command.add_parser(sub)
     return p
 
 
@@ -398,8 +401,8 @@ def main(argv=None) -> int:
     warnings.showwarning = _warn_one_line
     try:
         runtime.apply()  # BLAS threads and allocator for the whole command (minipeft/runtime.py)
-        {"pretrain": _cmd_pretrain, "info": _cmd_info, "train": _cmd_train, "merge": _cmd_merge,
-         "evaluate": _cmd_evaluate, "tour": _cmd_tour}[args.command](args)
+        rc = {"pretrain": _cmd_pretrain, "info": _cmd_info, "train": _cmd_train, "merge": _cmd_merge,
+         "evaluate": _cmd_evaluate, "tour": _cmd_tour, "exercises": exercises_command.run}[args.command](args)
     except NonFiniteError as e:
         print(f"minipeft: error: {_one_line(e)}", file=sys.stderr)
         return 3
@@ -420,7 +423,7 @@ def main(argv=None) -> int:
         warnings.showwarning = old_show
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
-    return 0
+    return rc or 0  # a command may return its exit status (exercises grade)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ def fold_out(W, b, s, t=None):
     W (d_out, d_in), b, s, t (d_out,)  ->  (W', b').  W may also be a LayerNorm's γ (d,),
     with b its β: s ⊙ LN(x) + t has γ' = s ⊙ γ, β' = s ⊙ β + t (the same formula).
     """
+    # exercise ia3-merge [2 pts] "(IA)³": l ⊙ (x Wᵀ + b) + t = x (diag(l) W)ᵀ + (l ⊙ b + t), and W diag(l) below
     return _rows(s, W) * W, (s * b if t is None else s * b + t)
+    # end exercise
 
 
 def unfold_out(W, b, s, t=None):
@@ -45,7 +47,9 @@ def unfold_out(W, b, s, t=None):
 
 def fold_in(W, l):
     """Input-side fold: (l ⊙ H) Wᵀ = H (W diag(l))ᵀ.  W (d_out, d_in), l (d_in,) -> W diag(l)."""
+    # exercise ia3-merge (continued)
     return W * l[None, :]
+    # end exercise
 
 
 def unfold_in(W, l):

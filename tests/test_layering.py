@@ -1,7 +1,8 @@
 """The package's layering (issue 9): every import inside minipeft points down the stack
 
-    validate, tree, progress, cupy_patches, runtime → backend → nn, autodiff, data, text, io → transformer
-    → merge (the folds) → methods → train → adapters, pretrained → tour → cli, chapter
+    validate, tree, progress, cupy_patches, runtime, version → backend → nn, autodiff, data, text, io
+    → transformer → merge (the folds) → methods → train → adapters, pretrained → tour, exercises
+    → cli, chapter
 
 and the import graph has no circle. Read from the source with ``ast`` (imports inside
 functions included), not by importing anything.
@@ -14,7 +15,7 @@ PKG = Path(__file__).resolve().parents[1] / "minipeft"
 #: rank of each top-level part of the package: a module may import only lower ranks
 #: (or modules of its own sub-package)
 RANK = {
-    "validate": 0, "tree": 0, "progress": 0, "cupy_patches": 0, "runtime": 0,
+    "validate": 0, "tree": 0, "progress": 0, "cupy_patches": 0, "runtime": 0, "version": 0,
     "backend": 1,
     "nn": 2, "autodiff": 2, "data": 2, "io": 2, "text": 2,
     "transformer": 3,
@@ -22,7 +23,7 @@ RANK = {
     "methods": 5,
     "train": 6,
     "adapters": 7, "pretrained": 7,
-    "tour": 8,
+    "tour": 8, "exercises": 8,
     "cli": 9, "chapter": 9, "__init__": 10, "__main__": 10,
 }
 

@@ -159,12 +159,14 @@ class AdaptFormer(Method):
 
     def on_mlp(self, theta, M, x_norm, x_resid, layer, cfg):
         """MLP(LN₂(X')) -> MLP(LN₂(X')) + s·X̃.  (B, T, d) -> (B, T, d)."""
+        # exercise adaptformer [2 pts] "Adapters: AdaptFormer": MLP(LN₂(X')) + s · X̃, X̃ = bottleneck(LN₂(X'))
         if self.layers is not None and layer not in self.layers:
             return M
         a = theta["blocks"][layer]
         Xt = bottleneck(a, x_norm if self.input == "normed" else x_resid)  # X̃_ℓ (B, T, d)
         s = a["s"] if self.learnable_s else float(self.s)
         return M + s * Xt
+        # end exercise
 
     def hook_points(self, n_layers: int) -> set:
         """Points of the forward pass it acts on, for ``merge.merge_methods``: none. The "mlp"
@@ -242,11 +244,13 @@ class SerialAdapter(Method):
 
     def on_after(self, theta, h, layer, name, cfg):
         """A(h) = h + bottleneck(h) at the adapted sites; identity elsewhere.  (B, T, d) -> (B, T, d)."""
+        # exercise serial-adapter [2 pts] "Adapters: serial": A(h) = h + bottleneck(h) at the adapted sites, else h
         if name not in self.sites or layer is None:
             return h
         if self.layers is not None and layer not in self.layers:
             return h
         return h + bottleneck(theta["blocks"][layer][name], h)
+        # end exercise
 
     def hook_points(self, n_layers: int) -> set:
         """Points it acts on, for ``merge.merge_methods``: ("after", ℓ, site) per adapted block."""

@@ -52,12 +52,14 @@ class BitFit(Method):
 
     def trains_backbone(self, path) -> bool:
         """b_* leaves of the blocks' attention/MLP, and β of ln1, ln2, ln_f, when selected."""
+        # exercise bitfit [2 pts] "BitFit": True for the selected biases (b_q..b_o, b_1, b_2, LN β) only, never W or γ
         leaf = path[-1]
         if leaf not in self.biases:
             return False
         if leaf == "beta":
             return (path[0] == "blocks" and path[2] in ("ln1", "ln2")) or path[0] == "ln_f"
         return path[0] == "blocks" and path[2] == BIASES[leaf]
+        # end exercise
 
     def n_params(self, cfg) -> int:
         """N·Σ widths (d for b_q…b_o, b₂; d_ff for b₁; 2d for the blocks' β) + d (LN_f β)."""

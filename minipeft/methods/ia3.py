@@ -63,13 +63,17 @@ class IA3(Method):
 
     def on_linear(self, theta, y, x, layer, name, cfg):
         """l ⊙ y for y = Q, K or V.  (B, T, d) -> (B, T, d)."""
+        # exercise ia3-forward [2 pts] "(IA)³": l_k ⊙ K, l_v ⊙ V (and l_q ⊙ Q), then l_ff ⊙ GELU(x W₁ᵀ + b₁)
         if name not in self.scaled:
             return y
         return theta["blocks"][layer]["l_" + name] * y
+        # end exercise
 
     def on_ff_hidden(self, theta, H, layer, cfg):
         """l_ff ⊙ H (paper variant).  (B, T, d_ff) -> (B, T, d_ff)."""
+        # exercise ia3-forward (continued)
         return theta["blocks"][layer]["l_ff"] * H if self.ff else H
+        # end exercise
 
     def hook_points(self, n_layers: int) -> set:
         """The outputs of the scaled projections, and the MLP hidden activation (paper)."""

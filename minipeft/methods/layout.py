@@ -30,7 +30,9 @@ def insert_after_cls(P, Z):
 
     P: (p, d), shared over the batch; Z = [x₀; E]: (B, 1+n, d)  ->  (B, 1+p+n, d).
     """
+    # exercise prompt-tuning [2 pts] "Prompt tuning": [x₀; E₀] -> [x₀; P_e; E₀], P_e (p, d) shared over the batch
     return np.concatenate([Z[:, :1], prepend(P, Z[:, 1:])], axis=1)  # (B, 1+p+n, d)
+    # end exercise
 
 
 def _at(methods, seam):

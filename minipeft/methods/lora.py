@@ -82,10 +82,12 @@ class LoRA(Method):
 
     def on_linear(self, theta, y, x, layer, name, cfg):
         """y + (α/r)(x Aᵀ)Bᵀ.  x (B, T, k) -> (B, T, r) -> (B, T, d), added to y (B, T, d)."""
+        # exercise lora-forward [2 pts] "LoRA": h = y + (α/r)(x Aᵀ)Bᵀ on the targets of the adapted layers, else y
         if name not in self.targets or (self.layers is not None and layer not in self.layers):
             return y
         ab = theta["blocks"][layer][name]
         return y + self.scaling * linear(linear(x, ab["A"]), ab["B"])
+        # end exercise
 
     def hook_points(self, n_layers: int) -> set:
         """Reads the input and adds to the output of each adapted projection."""
@@ -101,7 +103,9 @@ class LoRA(Method):
     def delta_weight(self, ab):
         """ΔW = (α/r) B A of one adapted projection, ab = θ["blocks"][ℓ][target] = {"A", "B"}.
         (d, r) @ (r, k) -> (d, k): what ``merge`` adds to W₀."""
+        # exercise lora-merge [2 pts] "LoRA": ΔW = (α/r) B A, (d, r) @ (r, k) -> (d, k), so that W = W₀ + ΔW
         return self.scaling * (ab["B"] @ ab["A"])
+        # end exercise
 
     def _shift(self, params, theta, sign: float) -> dict:
         """W ← W + sign·(α/r) B A for each adapted projection (a new tree; arrays not mutated)."""

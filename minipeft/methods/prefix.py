@@ -121,8 +121,10 @@ class PrefixTuning(Method):
     def on_kv(self, theta, kv, layer, cfg):
         """(K, V) (B, S, d) each -> ([P_k^ℓ; K], [P_v^ℓ; V]) (B, p+S, d) each, ℓ = layer + 1.
         theta: the table from ``prepare``."""
+        # exercise prefix-kv [2 pts] "Prefix tuning": K' = [P_k^ℓ; K], V' = [P_v^ℓ; V], theta = {"P_k", "P_v"} (N, p, d)
         K, V = kv
         return prepend(theta["P_k"][layer], K), prepend(theta["P_v"][layer], V)
+        # end exercise
 
     def n_params(self, cfg) -> int:
         """2·N·p·d, or p·d' + hidden·(d' + 1) + 2·N·d·(hidden + 1) when reparameterised."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as onp
 
 from .. import tree
-from ..merge import fold_out, unfold_out
+from ..merge import unfold_out
 from ..transformer.schema import LAYER_NORMS, LINEARS, linear_path, linear_width, ln_path
 from ..validate import MAX_SCALE, nonzero, one_of, scale, some_of
 from .base import Method, per_layer
@@ -74,17 +74,21 @@ class SSF(Method):
 
     def on_linear(self, theta, y, x, layer, name, cfg):
         """γ ⊙ y + β after projection ``name``.  (B, T, d_out) -> same."""
+        # exercise ssf-forward [2 pts] "SSF": y = γ ⊙ x + β after each placed projection, then after each LayerNorm
         if name not in self.placements:
             return y
         gb = theta["blocks"][layer][name]
         return gb["gamma"] * y + gb["beta"]
+        # end exercise
 
     def on_after(self, theta, y, layer, name, cfg):
         """γ ⊙ y + β after LN₁, LN₂ (of block ``layer``) or LN_f.  (B, T, d) -> same."""
+        # exercise ssf-forward (continued)
         if name not in LAYER_NORMS or name not in self.placements:
             return y
         gb = theta["ln_f"] if name == "ln_f" else theta["blocks"][layer][name]
         return gb["gamma"] * y + gb["beta"]
+        # end exercise
 
     def hook_points(self, n_layers: int) -> set:
         """The output of each placed projection and LayerNorm."""
@@ -122,9 +126,16 @@ class SSF(Method):
         theta = self.theta_of(params)
         out = tree.without(params, self.name)
         for _, path, W, b, gb in self._sites(theta):
-            m = tree.get(out, path)
-            Wn, bn = fold_out(m[W], m[b], gb["gamma"], gb["beta"])  # W: a weight matrix or an LN's γ
-            out = tree.replace(out, path, {**m, W: Wn, b: bn})
+            m, g, t = tree.get(out, path), gb["gamma"], gb["beta"]
+            if W == "gamma":  # after a LayerNorm
+                # exercise ssf-merge-ln [2 pts] "SSF": after a LayerNorm, γ'_LN = γ ⊙ γ_LN, β'_LN = γ ⊙ β_LN + β
+                new = {**m, "gamma": g * m["gamma"], "beta": g * m["beta"] + t}
+                # end exercise
+            else:  # after a linear
+                # exercise ssf-merge-linear [2 pts] "SSF": after a linear, W' = diag(γ) W, b' = γ ⊙ b + β
+                new = {**m, W: g[:, None] * m[W], b: g * m[b] + t}
+                # end exercise
+            out = tree.replace(out, path, new)
         return out
 
     def unmerge(self, params, theta) -> dict:

@@ -39,7 +39,9 @@ from .layout import P_MAX, check_length, insert_after_cls
 
 def vpt_bound(cfg) -> float:
     """v = sqrt(6 / (channels·patch² + d)), VPT's uniform init half-width (module docstring)."""
+    # exercise vpt-shallow [1 pt] "VPT": v = sqrt(6 / (channels·patch² + d)), the half-width of P's U[−v, v] init
     return math.sqrt(6.0 / (cfg.patch_dim + cfg.d))
+    # end exercise
 
 
 def _check_vision(cfg, who):
@@ -122,10 +124,10 @@ class VPTDeep(Method):
         P = theta["P"]
         shape(f"{self.name}.P", P, (cfg.N, self.p, cfg.d),
                     f" (N, p, d): a prompt set for each of the backbone's N={cfg.N} layers of width d={cfg.d}")
-        if layer == 0:
-            return insert_after_cls(P[0], X)
-        rest = X[:, 1 + self.p:]  # E_{ℓ-1} (and any other prompts): (B, T-1-p, d); Z_{ℓ-1} is dropped
-        return np.concatenate([X[:, :1], prepend(P[layer], rest)], axis=1)  # (B, T, d)
+        # exercise vpt-deep [3 pts] "VPT": [x_{ℓ-1}; P_{ℓ-1}; E_{ℓ-1}], the previous prompt outputs replaced, not kept
+        rest = X[:, 1:] if layer == 0 else X[:, 1 + self.p:]  # E_{ℓ-1} (and any other prompts); Z_{ℓ-1} is dropped
+        return np.concatenate([X[:, :1], prepend(P[layer], rest)], axis=1)  # (B, 1+p+n, d)
+        # end exercise
 
     def n_params(self, cfg) -> int:
         """N·p·d."""

@@ -71,10 +71,12 @@ def attention_weights(Q, K, h):
     Gradient, with G = ∂L/∂A:  ∂L/∂S = A ⊙ (G − Σ_s G A) (the softmax VJP), then
     ∂L/∂Q = concat_heads(∂L/∂S K) / sqrt(d_h),  ∂L/∂K = concat_heads(∂L/∂Sᵀ Q) / sqrt(d_h).
     """
+    # exercise attention [3 pts] "Transformer": A = softmax(Q Kᵀ / sqrt(d_h)) per head, (B, h, T, S), with plain NumPy
     scale = 1.0 / math.sqrt(Q.shape[-1] // h)
     S = onp.matmul(_heads(Q, h), _heads(K, h).transpose(0, 1, 3, 2))  # (B, h, T, S)
     S *= scale
     return _softmax(S, inplace=True)  # A in S's buffer
+    # end exercise
 
 
 def _attention_weights_vjp(argnums, A, args, kwargs):

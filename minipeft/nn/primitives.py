@@ -102,6 +102,7 @@ def _linear_vjp_x(ans, x, W, b=None):
 
 
 def _linear_vjp_W(ans, x, W, b=None):
+    # exercise linear-vjp [2 pts] "Transformer": return g ↦ ∂L/∂W = gᵀ x (d_out, d_in) of y = x Wᵀ + b, on 2-D views
     x2 = x.reshape(-1, x.shape[-1])  # (M, d_in)
     if type(x2) is onp.ndarray and not x2.flags.c_contiguous:  # a strided view (the CLS rows): hold a
         x2 = x2.copy()  # compact copy, so the closure does not keep the view's whole base alive
@@ -110,6 +111,7 @@ def _linear_vjp_W(ans, x, W, b=None):
         return g.reshape(-1, g.shape[-1]).T @ x2  # (d_out, d_in)
 
     return vjp
+    # end exercise
 
 
 def _linear_vjp_b(ans, x, W, b=None):
@@ -124,11 +126,13 @@ _LN = _Stash()
 
 
 def _ln_stats(x, eps):
+    # exercise layer-norm [2 pts] "Transformer": x̂ = (x − μ) / sqrt(σ² + ε) and 1/sqrt(σ² + ε) (..., 1), last axis
     inv_d = 1.0 / x.shape[-1]
     xc = x - _row_sum(x) * inv_d  # x − μ
     rstd = 1.0 / onp.sqrt(_row_dot(xc, xc) * inv_d + eps)  # 1/σ, (..., 1)
     xc *= rstd
     return xc, rstd  # x̂ (..., d), 1/σ (..., 1)
+    # end exercise
 
 
 @primitive
