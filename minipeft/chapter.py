@@ -163,7 +163,8 @@ class Chapter:
         notebook, show the saved PNG inline first."""
         import matplotlib.pyplot as plt
 
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:  # a figure made with layout="constrained" keeps its own
+            fig.tight_layout()
         path = self.fig_dir / name
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -196,6 +197,40 @@ class Chapter:
         verdict.write_results(path, rec)
         print(f"results: {path.name}; figures: {self.figures()}")
         return path
+
+
+def show_maps(fig, axes, maps, titles, label: str, cmap: str = "viridis"):
+    """Draw 2-D ``maps`` on ``axes`` on one shared colour scale [0, max], with one colorbar
+    (``label``) for all of them; ticks off. maps: a list of (H, W) arrays."""
+    import numpy as onp
+
+    vmax = max(float(onp.max(m)) for m in maps)
+    im = None
+    for ax, m, t in zip(axes, maps, titles):
+        im = ax.imshow(m, cmap=cmap, vmin=0.0, vmax=vmax)
+        ax.set_title(t, fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(im, ax=list(axes), label=label, shrink=0.85)
+    return im
+
+
+def plot_arms(ax, arms: dict, labels, x=None, **kw):
+    """Mean over seeds with its 95 % t interval as error bars, for the arms ``labels``
+    (``Chapter.arms`` records) at positions ``x`` (default 0, 1, …); returns the container."""
+    import numpy as onp
+
+    x = onp.arange(len(labels)) if x is None else onp.asarray(x)
+    mean = onp.array([arms[k]["mean"] for k in labels])
+    lo = onp.array([arms[k]["ci"][0] for k in labels])
+    hi = onp.array([arms[k]["ci"][1] for k in labels])
+    return ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], capsize=4, **{"marker": "o", **kw})
+
+
+def acc_limits(arms: dict, labels, pad: float = 0.05):
+    """y-limits for an accuracy axis showing every interval of ``labels``, within [0, 1]."""
+    lo = min(arms[k]["ci"][0] for k in labels)
+    hi = max(arms[k]["ci"][1] for k in labels)
+    return max(0.0, lo - pad), min(1.0, hi + pad)
 
 
 def setup(file: str | None = None, task: str | None = "digits", name: str | None = None) -> Chapter:
