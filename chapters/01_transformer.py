@@ -140,7 +140,7 @@ X_1 = X1 + gelu_tanh(h2 @ bp["mlp"]["W_1"].T + bp["mlp"]["b_1"]) @ bp["mlp"]["W_
 err = float(np.abs(X_1 - f64(trace["hidden"][1])).max())
 err_A = float(np.abs(A - f64(trace["attn"][0])).max())
 ch.check("block 1 by hand in NumPy equals minipeft's X_1 (float32 rounding)", err < 1e-4 * max(1.0, np.abs(X_1).max()),
-         f"max |Δ X_1| = {err:.1e}, max |Δ A_1| = {err_A:.1e}, max |X_1| = {np.abs(X_1).max():.1f}")
+         f"max abs Δ X_1 = {err:.1e}, max abs Δ A_1 = {err_A:.1e}, max abs X_1 = {np.abs(X_1).max():.1f}")
 
 # %% [markdown]
 # ## The seams: where methods enter
