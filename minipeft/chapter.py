@@ -88,6 +88,8 @@ class Chapter:
     claims: list = field(default_factory=list, repr=False, compare=False)
     checks: list = field(default_factory=list, repr=False, compare=False)
     budget: dict = field(default_factory=dict, repr=False, compare=False)
+    #: every over_seeds arm's training losses: label -> one history["loss"] list per seed
+    histories: dict = field(default_factory=dict, repr=False, compare=False)
     started: float = field(default_factory=time.perf_counter, repr=False, compare=False)
 
     def with_new_head(self, seed: int = 0, task: Task | None = None) -> dict:
@@ -125,11 +127,13 @@ class Chapter:
         record keeps the accuracies, their mean and t interval, the trainable count, lr,
         epochs and ``info``.
         """
-        accs, trained = [], []
+        accs, trained, losses = [], [], []
         for s in self.seeds:
-            params, _, acc = self.train(method, lr, epochs, seed=s, task=task)
+            params, hist, acc = self.train(method, lr, epochs, seed=s, task=task)
             accs.append(acc)
             trained.append(params)
+            losses.append(hist["loss"])
+        self.histories[label] = losses
         n = count_trainable(trained[0], [method], train_head=True)
         self.record(label, accs, trainable=n, lr=lr, epochs=epochs, **info)
         return accs, trained
