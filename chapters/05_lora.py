@@ -201,22 +201,26 @@ ch.check("the merged tree has exactly the backbone's leaves and shapes", shapes(
 # %% [markdown]
 # Inference cost: the merged model *is* a backbone, so it costs what the backbone costs.
 # Unmerged, each adapted projection does two extra thin matmuls, r(d + k) multiply-adds
-# per token. Timed: best of 5 passes over the 500 test images (on a shared CPU the
+# per token. Timed: best of 5 interleaved passes over the 500 test images (on a shared CPU the
 # stopwatch is noisy; the operation count is the reliable measure).
 
 # %%
-def best_time(fn, n=5):
-    ts = []
+def best_times(fns, n=5):
+    """Best of n interleaved rounds (each round times every fn once): a shared CPU's load
+    then falls on all of them alike."""
+    ts = {k: [] for k in fns}
     for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: min(v) for k, v in ts.items()}
 
 
-t_bb = best_time(lambda: mp.predict(head_params, X_test, cfg))
-t_un = best_time(lambda: mp.predict(params, X_test, cfg, [m]))
-t_mg = best_time(lambda: mp.predict(merged, X_test, cfg))
+tb = best_times({"backbone": lambda: mp.predict(head_params, X_test, cfg),
+                 "unmerged": lambda: mp.predict(params, X_test, cfg, [m]),
+                 "merged": lambda: mp.predict(merged, X_test, cfg)})
+t_bb, t_un, t_mg = tb["backbone"], tb["unmerged"], tb["merged"]
 extra = cfg.N * 2 * m.r * (cfg.d + cfg.d)
 print(f"forward of 500 images: backbone {1e3 * t_bb:.1f} ms, LoRA unmerged {1e3 * t_un:.1f} ms, "
       f"merged {1e3 * t_mg:.1f} ms")
