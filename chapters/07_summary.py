@@ -48,7 +48,7 @@ import minipeft as mp
 from minipeft.chapter import setup
 from minipeft.methods import REGISTRY, method_class
 from minipeft.methods.lora import LoRA
-from minipeft.tour import BASELINES, method_lr
+from minipeft.tour import BASELINES
 
 # one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures), the backbone, `digits`
 ch = setup(globals().get("__file__"), name="07_summary")
@@ -70,7 +70,7 @@ cfg, backbone, task = ch.cfg, ch.backbone, ch.task
 kept = {}
 for name in REGISTRY:
     m = method_class(name)()
-    _, trained = ch.over_seeds(name, m, method_lr(name, m), EPOCHS, kind="tour",
+    _, trained = ch.over_seeds(name, m, float(m.suggested_lr), EPOCHS, kind="tour",
                                mergeable=None if name in BASELINES else bool(m.mergeable))
     a = ch.arms[name]
     a["pct"] = 100.0 * a["trainable"] / cfg.n_params

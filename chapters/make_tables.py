@@ -68,6 +68,15 @@ def render_chapters(results: list) -> str:
             n = f"{a['trainable']:,}" if a.get("trainable") is not None else "—"
             out.append(f"| {r['chapter']} | {label} | {a['metric']} | {n} | {a['mean']:.3f} | "
                        f"{_ci(a['ci'], '{:.3f}')} | {a['n']} |")
+    measured = [(r["chapter"], k, v) for r in results for k, v in r.get("measurements", {}).items()]
+    if measured:
+        keys = list(dict.fromkeys(q for _, _, v in measured for q in v))
+        out += ["", "Measurements (deterministic: no seeds):", "", "| chapter | what | " + " | ".join(keys) + " |",
+                "|---|---|" + "---:|" * len(keys)]
+        for chapter, label, v in measured:
+            cells = [f"{v[q]:,}" if isinstance(v.get(q), int) else (f"{v[q]:.3g}" if isinstance(v.get(q), float)
+                     else str(v.get(q, "—"))) for q in keys]
+            out.append(f"| {chapter} | {label} | " + " | ".join(cells) + " |")
     out += ["", "Exact checks (no statistics: they hold bit for bit or to the stated bound, or they fail):", "",
             "| chapter | check | measured | holds |", "|---|---|---|:---:|"]
     for r in results:

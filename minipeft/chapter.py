@@ -88,6 +88,8 @@ class Chapter:
     claims: list = field(default_factory=list, repr=False, compare=False)
     checks: list = field(default_factory=list, repr=False, compare=False)
     budget: dict = field(default_factory=dict, repr=False, compare=False)
+    #: deterministic measurements (no seeds needed): label -> {quantity: value}
+    measured: dict = field(default_factory=dict, repr=False, compare=False)
     #: every over_seeds arm's training losses: label -> one history["loss"] list per seed
     histories: dict = field(default_factory=dict, repr=False, compare=False)
     started: float = field(default_factory=time.perf_counter, repr=False, compare=False)
@@ -155,6 +157,11 @@ class Chapter:
         print(verdict.format_verdict(rec))
         return rec
 
+    def measure(self, label: str, **values) -> dict:
+        """Keep deterministic measurements of ``label`` (counts, bytes): JSON numbers or text."""
+        self.measured[label] = dict(values)
+        return self.measured[label]
+
     def check(self, claim: str, holds: bool, detail: str = "") -> dict:
         """An exact claim (no statistics): print its line, keep it."""
         rec = verdict.check(claim, holds, detail)
@@ -196,7 +203,7 @@ class Chapter:
                "backbone": {"id": verdict.backbone_id(self.backbone), "n_params": self.cfg.n_params,
                             "pretrain_test_acc": self.info.get("test_acc")},
                "wall_s": round(time.perf_counter() - self.started, 1),
-               "arms": self.arms, "claims": self.claims, "checks": self.checks}
+               "arms": self.arms, "claims": self.claims, "checks": self.checks, "measurements": self.measured}
         path = self.results_path()
         verdict.write_results(path, rec)
         print(f"results: {path.name}; figures: {self.figures()}")
