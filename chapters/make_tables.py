@@ -45,7 +45,7 @@ def _blas(env):
 def render_chapters(results: list) -> str:
     """The runs, verdicts, arms and checks tables (markdown) of all results files."""
     out = ["Runs (one line per results file):", "",
-           "| chapter | date (UTC) | seeds | epochs | wall s | load (1 min) | BLAS (threads) | backbone id |",
+           "| chapter | date (UTC) | seeds | epochs | wall s (after setup) | load (1 min, at the end) | BLAS (threads) | backbone id |",
            "|---|---|---:|---:|---:|---:|---|---|"]
     for r in results:
         env, b = r["environment"], r["budget"]

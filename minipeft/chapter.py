@@ -140,34 +140,32 @@ class Chapter:
         self.record(label, accs, trainable=n, lr=lr, epochs=epochs, **info)
         return accs, trained
 
-    def record(self, label: str, values, metric: str = "test accuracy", **info) -> dict:
-        """Keep per-seed ``values`` (one per seed of ``ch.seeds``) as the arm ``label``."""
+    def record(self, label: str, values, metric: str = "test accuracy", **info) -> None:
+        """Keep per-seed ``values`` (one per seed of ``ch.seeds``) as the arm ``label``
+        (``ch.arms[label]``). Like the other recorders, returns None (a notebook echoes no repr)."""
         values = [float(v) for v in values]
         if len(values) != len(self.seeds):
             raise ValueError(f"values: one per seed ({len(self.seeds)}), got {len(values)}")
         rec = {"metric": metric, "seeds": list(self.seeds), "values": values, **verdict.mean_ci(values), **info}
         self.arms[label] = rec
-        return rec
 
-    def compare(self, claim: str, a: str, b: str, direction: str = ">", source: str = "") -> dict:
-        """Decide "arm a ``direction`` arm b" (minipeft/verdict.py), print its line, keep it."""
+    def compare(self, claim: str, a: str, b: str, direction: str = ">", source: str = "") -> None:
+        """Decide "arm a ``direction`` arm b" (minipeft/verdict.py), print its line, keep it
+        (``ch.claims[-1]``)."""
         ra, rb = self.arms[a], self.arms[b]
         rec = verdict.compare(claim, a, ra["values"], b, rb["values"], direction, source, ra["metric"], self.seeds)
         self.claims.append(rec)
         print(verdict.format_verdict(rec))
-        return rec
 
-    def measure(self, label: str, **values) -> dict:
+    def measure(self, label: str, **values) -> None:
         """Keep deterministic measurements of ``label`` (counts, bytes): JSON numbers or text."""
         self.measured[label] = dict(values)
-        return self.measured[label]
 
-    def check(self, claim: str, holds: bool, detail: str = "") -> dict:
-        """An exact claim (no statistics): print its line, keep it."""
+    def check(self, claim: str, holds: bool, detail: str = "") -> None:
+        """An exact claim (no statistics): print its line, keep it (``ch.checks[-1]``)."""
         rec = verdict.check(claim, holds, detail)
         self.checks.append(rec)
         print(verdict.format_check(rec))
-        return rec
 
     def save(self, fig, name: str) -> Path:
         """Lay out ``fig``, write it to ``fig_dir / name`` (PNG, 100 dpi) and close it; in a
@@ -194,8 +192,9 @@ class Chapter:
         """Where ``finish`` writes: results_dir / NN_name.json (NN_name.quick.json in quick mode)."""
         return self.results_dir / f"{self.name}{'.quick' if self.quick else ''}.json"
 
-    def finish(self) -> Path:
-        """Write the results file (minipeft/verdict.py's SCHEMA) and print where it and the figures are."""
+    def finish(self) -> None:
+        """Write the results file (minipeft/verdict.py's SCHEMA, at ``results_path()``) and
+        print where it and the figures are."""
         rec = {"schema": verdict.SCHEMA, "chapter": self.name, "quick": self.quick,
                "budget": {"seeds": list(self.seeds), "n_train": len(self.train_split()[1]) if self.task else None,
                           **self.budget},
@@ -207,7 +206,6 @@ class Chapter:
         path = self.results_path()
         verdict.write_results(path, rec)
         print(f"results: {path.name}; figures: {self.figures()}")
-        return path
 
 
 def show_maps(fig, axes, maps, titles, label: str, cmap: str = "viridis"):
