@@ -22,7 +22,8 @@
 # Every PEFT method of the notes starts from such a model, frozen. This chapter looks at
 # the one minipeft uses: a small pre-LN vision transformer pretrained on MNIST digits.
 #
-# Budget: no training here, only forward passes (a few seconds on a laptop CPU).
+# Budget: no training here, only forward passes (a few seconds on a laptop CPU), so no
+# seeds either: every claim of this chapter is exact, printed as a `check:` line.
 
 # %%
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from minipeft.chapter import setup
 from minipeft.transformer import embed, patchify
 
 # one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures), the pretrained backbone
-ch = setup(globals().get("__file__"), task=None)
+ch = setup(globals().get("__file__"), task=None, name="01_transformer")
 
 # %% [markdown]
 # ## The pre-LN block (equations.md, "Transformer")
@@ -70,7 +71,9 @@ d, dff = cfg.d, cfg.d_ff
 per_block = 2 * 2 * d + 4 * (d * d + d) + 2 * d * dff + dff + d
 print(f"one block, closed form 2·2d + 4(d² + d) + 2·d·d_ff + d_ff + d = {per_block:,};  "
       f"N blocks = {cfg.N * per_block:,};  cfg.n_params = {cfg.n_params:,}")
-assert sum(parts.values()) == cfg.n_params and parts["blocks"] == cfg.N * per_block
+ch.check("the blocks hold N times the closed-form count", parts["blocks"] == cfg.N * per_block,
+         f"{parts['blocks']:,} = {cfg.N} x {per_block:,}")
+ch.check("the parts add up to cfg.n_params", sum(parts.values()) == cfg.n_params, f"{cfg.n_params:,}")
 
 # %% [markdown]
 # ## Patches + CLS: from an image to a sequence of tokens
@@ -99,6 +102,45 @@ print("hidden:", [tuple(H.shape) for H in trace["hidden"]])
 print("attn:  ", [tuple(A.shape) for A in trace["attn"]], "(rows sum to 1:",
       bool(np.allclose(trace["attn"][0].sum(-1), 1, atol=1e-5)), ")")
 print("logits:", logits.shape, "predicted", logits.argmax(1), "true", tasks["mnist"].test[1][:8])
+
+# %% [markdown]
+# ## One block by hand, in plain NumPy
+#
+# The equations above are all there is. Below, block 1 is computed from the backbone's
+# arrays with nothing but NumPy (float64), one line per equation, and compared with
+# the X_1 that minipeft's forward pass traced (float32: they agree to float32 rounding).
+# minipeft's own code for this is `block` in `minipeft/transformer/forward.py`; the
+# fused primitives it calls are in `minipeft/nn/primitives.py`, their readable composed
+# forms in `minipeft/nn/reference.py`.
+
+# %%
+def ln(x, gamma, beta, eps=cfg.eps):  # LN(x) = γ ⊙ (x − μ(x)) / sqrt(σ²(x) + ε) + β
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return gamma * (x - mu) / np.sqrt(var + eps) + beta
+
+
+def gelu_tanh(x):  # GELU, tanh form (as minipeft and GPT-2)
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+f64 = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+bp = {k: {n: f64(a) for n, a in v.items()} for k, v in params["blocks"][0].items()}
+X0 = f64(trace["hidden"][0])  # Z₀, (B, 17, 64)
+B_, T_, d_h = X0.shape[0], X0.shape[1], cfg.d // cfg.h
+h1 = ln(X0, bp["ln1"]["gamma"], bp["ln1"]["beta"])
+Q, K, V = (h1 @ bp["attn"]["W_" + n].T + bp["attn"]["b_" + n] for n in "qkv")  # (B, T, d) each
+heads = lambda M: M.reshape(B_, T_, cfg.h, d_h).transpose(0, 2, 1, 3)  # noqa: E731  (B, h, T, d_h)
+S = heads(Q) @ heads(K).transpose(0, 1, 3, 2) / np.sqrt(d_h)  # (B, h, T, T)
+A = np.exp(S - S.max(-1, keepdims=True))
+A /= A.sum(-1, keepdims=True)  # softmax over the keys
+Z = (A @ heads(V)).transpose(0, 2, 1, 3).reshape(B_, T_, cfg.d)  # concat_heads
+X1 = X0 + Z @ bp["attn"]["W_o"].T + bp["attn"]["b_o"]  # X'_1
+h2 = ln(X1, bp["ln2"]["gamma"], bp["ln2"]["beta"])
+X_1 = X1 + gelu_tanh(h2 @ bp["mlp"]["W_1"].T + bp["mlp"]["b_1"]) @ bp["mlp"]["W_2"].T + bp["mlp"]["b_2"]
+err = float(np.abs(X_1 - f64(trace["hidden"][1])).max())
+err_A = float(np.abs(A - f64(trace["attn"][0])).max())
+ch.check("block 1 by hand in NumPy equals minipeft's X_1 (float32 rounding)", err < 1e-4 * max(1.0, np.abs(X_1).max()),
+         f"max abs Δ X_1 = {err:.1e}, max abs Δ A_1 = {err_A:.1e}, max abs X_1 = {np.abs(X_1).max():.1f}")
 
 # %% [markdown]
 # ## The seams: where methods enter
@@ -171,7 +213,8 @@ print("block 1 (layer 0), in order:")
 for seam, layer, name, shape in SEEN:
     if layer == 0 or seam == "tokens":
         print(f"   {seam:9s} {name or '':5s} {tuple(shape)}")
-print("identity hooks leave the logits bit for bit:", bool(np.array_equal(logged, logits)))
+ch.check("identity hooks at every seam leave the logits bit for bit", bool(np.array_equal(logged, logits)),
+         f"{len(SEEN)} seam calls in one forward pass")
 
 # %% [markdown]
 # ## What the pretrained model knows, and the downstream domains
@@ -184,9 +227,12 @@ print("identity hooks leave the logits bit for bit:", bool(np.array_equal(logged
 
 # %%
 print(f"pretrained on mnist: val acc {info['val_acc']:.3f}, test acc {info['test_acc']:.3f}")
-for name in ("mnist", "digits", "mnist-invert"):
-    acc = mp.evaluate(params, tasks[name].test, cfg)["acc"]
+accs = {name: mp.evaluate(params, tasks[name].test, cfg)["acc"] for name in ("mnist", "digits", "mnist-invert")}
+for name, acc in accs.items():
     print(f"pretrained model and head, no fine-tuning, on {name:12s} test: acc {acc:.3f}")
+ch.check("the domain shifts cost the frozen model accuracy (digits, mnist-invert below mnist)",
+         accs["digits"] < accs["mnist"] and accs["mnist-invert"] < accs["mnist"],
+         ", ".join(f"{k} {v:.3f}" for k, v in accs.items()))
 
 # %% [markdown]
 # The figure shows eight test inputs of each task, as the model sees them (16×16).
@@ -202,38 +248,45 @@ for r, name in enumerate(mp.TASKS):
         ax.set_title(tasks[name].labels[yt[c]], fontsize=8)
     axes[r, 0].set_ylabel(name, fontsize=8)
 fig.suptitle("16×16 inputs of each task (title: label)", fontsize=10)
-ch.save(fig, "01_tasks.png")
+_ = ch.save(fig, "01_tasks.png")
 
 # %% [markdown]
 # And where the CLS row looks: the attention weights of the CLS query over the 16 patch
-# keys, averaged over the heads, for one test digit at each of the 4 layers.
+# keys, averaged over the 4 heads, for one test digit at each of the 4 layers, on one
+# colour scale for all layers (so magnitudes compare across layers; the CLS key's own
+# weight is left out, so a layer's 16 values sum to less than 1).
 
 # %%
-fig, axes = plt.subplots(1, cfg.N + 1, figsize=(2 * (cfg.N + 1), 2.3))
-axes[0].imshow(X[0, 0], cmap="gray")
-axes[0].set_title(f"input (label {tasks['mnist'].test[1][0]})", fontsize=8)
+from minipeft.chapter import show_maps  # noqa: E402
+
 side = cfg.image_size // cfg.patch
-for ell, A in enumerate(trace["attn"], 1):
-    cls_to_patches = A[0, :, 0, 1:].mean(0).reshape(side, side)  # (4, 4): CLS query, patch keys
-    axes[ell].imshow(cls_to_patches, cmap="viridis")
-    axes[ell].set_title(f"layer {ell}: CLS→patches", fontsize=8)
-    print(f"layer {ell}: CLS attention on itself {A[0, :, 0, 0].mean():.3f}, "
-          f"on the patches {A[0, :, 0, 1:].sum(-1).mean():.3f}")
-for ax in axes:
-    ax.set_xticks([]), ax.set_yticks([])
-ch.save(fig, "01_cls_attention.png")
-print("figures:", ch.figures())
+fig, axes = plt.subplots(1, cfg.N + 1, figsize=(2.3 * (cfg.N + 1) + 1.2, 2.8), layout="constrained")
+axes[0].imshow(X[0, 0], cmap="gray", vmin=0, vmax=1)
+axes[0].set_title(f"input (label {tasks['mnist'].test[1][0]})", fontsize=9)
+axes[0].set_xticks([]), axes[0].set_yticks([])
+maps = [np.asarray(A_l)[0, :, 0, 1:].mean(0).reshape(side, side) for A_l in trace["attn"]]  # (4, 4) each
+show_maps(fig, axes[1:], maps, [f"layer {ell}" for ell in range(1, cfg.N + 1)],
+          "CLS → patch attention\n(mean over heads)")
+fig.suptitle("Where the CLS query looks, per layer (pretrained backbone, mnist test image)", fontsize=10)
+for ell, A_l in enumerate(trace["attn"], 1):
+    A_l = np.asarray(A_l)
+    print(f"layer {ell}: CLS attention on itself {A_l[0, :, 0, 0].mean():.3f}, "
+          f"on the patches {A_l[0, :, 0, 1:].sum(-1).mean():.3f}")
+_ = ch.save(fig, "01_cls_attention.png")
+
+# %%
+ch.finish()
 
 # %% [markdown]
 # ## What it shows
 #
-# - The backbone has 136,906 numbers; the 4 blocks hold 133,888 of them (33,472 each).
-# - A (B, 1, 16, 16) batch becomes 17 tokens of width 64; every block keeps that shape,
-#   and the attention weights are (B, 4 heads, 17 queries, 17 keys).
-# - A forward pass offers every seam: 1 tokens, 4 layer_in, 24 linear (6 per block),
-#   4 kv, 4 ff_hidden, 4 mlp and 17 after (4 per block + LN_f); with identity hooks the
-#   logits are unchanged bit for bit.
-# - The pretrained model is good on its own task (test acc 0.957) and drops on the
-#   shifted domains: 0.244 on `digits`, 0.100 (chance) on `mnist-invert` (measured
-#   here, deterministic). That gap is what the following chapters close, each training a
-#   small θ while this backbone stays frozen.
+# - The backbone's count follows the closed form per block, and every block keeps the
+#   shape (B, 17, 64); the attention weights are (B, heads, queries, keys).
+# - One block computed by hand in NumPy, equation by equation, is minipeft's block to
+#   float32 rounding: nothing is hidden in the library.
+# - A forward pass offers every seam (1 tokens, N layer_in, 6N linear, N kv, N ff_hidden,
+#   N mlp and 4N + 1 after); with identity hooks the logits are unchanged bit for bit.
+# - The pretrained model is good on its own task and drops on the shifted domains (the
+#   accuracies are printed above and kept in `chapters/results/01_transformer.json`). That
+#   gap is what the following chapters close, each training a small θ while this backbone
+#   stays frozen.

@@ -1,10 +1,12 @@
-"""What every chapter (chapters/NN_*.py) does first, in one call.
+"""What every chapter (chapters/NN_*.py) does first, in one call, and how it reports.
 
     from minipeft.chapter import setup
-    ch = setup(globals().get("__file__"))   # figures: $CHAPTER_FIG_DIR, else <chapter folder>/figures
+    ch = setup(globals().get("__file__"), name="05_lora")   # figures: $CHAPTER_FIG_DIR, else <folder>/figures
     ch.cfg, ch.backbone, ch.info, ch.task   # Config, pretrained params, load_backbone's info, "digits"
-    params, hist, acc = ch.train(method, lr, epochs)
-    ch.save(fig, "05_lora.png")
+    accs, trained = ch.over_seeds("LoRA r=4", method, lr, epochs)   # one run per seed in ch.seeds
+    ch.compare("LoRA beats the linear probe", "LoRA r=4", "linear probe")   # prints a verdict line
+    ch.save(fig, "05_lora.png")             # PNG; shown inline too when run in a notebook
+    ch.finish()                             # writes the results file, lists the figures
 
 ``setup`` applies the process policy of ``minipeft.runtime`` (the same as the command
 line's): BLAS limited to $MINIPEFT_THREADS threads, 1 by default (threadpoolctl) — on a
@@ -15,27 +17,57 @@ plots), makes the figure folder, and loads the pretrained backbone (built on fir
 cached) and the downstream task.
 
 Training in ``Chapter.train`` is the chapters' common recipe: the pretrained backbone φ,
-a fresh head (seed 0), θ attached with seed 0, Adam (batch 64, constant lr, data order
-from seed 0), the head trainable:
+a fresh head, θ attached and the data order all drawn from one seed, Adam (batch 64,
+constant lr), the head trainable:
 
     L(θ) = CE(Head(LN_f(x_N)), y),   θ = the method's numbers ∪ head,   φ frozen
+
+Seeds: ``ch.seeds`` (``SEEDS``, five) for every arm of a comparison, so seed s of arm A
+and seed s of arm B differ only in the method (paired; minipeft/verdict.py decides).
+Quick mode ($CHAPTER_QUICK=1, for tests): ``QUICK_SEEDS``, 1 epoch, the first
+``QUICK_TRAIN`` training images; its results file is ``NN_name.quick.json``, which
+chapters/make_tables.py ignores.
 """
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import pretrained, runtime
+from . import pretrained, runtime, verdict
 from .data import Task, load_task
-from .methods import attach
+from .methods import attach, count_trainable
 from .train import evaluate, fit
 from .transformer import Config, new_head
+
+SEEDS = (0, 1, 2, 3, 4)
+QUICK_SEEDS = (0, 1)
+QUICK_TRAIN = 128
+def thread_policy() -> str:
+    """The chapter's thread policy in words (minipeft.runtime: $MINIPEFT_THREADS, default 1)."""
+    return f"BLAS limited to {runtime.threads()} thread(s) for the whole chapter (minipeft.runtime, set by setup)"
+
+
+def quick_mode() -> bool:
+    """True when $CHAPTER_QUICK is set to anything but '', '0', 'false', 'no'."""
+    return os.environ.get("CHAPTER_QUICK", "") not in ("", "0", "false", "no")
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (an IPython shell with a kernel attached)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with the notebooks extra
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 @dataclass(frozen=True)
 class Chapter:
-    """A chapter's shared state: the config, the pretrained backbone and where figures go."""
+    """A chapter's shared state: the config, the pretrained backbone, where figures and
+    results go, and what it has measured so far (arms, claims, checks)."""
 
     cfg: Config
     #: the pretrained parameters (with their own mnist head) and load_backbone's info
@@ -49,32 +81,108 @@ class Chapter:
     blas_limit: object = field(repr=False, compare=False)
     #: the figure files ``save`` wrote, in order
     saved: list = field(default_factory=list, repr=False, compare=False)
+    name: str = "chapter"
+    results_dir: Path | None = None
+    quick: bool = False
+    seeds: tuple = SEEDS
+    #: what the chapter measured: per-arm values over seeds, verdicts, exact checks, notes on the budget
+    arms: dict = field(default_factory=dict, repr=False, compare=False)
+    claims: list = field(default_factory=list, repr=False, compare=False)
+    checks: list = field(default_factory=list, repr=False, compare=False)
+    budget: dict = field(default_factory=dict, repr=False, compare=False)
+    #: deterministic measurements (no seeds needed): label -> {quantity: value}
+    measured: dict = field(default_factory=dict, repr=False, compare=False)
+    #: every over_seeds arm's training losses: label -> one history["loss"] list per seed
+    histories: dict = field(default_factory=dict, repr=False, compare=False)
+    started: float = field(default_factory=time.perf_counter, repr=False, compare=False)
 
-    def with_new_head(self, seed: int = 0) -> dict:
+    def with_new_head(self, seed: int = 0, task: Task | None = None) -> dict:
         """The backbone with a fresh head for ``task``: W ~ N(0, 0.01²) (C, d), b = 0 (C,)."""
-        if self.task is None:
+        task = task or self.task
+        if task is None:
             raise ValueError("with_new_head needs a task: call setup(file, task=<name>)")
-        return new_head(self.backbone, self.task.n_classes, seed=seed)
+        return new_head(self.backbone, task.n_classes, seed=seed)
 
-    def train(self, method, lr: float, epochs: int, seed: int = 0):
-        """Fine-tune ``method`` on ``task`` (module docstring's recipe, head trainable).
+    def epochs(self, full: int) -> int:
+        """``full`` epochs, or 1 in quick mode."""
+        return 1 if self.quick else full
+
+    def train_split(self, task: Task | None = None):
+        """The training split (X, y) the recipe uses: all of it, or its first QUICK_TRAIN in quick mode."""
+        X, y = (task or self.task).train
+        return (X[:QUICK_TRAIN], y[:QUICK_TRAIN]) if self.quick else (X, y)
+
+    def train(self, method, lr: float, epochs: int, seed: int = 0, task: Task | None = None):
+        """Fine-tune ``method`` on ``task`` (module docstring's recipe, head trainable, one seed).
 
         Returns (params', history, test accuracy): params' holds the backbone, the trained
         head and θ; history["loss"] the loss of every step.
         """
-        params = attach(self.with_new_head(seed), [method], self.cfg, seed=seed)
-        params, hist = fit(params, self.task.train, self.cfg, [method], epochs=epochs, lr=lr, seed=seed,
+        task = task or self.task
+        params = attach(self.with_new_head(seed, task), [method], self.cfg, seed=seed)
+        params, hist = fit(params, self.train_split(task), self.cfg, [method], epochs=epochs, lr=lr, seed=seed,
                            progress=False)
-        return params, hist, evaluate(params, self.task.test, self.cfg, [method])["acc"]
+        return params, hist, evaluate(params, task.test, self.cfg, [method])["acc"]
+
+    def over_seeds(self, label: str, method, lr: float, epochs: int, task: Task | None = None, **info):
+        """Train ``method`` once per seed of ``ch.seeds``; record the arm ``label``.
+
+        Returns (test accuracies (one per seed), trained params (one per seed)). The arm's
+        record keeps the accuracies, their mean and t interval, the trainable count, lr,
+        epochs and ``info``.
+        """
+        accs, trained, losses = [], [], []
+        for s in self.seeds:
+            params, hist, acc = self.train(method, lr, epochs, seed=s, task=task)
+            accs.append(acc)
+            trained.append(params)
+            losses.append(hist["loss"])
+        self.histories[label] = losses
+        n = count_trainable(trained[0], [method], train_head=True)
+        self.record(label, accs, trainable=n, lr=lr, epochs=epochs, **info)
+        return accs, trained
+
+    def record(self, label: str, values, metric: str = "test accuracy", **info) -> None:
+        """Keep per-seed ``values`` (one per seed of ``ch.seeds``) as the arm ``label``
+        (``ch.arms[label]``). Like the other recorders, returns None (a notebook echoes no repr)."""
+        values = [float(v) for v in values]
+        if len(values) != len(self.seeds):
+            raise ValueError(f"values: one per seed ({len(self.seeds)}), got {len(values)}")
+        rec = {"metric": metric, "seeds": list(self.seeds), "values": values, **verdict.mean_ci(values), **info}
+        self.arms[label] = rec
+
+    def compare(self, claim: str, a: str, b: str, direction: str = ">", source: str = "") -> None:
+        """Decide "arm a ``direction`` arm b" (minipeft/verdict.py), print its line, keep it
+        (``ch.claims[-1]``)."""
+        ra, rb = self.arms[a], self.arms[b]
+        rec = verdict.compare(claim, a, ra["values"], b, rb["values"], direction, source, ra["metric"], self.seeds)
+        self.claims.append(rec)
+        print(verdict.format_verdict(rec))
+
+    def measure(self, label: str, **values) -> None:
+        """Keep deterministic measurements of ``label`` (counts, bytes): JSON numbers or text."""
+        self.measured[label] = dict(values)
+
+    def check(self, claim: str, holds: bool, detail: str = "") -> None:
+        """An exact claim (no statistics): print its line, keep it (``ch.checks[-1]``)."""
+        rec = verdict.check(claim, holds, detail)
+        self.checks.append(rec)
+        print(verdict.format_check(rec))
 
     def save(self, fig, name: str) -> Path:
-        """Lay out ``fig``, write it to ``fig_dir / name`` (PNG, 100 dpi) and close it."""
+        """Lay out ``fig``, write it to ``fig_dir / name`` (PNG, 100 dpi) and close it; in a
+        notebook, show the saved PNG inline first."""
         import matplotlib.pyplot as plt
 
-        fig.tight_layout()
+        if fig.get_layout_engine() is None:  # a figure made with layout="constrained" keeps its own
+            fig.tight_layout()
         path = self.fig_dir / name
         fig.savefig(path, dpi=100)
         plt.close(fig)
+        if in_notebook():
+            from IPython.display import Image, display
+
+            display(Image(filename=str(path)))
         self.saved.append(name)
         return path
 
@@ -82,14 +190,74 @@ class Chapter:
         """The names of the figures saved so far, sorted."""
         return sorted(self.saved)
 
+    def results_path(self) -> Path:
+        """Where ``finish`` writes: results_dir / NN_name.json (NN_name.quick.json in quick mode)."""
+        return self.results_dir / f"{self.name}{'.quick' if self.quick else ''}.json"
 
-def setup(file: str | None = None, task: str | None = "digits") -> Chapter:
+    def finish(self) -> None:
+        """Write the results file (minipeft/verdict.py's SCHEMA, at ``results_path()``) and
+        print where it and the figures are."""
+        rec = {"schema": verdict.SCHEMA, "chapter": self.name, "quick": self.quick,
+               "budget": {"seeds": list(self.seeds), "n_train": len(self.train_split()[1]) if self.task else None,
+                          **self.budget},
+               "environment": verdict.environment(thread_policy()),
+               "backbone": {"id": verdict.backbone_id(self.backbone), "n_params": self.cfg.n_params,
+                            "pretrain_test_acc": self.info.get("test_acc")},
+               "wall_s": round(time.perf_counter() - self.started, 1),
+               "arms": self.arms, "claims": self.claims, "checks": self.checks, "measurements": self.measured}
+        path = self.results_path()
+        verdict.write_results(path, rec)
+        print(f"results: {path.name}; figures: {self.figures()}")
+
+
+def show_maps(fig, axes, maps, titles, label: str, cmap: str = "viridis"):
+    """Draw 2-D ``maps`` on ``axes`` on one shared colour scale [0, max], with one colorbar
+    (``label``) for all of them; ticks off. maps: a list of (H, W) arrays."""
+    import numpy as onp
+
+    vmax = max(float(onp.max(m)) for m in maps)
+    im = None
+    for ax, m, t in zip(axes, maps, titles):
+        im = ax.imshow(m, cmap=cmap, vmin=0.0, vmax=vmax)
+        ax.set_title(t, fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(im, ax=list(axes), label=label, shrink=0.85)
+    return im
+
+
+def plot_arms(ax, arms: dict, labels, x=None, **kw):
+    """Mean over seeds with its 95 % t interval as error bars, for the arms ``labels``
+    (``Chapter.arms`` records) at positions ``x`` (default 0, 1, …); returns the container."""
+    import numpy as onp
+
+    x = onp.arange(len(labels)) if x is None else onp.asarray(x)
+    mean = onp.array([arms[k]["mean"] for k in labels])
+    lo = onp.array([arms[k]["ci"][0] for k in labels])
+    hi = onp.array([arms[k]["ci"][1] for k in labels])
+    return ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], capsize=4, **{"marker": "o", **kw})
+
+
+def acc_limits(arms: dict, labels, pad: float = 0.05):
+    """y-limits for an accuracy axis showing every interval of ``labels``, within [0, 1]."""
+    lo = min(arms[k]["ci"][0] for k in labels)
+    hi = max(arms[k]["ci"][1] for k in labels)
+    return max(0.0, lo - pad), min(1.0, hi + pad)
+
+
+def setup(file: str | None = None, task: str | None = "digits", name: str | None = None) -> Chapter:
     """The process policy (one BLAS thread by default), the Agg backend, the figure folder, the pretrained backbone and ``task``.
 
     file: the chapter's path (``__file__``; None in a notebook, which then uses the current
-    folder); figures go to $CHAPTER_FIG_DIR if set, else ``<its folder>/figures``. task: a
-    name for ``load_task``, or None for a chapter that loads its own tasks.
+    folder); figures go to $CHAPTER_FIG_DIR if set, else ``<its folder>/figures``, results
+    to $CHAPTER_RESULTS_DIR if set, else ``<its folder>/results``. task: a name for
+    ``load_task``, or None for a chapter that loads its own tasks. name: the chapter's
+    name for its results file (default: the file's stem).
     """
+    # load every BLAS a chapter will use (NumPy's; scipy's, which scikit-learn and the verdicts
+    # import) before limiting: threadpoolctl limits only the libraries already loaded
+    import scipy.stats  # noqa: F401
+    import sklearn.datasets  # noqa: F401
+
     limit = runtime.limit_blas()  # the process policy (runtime.py): 1 thread unless $MINIPEFT_THREADS
     runtime.tune_allocator()
     if not os.environ.get("MPLBACKEND"):
@@ -99,7 +267,10 @@ def setup(file: str | None = None, task: str | None = "digits") -> Chapter:
     here = Path(file).resolve().parent if file else Path.cwd()
     fig_dir = Path(os.environ.get("CHAPTER_FIG_DIR") or here / "figures")
     fig_dir.mkdir(parents=True, exist_ok=True)
+    results_dir = Path(os.environ.get("CHAPTER_RESULTS_DIR") or here / "results")
     cfg = pretrained.DEFAULT_CONFIG
     backbone, info = pretrained.load_backbone(cfg)
+    quick = quick_mode()
     return Chapter(cfg=cfg, backbone=backbone, info=info, task=None if task is None else load_task(task),
-                   fig_dir=fig_dir, blas_limit=limit)
+                   fig_dir=fig_dir, blas_limit=limit, name=name or (Path(file).stem if file else "chapter"),
+                   results_dir=results_dir, quick=quick, seeds=QUICK_SEEDS if quick else SEEDS)

@@ -1,10 +1,14 @@
-"""Progress bars: tqdm on a terminal, silent in logs, off with MINIPEFT_PROGRESS=0."""
+"""Progress bars: tqdm on a terminal, silent in logs, off with MINIPEFT_PROGRESS=0.
+
+The plain text bar (``tqdm.std``), not ``tqdm.auto``: in a Jupyter kernel without ipywidgets
+the auto bar is the widget bar, which warns "IProgress not found"; a text bar works everywhere.
+"""
 from __future__ import annotations
 
 import os
 import sys
 
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 
 def default_progress() -> bool:

@@ -3,8 +3,10 @@
 Fast: the tour on a tiny random backbone (the pretrained loader swapped out), checking
 every registered method appears with the trainable count of its closed form; the CLI
 entry; bad input; and that every chapter is a compilable jupytext percent script.
-Slow (real backbone, real data): each chapter run as a script, writing its figures to a
-temporary folder; ``minipeft tour --quick`` for real.
+Slow (real backbone, real data): each chapter run as a script in quick mode, writing its
+figures and its results file to a temporary folder, its verdict lines in the fixed format;
+each chapter converted with jupytext and executed with nbclient (an inline PNG, no warning,
+no stray repr; chapter 1 also in the default suite); ``minipeft tour --quick`` for real.
 """
 import os
 import py_compile
@@ -20,6 +22,7 @@ from minipeft import pretrained
 from minipeft.cli import main
 from minipeft.methods import REGISTRY, method_class
 from minipeft.tour import BASELINES, QUICK_TRAIN, format_table, run_tour
+from minipeft.verdict import CHECK_RE, VERDICT_RE, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))
@@ -32,6 +35,7 @@ FIGURES = {
     "05_lora.py": ["05_lora.png"],
     "06_scale_shift.py": ["06_scale_shift.png"],
     "07_summary.py": ["07_accuracy_vs_trainable.png", "07_forgetting.png"],
+    "08_why_peft.py": ["08_why_peft.png"],
 }
 MERGEABLE = {"lora", "bitfit", "ia3", "ssf"}
 
@@ -169,8 +173,43 @@ def test_every_chapter_is_listed():
     assert [p.name for p in CHAPTERS] == sorted(FIGURES)
 
 
-def _env(tmp_path):
-    env = dict(os.environ, MPLBACKEND="Agg", MINIPEFT_PROGRESS="0", CHAPTER_FIG_DIR=str(tmp_path / "figures"))
+def test_chapter_seeds_verdicts_and_results_file(tiny_backbone, tmp_path, monkeypatch, capsys):
+    from minipeft.chapter import QUICK_SEEDS, setup
+    from minipeft.methods.lora import LoRA
+
+    monkeypatch.setenv("CHAPTER_FIG_DIR", str(tmp_path / "figs"))
+    monkeypatch.setenv("CHAPTER_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setenv("CHAPTER_QUICK", "1")
+    ch = setup(str(tmp_path / "09_x.py"))
+    try:
+        assert ch.quick and ch.seeds == QUICK_SEEDS and ch.epochs(5) == 1 and ch.name == "09_x"
+        lp, _ = ch.over_seeds("linear probe", mp.LinearProbe(), 1e-2, 1)
+        lo, trained = ch.over_seeds("LoRA r=2", LoRA(r=2), 1e-2, 1)
+        # each seed is its own run: the same as training that seed alone, on the quick split
+        _, _, acc1 = ch.train(LoRA(r=2), 1e-2, 1, seed=QUICK_SEEDS[1])
+        assert lo[1] == acc1 and len(trained) == len(QUICK_SEEDS) and len(ch.train_split()[1]) == 128
+        assert ch.compare("LoRA beats the linear probe", "LoRA r=2", "linear probe", source="notes") is None
+        rec = ch.claims[-1]
+        ch.check("nothing changed", True, "max |Δ| = 0")
+        ch.budget["epochs"] = 1
+        assert ch.finish() is None  # nothing for a notebook to echo
+        path = ch.results_path()
+    finally:
+        ch.blas_limit.__exit__(None, None, None)
+    lines = capsys.readouterr().out.splitlines()
+    assert any(VERDICT_RE.match(ln) for ln in lines) and any(CHECK_RE.match(ln) for ln in lines)
+    assert path == tmp_path / "results" / "09_x.quick.json"
+    res = read_results(path)
+    assert res["quick"] and res["claims"][0]["values_a"] == lo and res["claims"][0]["values_b"] == lp
+    assert res["claims"][0]["verdict"] == rec["verdict"] and res["arms"]["LoRA r=2"]["trainable"] == 2 * 2 * 2 * (16 + 16) + 170
+    assert res["environment"]["thread_policy"] and len(res["backbone"]["id"]) == 16
+    with pytest.raises(ValueError, match="one per seed"):
+        ch.record("x", [0.1])
+
+
+def _env(tmp_path, quick=True):
+    env = dict(os.environ, MPLBACKEND="Agg", MINIPEFT_PROGRESS="0", CHAPTER_FIG_DIR=str(tmp_path / "figures"),
+               CHAPTER_RESULTS_DIR=str(tmp_path / "results"), CHAPTER_QUICK="1" if quick else "0")
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     return env
 
@@ -186,6 +225,44 @@ def test_chapter_runs_and_saves_its_figures(path, tmp_path):
         f = tmp_path / "figures" / fig
         assert f.is_file() and f.stat().st_size > 1000, fig
     assert not any(f.name in FIGURES[path.name] for f in (tmp_path.glob("*.png")))
+    res = read_results(tmp_path / "results" / f"{path.stem}.quick.json")
+    lines = out.stdout.splitlines()
+    verdicts = [ln for ln in lines if ln.startswith("verdict:")]
+    assert all(VERDICT_RE.match(ln) for ln in verdicts), verdicts
+    assert all(CHECK_RE.match(ln) for ln in lines if ln.startswith("check:"))
+    assert len(verdicts) == len(res["claims"]) and all(c["holds"] for c in res["checks"]), res["checks"]
+    assert "Warning" not in out.stderr, out.stderr[-2000:]
+
+
+def _execute_notebook(path, tmp_path):
+    """Convert ``path`` with jupytext, execute it with nbclient in quick mode; return its outputs."""
+    jupytext = pytest.importorskip("jupytext")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nb = jupytext.read(path)
+    env = dict(_env(tmp_path), PYTHONPATH=str(ROOT))
+    del env["MPLBACKEND"]  # the kernel chooses its inline backend
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute(env=env)
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+
+
+def _check_notebook_outputs(outputs):
+    assert any("image/png" in o.get("data", {}) for o in outputs if o["output_type"] == "display_data")
+    streams = [o for o in outputs if o["output_type"] == "stream"]
+    assert not [o["text"] for o in streams if o["name"] == "stderr"]
+    assert not any("Warning" in o["text"] for o in streams)
+    assert not [o for o in outputs if o["output_type"] in ("execute_result", "error")]  # no stray repr
+
+
+def test_chapter_1_as_a_notebook(tmp_path):
+    _check_notebook_outputs(_execute_notebook(CHAPTERS[0], tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CHAPTERS[1:], ids=lambda p: p.name)
+def test_chapter_as_a_notebook(path, tmp_path):
+    _check_notebook_outputs(_execute_notebook(path, tmp_path))
 
 
 @pytest.mark.slow
