@@ -240,6 +240,8 @@ def _execute_notebook(path, tmp_path):
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     nb = jupytext.read(path)
+    import minipeft as mp
+    mp.pretrained.load_backbone()  # build the cached backbone first: its build message is not the notebook's
     env = dict(_env(tmp_path), PYTHONPATH=str(ROOT))
     del env["MPLBACKEND"]  # the kernel chooses its inline backend
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
@@ -255,6 +257,7 @@ def _check_notebook_outputs(outputs):
     assert not [o for o in outputs if o["output_type"] in ("execute_result", "error")]  # no stray repr
 
 
+@pytest.mark.slow
 def test_chapter_1_as_a_notebook(tmp_path):
     _check_notebook_outputs(_execute_notebook(CHAPTERS[0], tmp_path))
 
