@@ -29,6 +29,10 @@ def init_params(cfg: Config, seed: int = 0, dtype=None) -> dict:
 
     Layout: {"embed": {...}, "blocks": [{"ln1", "attn", "ln2", "mlp"}] * N, "ln_f", "head"}
     with attn = {W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o}, mlp = {W_1, b_1, W_2, b_2}.
+    embed = vision {W, b, cls, pos} | text {W_tok, cls, pos}; cls only with cfg.cls="learned",
+    plus W_type (type_vocab, d) and ln {gamma, beta} (embed_ln) when configured. "ln_f" only
+    for pre-LN; "pooler" {W, b} (d, d) only for pool="pooler". The draw order of the
+    default (pre-LN ViT) layout is unchanged, so its bits are too.
     """
     dtype = resolve_dtype(dtype)
     rng = onp.random.default_rng(seed)
@@ -38,11 +42,17 @@ def init_params(cfg: Config, seed: int = 0, dtype=None) -> dict:
         embed = {"W": pe["W"], "b": pe["b"]}
     else:
         embed = {"W_tok": _normal(rng, (cfg.vocab, d), 0.02)}
-    embed["cls"] = _normal(rng, (d,), 0.02)
+    if cfg.cls == "learned":
+        embed["cls"] = _normal(rng, (d,), 0.02)
     embed["pos"] = _normal(rng, (cfg.n_positions, d), 0.02)
 
     def ln():
         return {"gamma": onp.ones(d), "beta": onp.zeros(d)}
+
+    if cfg.type_vocab:
+        embed["W_type"] = _normal(rng, (cfg.type_vocab, d), 0.02)
+    if cfg.embed_ln:
+        embed["ln"] = ln()
 
     blocks = []
     for _ in range(cfg.N):
@@ -53,7 +63,12 @@ def init_params(cfg: Config, seed: int = 0, dtype=None) -> dict:
         m1, m2 = init_linear(rng, cfg.d_ff, d), init_linear(rng, d, cfg.d_ff)
         mlp = {"W_1": m1["W"], "b_1": m1["b"], "W_2": m2["W"], "b_2": m2["b"]}
         blocks.append({"ln1": ln(), "attn": attn, "ln2": ln(), "mlp": mlp})
-    params = {"embed": embed, "blocks": blocks, "ln_f": ln(), "head": init_linear(rng, cfg.n_classes, d)}
+    params = {"embed": embed, "blocks": blocks}
+    if cfg.has_ln_f:
+        params["ln_f"] = ln()
+    if cfg.pool == "pooler":
+        params["pooler"] = init_linear(rng, d, d)
+    params["head"] = init_linear(rng, cfg.n_classes, d)
     return cast(params, dtype)
 
 
