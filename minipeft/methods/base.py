@@ -85,7 +85,7 @@ def attach(params: dict, methods, cfg, seed: int = 0) -> dict:
 
 def tree_backbone_keys():
     """Top-level keys of the backbone φ."""
-    return ("embed", "blocks", "ln_f", "head")
+    return ("embed", "blocks", "ln_f", "pooler", "head")
 
 
 def trainable(methods, train_head: bool = True):

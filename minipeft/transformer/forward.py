@@ -109,6 +109,18 @@ def embed(params, x, cfg: Config):
     return Z
 
 
+def token_embedding(params, ids, cfg: Config):
+    """The row the tokens seam sees for token t with no position: W_tok[t] (+ W_type[0]),
+    then LN_emb when cfg.embed_ln.  ids (k,) int -> (k, d). (Prompt tuning's word init.)"""
+    p = params["embed"]
+    E = p["W_tok"][ids]  # (k, d)
+    if cfg.type_vocab:
+        E = E + p["W_type"][0]
+    if cfg.embed_ln:
+        E = layer_norm(E, p["ln"]["gamma"], p["ln"]["beta"], cfg.eps)
+    return E
+
+
 def _residual(methods, params, X, ln, layer, cfg, branch):
     """One sub-layer with its residual add and LayerNorm: the only pre/post-LN fork.
 
