@@ -65,3 +65,21 @@ def theta_vec_fn(params, methods, x, y, cfg, train_head=True):
     f = lambda v: float(mp.loss(unvec(v), ph, x, y, cfg, methods))  # noqa: E731
     _, g = mp.value_and_grad(lambda t: mp.loss(t, ph, x, y, cfg, methods), th)
     return vec, f, onp.concatenate([a.ravel() for _, a in mp.tree.leaves_with_paths(g)])
+
+
+_MINILM = {}
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """``minilm(dtype)`` -> (params, cfg, tokenizer) of all-MiniLM-L6-v2 with pool="pooler"
+    (so φ has the pooler too; use ``dataclasses.replace(cfg, pool=...)`` for the others),
+    a 3-class head; loaded once per dtype per session (a few seconds each)."""
+    from minipeft.models import minilm as M
+
+    def get(dtype="float64"):
+        if dtype not in _MINILM:
+            _MINILM[dtype] = M.load(n_classes=3, pool="pooler", dtype=dtype)
+        return _MINILM[dtype]
+
+    return get
