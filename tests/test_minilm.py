@@ -15,6 +15,15 @@ from minipeft.models import minilm as M
 from minipeft.nn import reference as R
 from minipeft.text.tokenizer import Tokenizer
 
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """One BLAS thread for these tests: on the shared 2-core machine two threads stall when
+    another process runs (the benchmarks pin one for the same reason)."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "minilm_reference.npz")
 SENTENCES = ["The cat sat on the mat.", "Stocks fell sharply on Monday.", "Hello!"]
 
