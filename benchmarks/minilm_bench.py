@@ -25,6 +25,8 @@ for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
+import datetime  # noqa: E402
+import platform  # noqa: E402
 import pstats  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -230,6 +232,8 @@ def main():
     ap.add_argument("--tokens", type=int, nargs="+", default=[32, 128])
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--profile", type=int, default=None, help="profile a minipeft LoRA step at this many tokens")
+    ap.add_argument("--out", default=None, help="also write the table to this markdown file "
+                                                 "(benchmarks/minilm_results.md)")
     a = ap.parse_args()
     try:
         import torch
@@ -243,16 +247,28 @@ def main():
     if a.profile:
         run_size(torch, a.profile, 1, profile=True)
         return
-    print(f"all-MiniLM-L6-v2, float32, batch {BATCH}, one thread; torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, peft {peft.__version__}, numpy {onp.__version__}")
-    print("ratio = minipeft / torch (CPU time, median of interleaved rounds; < 1: minipeft faster)\n")
-    print("| tokens | what | minipeft / torch | IQR | wall-clock ratio | agreement (max rel. err.) |")
-    print("|---:|---|---:|---|---:|---:|")
+    lines = []
+
+    def out(line=""):
+        print(line, flush=True)
+        lines.append(line)
+
+    out(f"all-MiniLM-L6-v2, float32, batch {BATCH}, one thread, {platform.processor() or platform.machine()}; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+        f"numpy {onp.__version__}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    out("ratio = minipeft / torch (CPU time, median of interleaved rounds; < 1: minipeft faster); "
+        "lora is against HF peft, full and forward against plain transformers")
+    out()
+    out("| tokens | what | minipeft / torch | IQR | wall-clock ratio | agreement (max rel. err.) |")
+    out("|---:|---|---:|---|---:|---:|")
     for n in a.tokens:
         for what, err, res in run_size(torch, n, a.rounds):
             r = measure.ratio(res, "minipeft", "torch")
-            print(f"| {n} | {what} | {r['cpu']:.2f} | {r['iqr'][0]:.2f}-{r['iqr'][1]:.2f} | {r['wall']:.2f} | "
-                  f"{err:.1e} |", flush=True)
+            out(f"| {n} | {what} | {r['cpu']:.2f} | {r['iqr'][0]:.2f}-{r['iqr'][1]:.2f} | {r['wall']:.2f} | "
+                f"{err:.1e} |")
+    if a.out:
+        Path(a.out).write_text("# `python benchmarks/minilm_bench.py` (generated)\n\n" + "\n".join(lines) + "\n")
+        print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":
