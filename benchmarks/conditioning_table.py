@@ -2,8 +2,8 @@
 
 Same budget for every row: ``--epochs`` epochs of Adam (batch 64, constant lr, seed 0)
 on each downstream task, a fresh head (trainable in every row), then test accuracy.
-Learning rates: linear probe 1e-2, full fine-tuning 1e-3, every PEFT method its
-``suggested_lr``. Prints a markdown table: trainable numbers (head included), their
+Learning rates: every method its ``suggested_lr`` (linear probe 1e-2, full fine-tuning
+1e-3). Prints a markdown table: trainable numbers (head included), their
 share of the backbone, and test accuracy per task.
 
     python benchmarks/conditioning_table.py                    # 10 epochs, digits + mnist-invert
@@ -26,10 +26,6 @@ from minipeft.methods.prefix import PrefixTuning  # noqa: E402
 from minipeft.methods.prompt import PromptTuning  # noqa: E402
 from minipeft.methods.vpt import VPTDeep, VPTShallow  # noqa: E402
 from minipeft.pretrained import DEFAULT_CONFIG, load_backbone  # noqa: E402
-
-
-#: the baselines' learning rates (the PEFT methods use their ``suggested_lr``)
-BASELINE_LR = {"LinearProbe": 1e-2, "FullFineTune": 1e-3}
 
 
 def rows(p: int):
@@ -56,7 +52,7 @@ def main(argv=None):
     tasks = {name: mp.load_task(name) for name in args.tasks}
     table = []
     for label, m in rows(args.p):
-        lr = BASELINE_LR.get(type(m).__name__) or m.suggested_lr
+        lr = m.suggested_lr
         accs, n_train, secs = [], None, 0.0
         for name, task in tasks.items():
             params = attach_new_head(backbone, task, cfg, m, args.seed)

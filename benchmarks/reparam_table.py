@@ -7,7 +7,7 @@ the reference), fine-tunes from the same pretrained backbone and the same new he
 (seed 0, head trainable, Adam, batch 64) at the method's ``suggested_lr`` (or each of
 ``--lr``), then merges θ into the weights (equations.md "LoRA", "BitFit", "(IA)³", "SSF")
 and compares merged with unmerged logits on the whole test split, in float32 (as
-trained) and in float64 (the trained params cast with ``transformer.cast``).
+trained) and in float64 (the trained params cast with ``backend.cast``).
 Prints a markdown table: the numbers the method adds (the head's C·d + C is separate),
 their share of the backbone, test and validation accuracy, and max |Δ logits|.
 Accuracies are deterministic (fixed seeds) on one machine and BLAS build.
@@ -22,7 +22,7 @@ from minipeft.methods.bitfit import BitFit
 from minipeft.methods.ia3 import IA3
 from minipeft.methods.lora import LoRA
 from minipeft.methods.ssf import SSF
-from minipeft.transformer import cast
+from minipeft.backend import cast
 
 METHODS = [
     ("linear probe", mp.LinearProbe()),
@@ -49,7 +49,7 @@ def main(argv=None):
     for name in args.tasks:
         task = mp.load_task(name)
         for label, method in selected(METHODS, args.only):
-            for lr in args.lr or [getattr(method, "suggested_lr", 1e-2)]:
+            for lr in args.lr or [method.suggested_lr]:
                 p, _ = fine_tune(backbone, task, cfg, method, args.epochs, lr)
                 test, val = (mp.evaluate(p, s, cfg, [method])["acc"] for s in (task.test, task.val))
                 if method.mergeable:

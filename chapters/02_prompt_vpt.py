@@ -29,7 +29,8 @@ import numpy as np
 
 import minipeft as mp
 from minipeft.chapter import setup
-from minipeft.methods.prompt import PromptTuning, key_columns, token_rows
+from minipeft.methods.layout import key_columns, token_rows
+from minipeft.methods.prompt import PromptTuning
 from minipeft.methods.vpt import VPTDeep, VPTShallow, vpt_bound
 
 # one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures), the backbone, `digits`

@@ -34,7 +34,8 @@ import numpy as np
 import minipeft as mp
 from minipeft.chapter import setup
 from minipeft.methods.prefix import PrefixTuning, unified_view
-from minipeft.methods.prompt import PromptTuning, key_columns
+from minipeft.methods.layout import key_columns
+from minipeft.methods.prompt import PromptTuning
 
 # one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures), the backbone, `digits`
 ch = setup(globals().get("__file__"))
@@ -130,7 +131,7 @@ def gates(params, m):
     """λ per layer (N, B, h, T) and the two checks' max |Δ|."""
     tr = {}
     mp.forward(params, X, cfg, [m], trace=tr)
-    P_k, P_v = m.table(params[m.name], cfg)  # (N, p, d) each
+    P_k, P_v = m.table(params[m.name], cfg.N, cfg.d)  # (N, p, d) each
     cols = key_columns([m], cfg.n_patches)
     lams, d_out, d_mass = [], 0.0, 0.0
     for ell in range(cfg.N):

@@ -28,10 +28,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import minipeft as mp
+from minipeft.backend import cast
 from minipeft.chapter import setup
 from minipeft.merge import merge_methods
 from minipeft.methods.lora import LoRA
-from minipeft.transformer import cast
 
 # one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures), the backbone, `digits`
 ch = setup(globals().get("__file__"))

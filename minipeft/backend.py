@@ -32,12 +32,13 @@ import types
 
 import numpy
 
+from . import cupy_patches
+from .cupy_patches import DEVICE_MODULES, is_device_array, module_of  # noqa: F401  (public here)
+
 _ALLOWED_DTYPES = ("float32", "float64")
 BACKENDS = ("numpy", "cupy")
 ENV = "MINIPEFT_BACKEND"
 _state = {"xp": numpy, "name": "numpy", "dtype": numpy.dtype("float32")}
-#: device array type -> its array module, for every module ``use_backend`` has selected
-_DEVICE_MODULES: dict = {}
 
 
 class BackendError(RuntimeError):
@@ -109,11 +110,8 @@ def use_backend(backend):
 
 def _register(module) -> None:
     """Teach autograd the module's array type (once); see ``minipeft.cupy_patches``."""
-    if module.ndarray not in _DEVICE_MODULES:
-        from . import cupy_patches
-
+    if module.ndarray not in DEVICE_MODULES:
         cupy_patches.install(module.ndarray, module)
-        _DEVICE_MODULES[module.ndarray] = module
 
 
 def _load_cupy():
@@ -150,23 +148,8 @@ def _load_cupy():
 
 
 # ------------------------------------------------------------- moving arrays
-def module_of(a):
-    """The array module an array lives on: a registered device module, else ``numpy``.
-
-    Looks through autograd boxes, so it works on traced values too.
-    """
-    while hasattr(a, "_value") and hasattr(a, "_node"):  # an autograd Box
-        a = a._value
-    return _DEVICE_MODULES.get(type(a), numpy)
-
-
-def is_device_array(a) -> bool:
-    """True for an array of a registered device module (CuPy, or the tests' stand-in)."""
-    return module_of(a) is not numpy
-
-
 def _is_array(a) -> bool:
-    return isinstance(a, (numpy.ndarray, numpy.generic)) or type(a) in _DEVICE_MODULES
+    return isinstance(a, (numpy.ndarray, numpy.generic)) or type(a) in DEVICE_MODULES
 
 
 def to_module(tree, module):
@@ -201,6 +184,23 @@ def to_host(tree):
 def like(tree, ref):
     """``tree`` moved onto the module of the array ``ref`` (a model's device)."""
     return to_module(tree, module_of(ref))
+
+
+def cast(tree, dtype, module=None):
+    """Every leaf of ``tree`` (nested dicts/lists) as an array of ``dtype`` on ``module``
+    (default: the backend's array module, ``xp()``); a leaf already so is not copied."""
+    mod = xp() if module is None else module
+    if isinstance(tree, dict):
+        return {k: cast(v, dtype, mod) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [cast(v, dtype, mod) for v in tree]
+    return mod.asarray(tree, dtype=dtype)
+
+
+def cast_like(tree, ref):
+    """``tree`` cast to the dtype of the array ``ref`` and moved onto its module (a model's
+    dtype and device): how a method's θ, a loaded file's leaves or a batch join a model."""
+    return cast(tree, ref.dtype, module_of(ref))
 
 
 def check_on_backend(tree, what: str = "params") -> None:

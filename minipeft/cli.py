@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from . import data, tree
+from . import data
 from .methods import REGISTRY, method_class
 
 
@@ -108,25 +108,23 @@ def _cmd_info(args):
 
 def _cmd_train(args):
     from .adapters import save_adapter
-    from .methods import attach, trainable
+    from .methods import attach, count_trainable
     from .pretrained import DEFAULT_CONFIG, load_backbone
     from .train import evaluate, fit
     from .transformer import new_head
 
-    cls = method_class(args.method)
-    opts = {k[4:]: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items()
-            if k.startswith("opt_") and v is not dataclasses.MISSING}
-    method = cls(**opts)
+    method = method_class(args.method).from_options(
+        {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not dataclasses.MISSING})
     cfg = DEFAULT_CONFIG
     backbone, _ = load_backbone(cfg)
     task = data.load_task(args.task)
     params = attach(new_head(backbone, task.n_classes, seed=args.seed), [method], cfg, seed=args.seed)
     train_head = not args.frozen_head
-    n_train = tree.count(tree.split(params, trainable([method], train_head))[0])
-    lr = args.lr if args.lr is not None else getattr(method, "suggested_lr", 1e-3)
+    n_train = count_trainable(params, [method], train_head)
+    lr = args.lr if args.lr is not None else method.suggested_lr
     print(f"method {args.method} {json.dumps(method.options())}")
     print(f"task {task.name}: {task.description}; sizes {task.sizes()}")
-    n_method = tree.count(tree.split(params, trainable([method], False))[0])
+    n_method = count_trainable(params, [method], train_head=False)
     print(f"trainable numbers: {n_train:,} = {100 * n_train / cfg.n_params:.3f}% of the backbone ({cfg.n_params:,}); "
           f"method {n_method:,}, head {n_train - n_method:,}")
     params, hist = fit(params, task.train, cfg, [method], train_head=train_head, epochs=args.epochs, lr=lr,
@@ -140,40 +138,27 @@ def _cmd_train(args):
 
 
 def _cmd_merge(args):
-    from .adapters import load_adapter
-    from .io import load_tree, save_tree
+    from .adapters import load_adapter, read_adapter, save_merged
     from .merge import check_mergeable, merge_methods
     from .pretrained import DEFAULT_CONFIG, load_backbone
     from .train import evaluate, predict
 
-    _, meta = load_tree(args.adapter)
-    if meta.get("kind") != "adapter":
-        raise ValueError(f"{args.adapter}: not an adapter file (kind={meta.get('kind')!r})")
     cfg = DEFAULT_CONFIG
-    if meta.get("config") != cfg.to_dict():
-        raise ValueError(f"{args.adapter}: adapter was trained for a backbone with config {meta.get('config')}, "
-                         f"the pretrained backbone has {cfg.to_dict()}")
-    try:
-        methods = [method_class(r["type"])(**{k: tuple(v) if isinstance(v, list) else v
-                                              for k, v in r["options"].items()}) for r in meta["methods"]]
-    except (KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"{args.adapter}: malformed method record: {e!r}") from None
-    check_mergeable(methods)  # before loading anything big
-    task_name = args.task or meta.get("task")
+    adapter = read_adapter(args.adapter, cfg)
+    check_mergeable(adapter.methods)  # before loading anything big
+    task_name = args.task or adapter.meta.get("task")
     if task_name not in data.DOWNSTREAM:
         raise ValueError(f"task: the adapter's record names no downstream task ({task_name!r}); "
                          f"pass --task, one of {data.DOWNSTREAM}")
     backbone, _ = load_backbone(cfg, dtype=args.dtype)
-    params, methods, meta = load_adapter(args.adapter, backbone, cfg)
+    params, methods, meta = load_adapter(adapter, backbone, cfg)
     merged, _ = merge_methods(params, methods)
     task = data.load_task(task_name, args.dtype)
     X = task.test[0]
     delta = float(abs(predict(merged, X, cfg) - predict(params, X, cfg, methods)).max())
     acc_u, acc_m = evaluate(params, task.test, cfg, methods)["acc"], evaluate(merged, task.test, cfg)["acc"]
     out = args.out or os.path.splitext(args.adapter)[0] + "-merged.npz"
-    save_tree(out, merged, {"kind": "merged-backbone", "methods": meta["methods"], "config": cfg.to_dict(),
-                            "n_classes": int(meta["n_classes"]), "task": task.name, "dtype": args.dtype,
-                            "source": os.path.basename(args.adapter), "max_abs_diff": delta})
+    save_merged(out, merged, adapter, cfg, task=task.name, dtype=args.dtype, max_abs_diff=delta)
     names = " + ".join(r["type"] for r in meta["methods"])
     print(f"merged {names} into the backbone ({args.dtype}): test acc unmerged {acc_u:.3f}, merged {acc_m:.3f}")
     print(f"max |Δ| merged vs unmerged logits on {task.name} test ({X.shape[0]} images): {delta:.3e}")

@@ -32,12 +32,29 @@ from autograd.core import SparseObject, VSpace, def_linear, defjvp, primitive_jv
 from autograd.extend import primitive
 from autograd.numpy.numpy_boxes import ArrayBox
 
-from .backend import is_device_array, module_of
-
 AUTOGRAD_SERIES = "1.9."
 #: autograd's originals, by name (what the replacements fall back to on host arrays)
 STOCK: dict = {}
 _patched = {"functions": False}
+#: device array type -> its array module, for every type ``install`` taught autograd.
+#: The registry ``backend.module_of`` reads; this module imports nothing of minipeft.
+DEVICE_MODULES: dict = {}
+
+
+def module_of(a):
+    """The array module an array lives on: a registered device module, else ``numpy``.
+
+    Looks through autograd boxes, so it works on traced values too. (Public as
+    ``backend.module_of``; defined here so that this module imports nothing of minipeft.)
+    """
+    while hasattr(a, "_value") and hasattr(a, "_node"):  # an autograd Box
+        a = a._value
+    return DEVICE_MODULES.get(type(a), onp)
+
+
+def is_device_array(a) -> bool:
+    """True for an array of a registered device module (CuPy, or the tests' stand-in)."""
+    return module_of(a) is not onp
 
 
 def _on_device(*xs) -> bool:
@@ -301,3 +318,4 @@ def install(array_type, module) -> None:
     # vspace(x) picks a space by exact type; stock ArrayVSpace calls np.asarray(x)
     VSpace.register(array_type, lambda x: DeviceVSpace(x, module))
     _patch_functions()
+    DEVICE_MODULES[array_type] = module

@@ -15,15 +15,11 @@ import zipfile
 import numpy as onp
 
 from . import tree
+from .backend import to_host
 
 FORMAT = "minipeft"
 VERSION = 1
 _META = "__meta__"
-
-
-def to_host(a):
-    """A NumPy copy of an array from any backend (CuPy arrays have ``.get()``)."""
-    return a.get() if hasattr(a, "get") and not isinstance(a, onp.ndarray) else onp.asarray(a)
 
 
 def save_tree(path, params, meta: dict) -> None:
@@ -107,11 +103,3 @@ def check_same_shapes(params, reference, what: str = "params") -> None:
     extra = sorted(tree.path_str(p) for p in got if p not in want)
     if extra:
         raise ValueError(f"{what}: unexpected leaves {extra[:5]}")
-
-
-def from_host(a, dtype, like=None):
-    """A NumPy array moved onto the array module of ``like`` (a model's array; default: the
-    backend's module), cast to ``dtype``."""
-    from .backend import module_of, xp
-
-    return (xp() if like is None else module_of(like)).asarray(a, dtype=dtype)

@@ -13,76 +13,15 @@ pass (say the output of W_q in block ℓ) run in the order the methods are liste
 moves a method's hook into the weights, i.e. to the front of that point. So merging m is
 exact when no method that stays active runs before m at a point m folds into; and for a
 fold into W₂'s columns (input side) also no staying method reads W₂'s input or rescales
-H after m. ``merge_methods`` checks this from each method's ``hook_points`` (methods
-without it are assumed to touch every point of each seam they hook) and refuses, saying
-which method blocks which point, rather than return a model that differs.
+H after m. ``merge_methods`` checks this from each method's ``hook_points`` (by default
+every point of each seam it hooks, see ``methods.Method.hook_points``) and refuses,
+saying which method blocks which point, rather than return a model that differs.
+
+This file holds the folds and the merge ordering only; the backbone's schema (which
+projection is where) lives in transformer/schema.py, the θ bookkeeping of one method's
+merge (``theta_of``, ``check_merged``) on ``methods.Method``.
 """
 from __future__ import annotations
-
-#: linear projections of a block: target name -> (module, weight key, bias key); W ∈ R^{d_out×d_in}
-LINEARS = {
-    "q": ("attn", "W_q", "b_q"), "k": ("attn", "W_k", "b_k"), "v": ("attn", "W_v", "b_v"),
-    "o": ("attn", "W_o", "b_o"), "mlp1": ("mlp", "W_1", "b_1"), "mlp2": ("mlp", "W_2", "b_2"),
-}
-#: LayerNorms: name -> its key (in a block for ln1/ln2; top level for ln_f)
-LAYER_NORMS = ("ln1", "ln2", "ln_f")
-
-
-def linear_shape(cfg, name: str) -> tuple:
-    """(d_out, d_in) of the projection ``name``: W_q..W_o d×d, W₁ d_ff×d, W₂ d×d_ff."""
-    return {"mlp1": (cfg.d_ff, cfg.d), "mlp2": (cfg.d, cfg.d_ff)}.get(name, (cfg.d, cfg.d))
-
-
-def linear_width(cfg, name: str) -> int:
-    """d_out of the projection ``name`` (the length of a vector scaling its output)."""
-    return linear_shape(cfg, name)[0]
-
-
-def ln_path(layer, name: str) -> tuple:
-    """Path of a LayerNorm's dict: ("blocks", ℓ, "ln1"), ("blocks", ℓ, "ln2") or ("ln_f",)."""
-    return ("ln_f",) if name == "ln_f" else ("blocks", layer, name)
-
-
-def check_choice(field: str, values, allowed, *, allow_empty: bool = False) -> tuple:
-    """``values`` as a tuple of distinct members of ``allowed``; ValueError naming ``field`` otherwise."""
-    if isinstance(values, str) or not isinstance(values, (tuple, list)):
-        raise ValueError(f"{field} must be a tuple of names among {tuple(allowed)}, got {values!r}")
-    values = tuple(values)
-    if not values and not allow_empty:
-        raise ValueError(f"{field} must not be empty; allowed names: {tuple(allowed)}")
-    bad = [v for v in values if v not in allowed]
-    if bad:
-        raise ValueError(f"{field}: unknown name(s) {bad}; allowed: {tuple(allowed)}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"{field}: each name at most once, got {values}")
-    return values
-
-
-def take_theta(params, method):
-    """params[method.name], or a ValueError saying the method is already merged."""
-    if method.name not in params:
-        raise ValueError(f"{type(method).__name__} {method.name!r}: params has no entry {method.name!r}: "
-                         f"it is already merged (or was never attached); merging twice would apply θ twice")
-    return params[method.name]
-
-
-def check_unmerge(params, method):
-    """ValueError when params still holds θ_m: unmerge needs a merged model."""
-    if method.name in params:
-        raise ValueError(f"{type(method).__name__} {method.name!r}: params still has an entry {method.name!r}: "
-                         f"it is not merged, so there is nothing to unmerge")
-
-
-def without(params, key):
-    """A shallow copy of ``params`` without ``key``."""
-    return {k: v for k, v in params.items() if k != key}
-
-
-def nonzero(field: str, s):
-    """ValueError when a scale vector has a zero (its fold cannot be undone by division)."""
-    if not (s != 0).all():
-        raise ValueError(f"{field}: has a zero entry, so diag({field}) is not invertible and unmerge is undefined")
-
 
 # ----------------------------------------------------------------------------- folds
 def _rows(s, W):
@@ -118,24 +57,8 @@ def unfold_in(W, l):
 
 
 def all_points(method, n_layers: int) -> set:
-    """Points of the forward pass a method's hooks touch.
-
-    ("linear", ℓ, n): the output of projection n of block ℓ; ("linear_in", ℓ, n): its
-    input, read; ("after", ℓ, n): a module output (n ∈ ln1, attn, ln2, mlp; ℓ None for
-    ln_f); ("ff_hidden", ℓ, None): the MLP's hidden activation. A method may say
-    exactly (``hook_points(n_layers)``); otherwise each seam it hooks counts everywhere.
-    """
-    if hasattr(method, "hook_points"):
-        return set(method.hook_points(n_layers))
-    pts = set()
-    layers = range(n_layers)
-    if getattr(method, "on_linear", None) is not None:
-        pts |= {(k, ell, n) for k in ("linear", "linear_in") for ell in layers for n in LINEARS}
-    if getattr(method, "on_after", None) is not None:
-        pts |= {("after", ell, n) for ell in layers for n in ("ln1", "attn", "ln2", "mlp")} | {("after", None, "ln_f")}
-    if getattr(method, "on_ff_hidden", None) is not None:
-        pts |= {("ff_hidden", ell, None) for ell in layers}
-    return pts
+    """The points of the forward pass ``method``'s hooks touch (``Method.hook_points``)."""
+    return set(method.hook_points(n_layers))
 
 
 def merge_blocker(method, active, n_layers: int):

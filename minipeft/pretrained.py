@@ -20,7 +20,8 @@ from . import io
 from .data import load_task
 from .methods import FullFineTune
 from .train import evaluate, fit
-from .transformer import Config, cast, init_params
+from .backend import cast
+from .transformer import Config, init_params
 
 #: the pretraining recipe: what ``pretrain`` runs; part of the cache key
 RECIPE = {"task": "mnist", "epochs": 20, "batch_size": 64, "lr": 2e-3, "schedule": "cosine", "dtype": "float32"}

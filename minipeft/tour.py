@@ -8,8 +8,8 @@ reports test accuracy:
 
     L(θ) = CE(Head(LN_f(x_N)), y),   θ = the method's numbers ∪ head,   φ frozen
 
-Learning rates: the linear probe 10⁻², full fine-tuning 10⁻³, every PEFT method its
-``suggested_lr``. "Trainable" counts what the optimiser updates, the head included
+Learning rates: every method its ``suggested_lr`` (the linear probe 10⁻², full
+fine-tuning 10⁻³), the rate ``minipeft train`` uses too. "Trainable" counts what the optimiser updates, the head included
 (C·d + C); for a PEFT method it equals ``method.n_params(cfg)`` + the head. "% of
 backbone" divides by the backbone's own count (136,906 for the pretrained ViT).
 "Mergeable" says whether θ folds into the weights (equations.md, "Reparameterisation:
@@ -30,19 +30,11 @@ from .train import evaluate, fit
 from .transformer import new_head
 from .validate import int_at_least
 
-#: the baselines' learning rates (a PEFT method uses its ``suggested_lr``)
-BASELINE_LR = {"linear-probe": 1e-2, "full": 1e-3}
-#: default budget: epochs of the training split. 10 epochs of all 12 methods on digits
-#: took ≈ 2 min on a shared 2-core CPU with one BLAS thread (see chapters/README.md)
+#: default budget: epochs of the training split (chapters/README.md says how long it takes)
 DEFAULT_EPOCHS = 10
 #: --quick: training examples used (the first ones of the fixed training split)
 QUICK_TRAIN = 256
 BASELINES = ("linear-probe", "full")
-
-
-def method_lr(name: str, method) -> float:
-    """The tour's learning rate for registry entry ``name``."""
-    return BASELINE_LR.get(name) or float(getattr(method, "suggested_lr", 1e-3))
 
 
 def limit_blas_threads(n):
@@ -100,7 +92,7 @@ def run_tour(task: str = "digits", epochs: int | None = None, *, quick: bool = F
     with limit_blas_threads(blas_threads):
         for i, name in enumerate(names, 1):
             m = method_class(name)()
-            lr = method_lr(name, m)
+            lr = float(m.suggested_lr)
             params = attach(new_head(backbone, t.n_classes, seed), [m], cfg, seed)
             n = count_trainable(params, [m], train_head=True)
             t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Parameters as nested dicts and lists of arrays: paths, split/combine, counting, ravel.
+"""Parameters as nested dicts and lists of arrays: paths, split/combine, get/replace, counting.
 
 A *path* names a leaf: ``("blocks", 0, "attn", "W_q")``. ``split`` partitions a tree
 into θ (the leaves a predicate selects: what trains) and φ (the rest: frozen); both keep
@@ -111,6 +111,11 @@ def replace(tree, path: Path, value):
     out = list(tree)
     out[k] = replace(tree[k], rest, value)
     return out
+
+
+def without(tree: dict, key):
+    """A shallow copy of the dict ``tree`` without ``key`` (e.g. a merged method's θ)."""
+    return {k: v for k, v in tree.items() if k != key}
 
 
 def count(tree) -> int:

@@ -86,3 +86,63 @@ def layer_indices(name: str, layers, *, allowed_sequence: str = "None (every lay
     if any(not is_int(i) or i < 0 for i in layers) or len(set(layers)) != len(layers):
         raise ValueError(f"{name} must be {allowed_items}, got {layers!r}")
     return tuple(layers)
+
+
+def one_of(name: str, value, allowed, *, hint: str = ""):
+    """``value`` unchanged when it is one of the names ``allowed`` (strings); else ValueError
+    "{name} must be one of {allowed}{hint}, got {value!r}"."""
+    allowed = tuple(allowed)
+    try:
+        ok = isinstance(value, str) and value in allowed
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be one of {allowed}{hint}, got {value!r}")
+    return value
+
+
+def some_of(name: str, values, allowed, *, allow_empty: bool = False) -> tuple:
+    """``values`` as a tuple of distinct members of ``allowed`` (order kept); ValueError naming
+    ``name`` when it is not a tuple/list (a string is not), is empty, or has an unknown or
+    repeated entry."""
+    allowed = tuple(allowed)
+    if isinstance(values, str) or not isinstance(values, (tuple, list)):
+        raise ValueError(f"{name} must be a tuple of names among {allowed}, got {values!r}")
+    values = tuple(values)
+    if not values and not allow_empty:
+        raise ValueError(f"{name} must not be empty; allowed names: {allowed}")
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ValueError(f"{name}: unknown name(s) {bad}; allowed: {allowed}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name}: each name at most once, got {values}")
+    return values
+
+
+def boolean(name: str, value) -> bool:
+    """``value`` as a Python bool: True/False (or a NumPy bool); anything else, 1 and "yes"
+    included, is a TypeError "{name} must be True or False (a bool), got ..." (a value of
+    the wrong type is a TypeError, a value of the right type outside its range a ValueError)."""
+    if not isinstance(value, (bool, onp.bool_)):
+        raise TypeError(f"{name} must be True or False (a bool), got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def method_name(value) -> str:
+    """A method's ``name``: a non-empty string without dots (it becomes the key params[name]
+    and the prefix of the method's leaves in a file, "lora.blocks.0...")."""
+    if not isinstance(value, str) or not value or "." in value:
+        raise ValueError(f"name must be a non-empty string without '.', got {value!r}")
+    return value
+
+
+def shape(what: str, a, want: tuple, hint: str = "") -> None:
+    """ValueError when the array ``a`` (θ's ``what``) does not have shape ``want``."""
+    if tuple(a.shape) != tuple(want):
+        raise ValueError(f"{what}: shape {tuple(a.shape)}, expected {tuple(want)}{hint}")
+
+
+def nonzero(what: str, s) -> None:
+    """ValueError when a scale vector has a zero (its fold cannot be undone by division)."""
+    if not (s != 0).all():
+        raise ValueError(f"{what}: has a zero entry, so diag({what}) is not invertible and unmerge is undefined")

@@ -52,7 +52,7 @@ def reference_forward(params, x, cfg, method=None):
     Z = onp.concatenate([onp.tile(e["cls"], (B, 1, 1)), patches @ e["W"].T + e["b"]], 1) + e["pos"]
     adapted = list(range(cfg.N)) if method is None or method.layers is None else list(method.layers)
     for ell, bp in enumerate(params["blocks"]):
-        th = params[method.name]["layers"][adapted.index(ell)] if method is not None and ell in adapted else None
+        th = params[method.name]["blocks"][ell] if method is not None and ell in adapted else None
         serial = isinstance(method, SerialAdapter) and th is not None
         a, m = bp["attn"], bp["mlp"]
         h1 = R.layer_norm(Z, bp["ln1"]["gamma"], bp["ln1"]["beta"])
@@ -103,7 +103,7 @@ def test_the_two_inputs_and_the_placements_differ():
     a, b = (mp.forward(p, x, TINY, [AdaptFormer(input=i)]) for i in ("normed", "residual"))
     assert not onp.allclose(a, b)
     p = attached(TINY, SerialAdapter())
-    q = {**p, "serial_adapter": {"layers": [{"mlp": t["mlp"]} for t in p["serial_adapter"]["layers"]]}}
+    q = {**p, "serial_adapter": {"blocks": [{"mlp": t["mlp"]} for t in p["serial_adapter"]["blocks"]]}}
     assert not onp.allclose(mp.forward(p, x, TINY, [SerialAdapter()]),
                             mp.forward(q, x, TINY, [SerialAdapter(placement="pfeiffer")]))
 
@@ -125,7 +125,7 @@ def test_adaptformer_identity_at_init_and_with_s_zero(h, k, N, d_hat, s, dtype, 
     for u, v in zip(tr["hidden"], tr0["hidden"]):
         onp.testing.assert_array_equal(u, v)
     off = AdaptFormer(d_hat=d_hat, s=0.0, input=inp)
-    p = {**base_p, "adaptformer": randomize(off.init(cfg, base_p, onp.random.default_rng(seed)), seed, 1.0)}
+    p = {**base_p, "adaptformer": randomize(mp.attach(base_p, [off], cfg, seed)["adaptformer"], seed, 1.0)}
     onp.testing.assert_array_equal(mp.forward(p, x, cfg, [off]), base)
 
 
@@ -148,7 +148,7 @@ def test_serial_adapter_with_zero_up_projection_is_the_identity(h, k, N, d_hat, 
 
 
 def _sites(theta):
-    return [((i, s), a) for i, layer in enumerate(theta["layers"]) for s, a in layer.items()]
+    return [((i, s), a) for i, layer in enumerate(theta["blocks"]) for s, a in layer.items()]
 
 
 @given(d_hat=st.integers(1, 6), sigma=st.floats(1e-4, 0.5), sigma_up=st.floats(1e-4, 0.5), seed=st.integers(0, 2**16))
@@ -248,7 +248,7 @@ def test_adaptformer_step_zero_gradients():
         p = mp.attach(randomize(mp.init_params(TINY, 0, "float64")), [m], TINY)
         th, ph = mp.split(p, mp.trainable([m], train_head=False))
         _, g = mp.value_and_grad(lambda t: mp.loss(t, ph, x, y, TINY, [m]), th)
-        for a in g["adaptformer"]["layers"]:
+        for a in g["adaptformer"]["blocks"]:
             assert not a["W_down"].any() and not a["b_down"].any()
             assert bool(a["W_up"].any()) == live and bool(a["b_up"].any()) == live
 
@@ -350,16 +350,24 @@ def test_merge_is_refused_with_the_reason(method):
     (AdaptFormer, {"d_hat": 0}, "d_hat.*positive int"), (AdaptFormer, {"d_hat": -3}, "d_hat.*positive int"),
     (AdaptFormer, {"d_hat": 2.0}, "d_hat.*positive int"), (SerialAdapter, {"d_hat": 0}, "d_hat.*positive int"),
     (AdaptFormer, {"input": "raw"}, r"input must be one of \('normed', 'residual'\)"),
-    (AdaptFormer, {"learnable_s": "yes"}, "learnable_s must be True or False"),
     (AdaptFormer, {"layers": (0, 0)}, "layers.*distinct"), (AdaptFormer, {"layers": (-1,)}, "layers.*≥ 0"),
     (AdaptFormer, {"layers": ()}, "layers"), (AdaptFormer, {"layers": "01"}, "layers"),
     (AdaptFormer, {"sigma": -1.0}, "sigma.*≥ 0"), (AdaptFormer, {"sigma": float("nan")}, "sigma"),
     (SerialAdapter, {"placement": "middle"}, r"placement must be one of \('houlsby', 'pfeiffer'\)"),
     (SerialAdapter, {"sigma": float("inf")}, "sigma"), (SerialAdapter, {"sigma_up": -0.1}, "sigma_up"),
-    (SerialAdapter, {"train_layer_norm": 1}, "train_layer_norm must be True or False"),
 ])
 def test_bad_options_name_the_field(cls, kw, match):
     with pytest.raises(ValueError, match=match):
+        cls(**kw)
+
+
+@pytest.mark.parametrize("cls,kw,match", [
+    (AdaptFormer, {"learnable_s": "yes"}, "learnable_s must be True or False"),
+    (SerialAdapter, {"train_layer_norm": 1}, "train_layer_norm must be True or False"),
+])
+def test_a_bool_option_of_another_type_is_a_type_error(cls, kw, match):
+    """validate.boolean: a value of the wrong type is a TypeError, for every method's bool options."""
+    with pytest.raises(TypeError, match=match):
         cls(**kw)
 
 

@@ -57,14 +57,14 @@ def reference_forward(params, x, cfg, prefix=None, af=None, serial=None):
             V = onp.concatenate([onp.tile(th["P_v"][ell], (B, 1, 1)), V], 1)
         O = naive_attention(h1 @ a["W_q"].T + a["b_q"], K, V, cfg.h) @ a["W_o"].T + a["b_o"]
         if serial is not None and serial.placement == "houlsby":
-            O = O + ref_adapter(params[serial.name]["layers"][ell]["attn"], O)
+            O = O + ref_adapter(params[serial.name]["blocks"][ell]["attn"], O)
         X1 = Z + O
         h2 = R.layer_norm(X1, bp["ln2"]["gamma"], bp["ln2"]["beta"])
         M = R.gelu(h2 @ m["W_1"].T + m["b_1"]) @ m["W_2"].T + m["b_2"]
         if serial is not None:
-            M = M + ref_adapter(params[serial.name]["layers"][ell]["mlp"], M)
+            M = M + ref_adapter(params[serial.name]["blocks"][ell]["mlp"], M)
         if af is not None:
-            M = M + af.s * ref_adapter(params[af.name]["layers"][ell], h2 if af.input == "normed" else X1)
+            M = M + af.s * ref_adapter(params[af.name]["blocks"][ell], h2 if af.input == "normed" else X1)
         Z = X1 + M
     cls = R.layer_norm(Z, params["ln_f"]["gamma"], params["ln_f"]["beta"])[:, 0]
     return cls @ params["head"]["W"].T + params["head"]["b"]

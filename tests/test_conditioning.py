@@ -17,7 +17,8 @@ from conftest import images, randomize, theta_vec_fn
 from minipeft import tree
 from minipeft.adapters import load_adapter, save_adapter
 from minipeft.methods.prefix import PrefixTuning, unified_view
-from minipeft.methods.prompt import P_MAX, PromptTuning, key_columns, token_rows
+from minipeft.methods.layout import P_MAX, key_columns, token_rows
+from minipeft.methods.prompt import PromptTuning
 from minipeft.methods.vpt import VPTDeep, VPTShallow, vpt_bound
 from minipeft.nn import reference as R
 from test_nn import naive_attention
@@ -280,7 +281,7 @@ def test_unified_view_through_the_block(tiny_cfg, reparam):
     params, x, _ = setup(tiny_cfg, [spy, m], 2)
     tr = {}
     mp.forward(params, x, tiny_cfg, [spy, m], trace=tr)  # the spy sees K, V before the prefix
-    P_k, P_v = m.table(params[m.name], tiny_cfg)
+    P_k, P_v = m.table(params[m.name], tiny_cfg.N, tiny_cfg.d)
     cols = key_columns([m], tiny_cfg.n_patches)
     for layer in range(tiny_cfg.N):
         a = params["blocks"][layer]["attn"]
@@ -502,7 +503,7 @@ def test_cli_flags_for_each_method():
     (lambda: VPTDeep(p=65), ValueError, r"p must be an int in \[1, 64\]"),
     (lambda: PrefixTuning(p=-1), ValueError, r"p must be an int in \[1, 64\]"),
     (lambda: PrefixTuning(init_std=-1.0), ValueError, "init_std must be a positive"),
-    (lambda: PrefixTuning(reparam="yes"), TypeError, "reparam must be a bool"),
+    (lambda: PrefixTuning(reparam="yes"), TypeError, "reparam must be True or False"),
     (lambda: PrefixTuning(reparam=True, d_prime=0), ValueError, "d_prime must be a positive int"),
     (lambda: PrefixTuning(reparam=True, hidden=1.5), ValueError, "hidden must be a positive int"),
 ])

@@ -64,7 +64,7 @@ def methods_for(draw, cfg, kind=None, name=None):
 
 def backbone(cfg, seed, dtype):
     """A backbone with every leaf away from its init (LN γ ≠ 1, biases ≠ 0)."""
-    return mp.transformer.cast(randomize(mp.init_params(cfg, seed, "float64"), seed), dtype)
+    return mp.backend.cast(randomize(mp.init_params(cfg, seed, "float64"), seed), dtype)
 
 
 def attached_random(cfg, methods, seed, dtype):
@@ -118,7 +118,7 @@ def test_ssf_official_init_statistics():
 
 def test_lora_init_B_zero_A_gaussian_variance_one_over_k():
     cfg = mp.Config(d=64, h=4, N=4, d_ff=128, image_size=8, patch=4)
-    th = LoRA(r=8, targets=("q", "mlp2")).init(cfg, mp.init_params(cfg, 0, "float32"), onp.random.default_rng(0))
+    th = mp.attach(mp.init_params(cfg, 0, "float32"), [LoRA(r=8, targets=("q", "mlp2"))], cfg)["lora"]
     for t, k in (("q", 64), ("mlp2", 128)):
         A = onp.stack([b[t]["A"] for b in th["blocks"]])
         assert A.dtype == onp.float32 and A.shape == (4, 8, k)
@@ -136,7 +136,7 @@ def test_merge_equals_unmerged_forward_and_unmerge_restores(cfg, data, seed, dty
     want = mp.forward(p, x, cfg, [m])
     merged = m.merge(p)
     assert set(merged) == {"embed", "blocks", "ln_f", "head"}  # the original architecture, θ gone
-    assert skeleton(merged) == skeleton(mp.transformer.cast(mp.init_params(cfg, 0), dtype))
+    assert skeleton(merged) == skeleton(mp.backend.cast(mp.init_params(cfg, 0), dtype))
     assert all(a.dtype == onp.dtype(dtype) for _, a in tree.leaves_with_paths(merged))
     close(mp.forward(merged, x, cfg), want, dtype, "merged vs unmerged")
     with pytest.raises(ValueError, match="already merged"):
@@ -378,7 +378,7 @@ def test_adapter_round_trip_bit_exact_then_merge(tmp_path, tiny_cfg, m, dtype):
         p = mp.attach(randomize(p, 4), [m], tiny_cfg)  # trained biases ≠ the backbone's
     f = tmp_path / "a.npz"
     save_adapter(f, p, [m], tiny_cfg, train_head=False, extra={"task": "toy"})
-    base = mp.transformer.cast(mp.init_params(tiny_cfg, 0, "float64"), dtype)
+    base = mp.backend.cast(mp.init_params(tiny_cfg, 0, "float64"), dtype)
     q, methods, meta = load_adapter(f, base, tiny_cfg)
     assert methods == [m] and meta["task"] == "toy"
     theta_p, _ = mp.split(p, mp.trainable([m], train_head=False))
@@ -420,7 +420,7 @@ def test_bad_options_name_the_field(make, match):
 @pytest.mark.parametrize("m,match", [
     (LoRA(r=17), r"r must be ≤ min\(d, k\) = 16 for target 'q' \(W_q is 16×16\), got r = 17"),
     (LoRA(r=17, targets=("mlp1",)), r"min\(d, k\) = 16 for target 'mlp1' \(W_1 is 24×16\)"),
-    (LoRA(layers=(0, 2)), r"layers must be < N = 2"),
+    (LoRA(layers=(0, 2)), r"layers must be block indices in 0\.\.1"),
 ])
 def test_lora_options_checked_against_the_config(tiny_cfg, m, match):
     with pytest.raises(ValueError, match=match):
@@ -430,7 +430,7 @@ def test_lora_options_checked_against_the_config(tiny_cfg, m, match):
 
 
 def test_lists_from_the_command_line_become_tuples():
-    assert LoRA(targets=["q"], layers=[1, 0]).layers == (1, 0)
+    assert LoRA(targets=["q"], layers=[1, 0]).layers == (0, 1)  # stored sorted, as every layers option
     assert SSF(placements=["q"]).placements == ("q",)
 
 

@@ -25,8 +25,8 @@ import autograd.numpy as np
 import numpy as onp
 
 from ..nn import linear
-from ..validate import finite_number, int_at_least, layer_indices
-from .base import Method
+from ..validate import boolean, finite_number, int_at_least, one_of
+from .base import Method, adapted_layers, layers_option, per_layer
 
 INPUTS = ("normed", "residual")
 PLACEMENTS = ("houlsby", "pfeiffer")
@@ -53,21 +53,22 @@ def bottleneck(theta_a, x):
     return linear(z, theta_a["W_up"], theta_a["b_up"])  # (B, T, d)
 
 
-def init_bottleneck(d, d_hat, sigma_down, sigma_up, dtype, rng) -> dict:
-    """θ of one adapter: W_down ~ N(0, σ_down²), W_up ~ N(0, σ_up²), biases 0.
+def init_bottleneck(d, d_hat, sigma_down, sigma_up, rng) -> dict:
+    """θ of one adapter: W_down ~ N(0, σ_down²), W_up ~ N(0, σ_up²), biases 0 (float64;
+    ``attach`` casts to the backbone's dtype).
 
-    Draws W_down then W_up as standard normals in float64 (always both, so the stream
-    does not depend on σ), scales them, and casts to ``dtype``: W = σ·Z, and a σ of 0
-    gives exact zeros. Returns the dict ``bottleneck`` reads; 2·d·d̂ + d + d̂ numbers.
+    Draws W_down then W_up as standard normals (always both, so the stream does not
+    depend on σ) and scales them: W = σ·Z, and a σ of 0 gives exact zeros. Returns the
+    dict ``bottleneck`` reads; 2·d·d̂ + d + d̂ numbers.
     """
     z_down = rng.standard_normal((d_hat, d))  # (d̂, d)
     z_up = rng.standard_normal((d, d_hat))  # (d, d̂)
 
     def scaled(z, sigma):
-        return (sigma * z if sigma else onp.zeros_like(z)).astype(dtype)
+        return sigma * z if sigma else onp.zeros_like(z)
 
-    return {"W_down": scaled(z_down, sigma_down), "b_down": onp.zeros(d_hat, dtype),
-            "W_up": scaled(z_up, sigma_up), "b_up": onp.zeros(d, dtype)}
+    return {"W_down": scaled(z_down, sigma_down), "b_down": onp.zeros(d_hat),
+            "W_up": scaled(z_up, sigma_up), "b_up": onp.zeros(d)}
 
 
 def per_adapter(d, d_hat) -> int:
@@ -85,42 +86,7 @@ def _check_sigma(field_name, sigma, optional=False):
                   allowed="a finite number ≥ 0" + (" or None" if optional else ""))
 
 
-def _check_bool(field_name, v):
-    if not isinstance(v, bool):
-        raise ValueError(f"{field_name} must be True or False, got {v!r}")
-
-
-def _normalize_layers(obj):
-    """Validate ``obj.layers`` (None or distinct ints ≥ 0) and store it as a sorted tuple."""
-    layers = layer_indices("layers", obj.layers,
-                           allowed_sequence="None (every block) or a non-empty sequence of block indices",
-                           allowed_items="None (every block) or distinct block indices ≥ 0 (layer counts from 0)")
-    if layers is not None:
-        object.__setattr__(obj, "layers", tuple(sorted(layers)))
-
-
-def _adapted_layers(layers, cfg) -> tuple:
-    """The block indices that get adapters: all of range(N) when ``layers`` is None."""
-    if layers is None:
-        return tuple(range(cfg.N))
-    if max(layers) >= cfg.N:
-        raise ValueError(f"layers must be block indices in 0..{cfg.N - 1} (the backbone has N={cfg.N} blocks), "
-                         f"got {layers!r}")
-    return layers
-
-
-def _slot(layers, layer):
-    """Position of block ``layer`` in θ's "layers" list, or None if it has no adapter."""
-    if layers is None:
-        return layer
-    return layers.index(layer) if layer in layers else None
-
-
-def _dtype(params):
-    return params["embed"]["pos"].dtype
-
-
-_LAYERS_META = {"help": "block indices (from 0) that get adapters; None = every block",
+_LAYERS_META = {"help": "block indices (from 0) that get adapters, stored sorted; None = every block",
                 "type": int, "item_type": int, "nargs": "+"}
 
 
@@ -146,15 +112,14 @@ class AdaptFormer(Method):
     ∂L/∂W_down = 0 at step 0 (it multiplies W_up = 0), as LoRA's A.
 
     s: s = 0 is the original model (and nothing trains: every gradient carries the
-    factor s). The notes: s = 0.1 is the paper's best, s ≥ 1 trains unstably or worse; on
-    the toy backbone (benchmarks/adapter_table.py, Adam, 10 epochs) that does not hold:
-    s ∈ {0.1, 1, 4} tie at lr 10⁻², and at lr 10⁻³ accuracy grows with s. With
+    factor s). The notes: s = 0.1 is the paper's best, s ≥ 1 trains unstably or worse;
+    benchmarks/adapter_table.py measures s on the toy backbone (chapter 4 shows it). With
     ``learnable_s`` each adapter has its own s ∈ θ, initialised to ``s`` (the official
     code's "learnable_scalar" initialises it to 1); s = 0 with learnable s is a saddle:
     X̃ = 0 and s = 0 make both ∂L/∂s and ∂L/∂W_up zero, so it never moves.
 
-    θ = {"layers": [per adapted block ℓ, in increasing order: {"W_down", "b_down",
-    "W_up", "b_up"} (+ "s" of shape (1,) with learnable_s)]}.
+    θ = {"blocks": [per block ℓ: {"W_down", "b_down", "W_up", "b_up"} (+ "s" of shape (1,)
+    with learnable_s), {} where ℓ has no adapter]} (``base.per_layer``).
     Trainable: |layers| · (2·d·d̂ + d + d̂ [+ 1 with learnable_s]).
     """
 
@@ -173,32 +138,32 @@ class AdaptFormer(Method):
     not_mergeable_because = _NOT_MERGEABLE
     suggested_lr = 1e-2
 
-    def __post_init__(self):
+    def check_options(self):
+        """Validate and normalise the options (called by ``Method.__post_init__``)."""
         _check_d_hat(self.d_hat)
         finite_number("s (the adapter scale)", self.s)
-        _check_bool("learnable_s", self.learnable_s)
-        if self.input not in INPUTS:
-            raise ValueError(f"input must be one of {INPUTS} (normed = LN₂(X'), residual = X'), got {self.input!r}")
-        _normalize_layers(self)
+        object.__setattr__(self, "learnable_s", boolean("learnable_s", self.learnable_s))
+        one_of("input", self.input, INPUTS, hint=" (normed = LN₂(X'), residual = X')")
+        object.__setattr__(self, "layers", layers_option(self.layers))
         _check_sigma("sigma", self.sigma, optional=True)
 
     def init(self, cfg, params, rng) -> dict:
         """θ: one bottleneck per adapted block, W_up = 0 (step 0 = the backbone)."""
         sigma = self.sigma if self.sigma is not None else 1.0 / math.sqrt(cfg.d)
-        out = []
-        for _ in _adapted_layers(self.layers, cfg):
-            a = init_bottleneck(cfg.d, self.d_hat, sigma, 0.0, _dtype(params), rng)
+
+        def adapter(ell):
+            a = init_bottleneck(cfg.d, self.d_hat, sigma, 0.0, rng)
             if self.learnable_s:
-                a["s"] = onp.full(1, self.s, _dtype(params))  # (1,)
-            out.append(a)
-        return {"layers": out}
+                a["s"] = onp.full(1, self.s)  # (1,)
+            return a
+
+        return per_layer(cfg.N, self.layers, adapter)
 
     def on_mlp(self, theta, M, x_norm, x_resid, layer, cfg):
         """MLP(LN₂(X')) -> MLP(LN₂(X')) + s·X̃.  (B, T, d) -> (B, T, d)."""
-        i = _slot(self.layers, layer)
-        if i is None:
+        if self.layers is not None and layer not in self.layers:
             return M
-        a = theta["layers"][i]
+        a = theta["blocks"][layer]
         Xt = bottleneck(a, x_norm if self.input == "normed" else x_resid)  # X̃_ℓ (B, T, d)
         s = a["s"] if self.learnable_s else float(self.s)
         return M + s * Xt
@@ -212,7 +177,7 @@ class AdaptFormer(Method):
 
     def n_params(self, cfg) -> int:
         """|layers| · (2·d·d̂ + d + d̂ + [learnable_s])."""
-        return len(_adapted_layers(self.layers, cfg)) * (per_adapter(cfg.d, self.d_hat) + int(self.learnable_s))
+        return len(adapted_layers(self.layers, cfg.N)) * (per_adapter(cfg.d, self.d_hat) + int(self.learnable_s))
 
 
 # ---------------------------------------------------------------- serial adapters
@@ -235,8 +200,9 @@ class SerialAdapter(Method):
     ``train_layer_norm`` also unfreezes LN₁ and LN₂ (γ, β) of the adapted blocks, as
     Houlsby et al. do.
 
-    θ = {"layers": [per adapted block, increasing: {"attn": adapter, "mlp": adapter}
-    (houlsby) or {"mlp": adapter} (pfeiffer)]}, adapter = {"W_down","b_down","W_up","b_up"}.
+    θ = {"blocks": [per block: {"attn": adapter, "mlp": adapter} (houlsby) or {"mlp": adapter}
+    (pfeiffer), {} where the block has no adapter]} (``base.per_layer``), adapter =
+    {"W_down", "b_down", "W_up", "b_up"}.
     Trainable: |layers| · sites · (2·d·d̂ + d + d̂), sites = 2 (houlsby) or 1 (pfeiffer),
     plus |layers| · 4d with ``train_layer_norm``.
     """
@@ -255,15 +221,15 @@ class SerialAdapter(Method):
     not_mergeable_because = _NOT_MERGEABLE
     suggested_lr = 1e-2
 
-    def __post_init__(self):
+    def check_options(self):
+        """Validate and normalise the options (called by ``Method.__post_init__``)."""
         _check_d_hat(self.d_hat)
-        if self.placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {PLACEMENTS} (houlsby = after attention and MLP, "
-                             f"pfeiffer = after the MLP), got {self.placement!r}")
+        one_of("placement", self.placement, PLACEMENTS,
+               hint=" (houlsby = after attention and MLP, pfeiffer = after the MLP)")
         _check_sigma("sigma", self.sigma)
         _check_sigma("sigma_up", self.sigma_up, optional=True)
-        _normalize_layers(self)
-        _check_bool("train_layer_norm", self.train_layer_norm)
+        object.__setattr__(self, "layers", layers_option(self.layers))
+        object.__setattr__(self, "train_layer_norm", boolean("train_layer_norm", self.train_layer_norm))
 
     @property
     def sites(self) -> tuple:
@@ -273,23 +239,20 @@ class SerialAdapter(Method):
     def init(self, cfg, params, rng) -> dict:
         """θ: one near-identity bottleneck per site of each adapted block."""
         sigma_up = self.sigma if self.sigma_up is None else self.sigma_up
-        return {"layers": [{site: init_bottleneck(cfg.d, self.d_hat, self.sigma, sigma_up, _dtype(params), rng)
-                            for site in self.sites}
-                           for _ in _adapted_layers(self.layers, cfg)]}
+        return per_layer(cfg.N, self.layers, lambda ell: {
+            site: init_bottleneck(cfg.d, self.d_hat, self.sigma, sigma_up, rng) for site in self.sites})
 
     def on_after(self, theta, h, layer, name, cfg):
         """A(h) = h + bottleneck(h) at the adapted sites; identity elsewhere.  (B, T, d) -> (B, T, d)."""
         if name not in self.sites or layer is None:
             return h
-        i = _slot(self.layers, layer)
-        if i is None:
+        if self.layers is not None and layer not in self.layers:
             return h
-        return h + bottleneck(theta["layers"][i][name], h)
+        return h + bottleneck(theta["blocks"][layer][name], h)
 
     def hook_points(self, n_layers: int) -> set:
         """Points it acts on, for ``merge.merge_methods``: ("after", ℓ, site) per adapted block."""
-        layers = range(n_layers) if self.layers is None else self.layers
-        return {("after", ell, site) for ell in layers for site in self.sites}
+        return {("after", ell, site) for ell in adapted_layers(self.layers, n_layers) for site in self.sites}
 
     def trains_backbone(self, path) -> bool:
         """With train_layer_norm: LN₁/LN₂ γ, β of the adapted blocks."""
@@ -300,4 +263,4 @@ class SerialAdapter(Method):
     def n_params(self, cfg) -> int:
         """|layers| · (sites · (2·d·d̂ + d + d̂) + [train_layer_norm] · 4d)."""
         per_block = len(self.sites) * per_adapter(cfg.d, self.d_hat) + (4 * cfg.d if self.train_layer_norm else 0)
-        return len(_adapted_layers(self.layers, cfg)) * per_block
+        return len(adapted_layers(self.layers, cfg.N)) * per_block

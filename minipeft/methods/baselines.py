@@ -16,6 +16,8 @@ class LinearProbe(Method):
 
     name: str = "linear_probe"
     not_mergeable_because = "it adds nothing to merge: the trained head is already part of the backbone tree"
+    #: the rate the tour trains the probe at (only the head trains: a larger step than full fine-tuning's)
+    suggested_lr = 1e-2
 
     def trains_backbone(self, path) -> bool:
         """The head is the linear probe: it trains even with train_head=False."""
@@ -32,6 +34,8 @@ class FullFineTune(Method):
 
     name: str = "full"
     not_mergeable_because = "it adds nothing to merge: the trained weights are the backbone"
+    #: the rate the tour trains every weight at (Adam's usual 10⁻³)
+    suggested_lr = 1e-3
 
     def trains_backbone(self, path) -> bool:
         """Every backbone leaf trains."""

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..merge import check_choice, check_unmerge, linear_width, take_theta, without
+from .. import tree
+from ..transformer.schema import linear_width
+from ..validate import some_of
 from .base import Method
 
 #: bias name -> (module key in a block, width as a function of cfg)
@@ -41,8 +43,9 @@ class BitFit(Method):
     #: the best validation accuracy among 3e-3, 1e-2, 3e-2 (digits, 10 epochs; benchmarks/reparam_table.py)
     suggested_lr = 3e-2
 
-    def __post_init__(self):
-        object.__setattr__(self, "biases", check_choice("biases", self.biases, tuple(BIASES)))
+    def check_options(self):
+        """Validate and normalise the options (called by ``Method.__post_init__``)."""
+        object.__setattr__(self, "biases", some_of("biases", self.biases, BIASES))
 
     @property
     def needs_params(self) -> bool:
@@ -68,10 +71,10 @@ class BitFit(Method):
 
     def merge(self, params) -> dict:
         """The trained biases already sit in the backbone: params without the marker params[name]."""
-        take_theta(params, self)
-        return without(params, self.name)
+        self.theta_of(params)
+        return tree.without(params, self.name)
 
     def unmerge(self, params, theta=None) -> dict:
         """params with the marker back (the trained biases stay: they are the adapter)."""
-        check_unmerge(params, self)
+        self.check_merged(params)
         return {**params, self.name: {} if theta is None else theta}

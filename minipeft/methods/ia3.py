@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import numpy as onp
 
 from .. import tree
-from ..merge import (LINEARS, check_unmerge, fold_in, fold_out, linear_width, nonzero, take_theta, unfold_in,
-                     unfold_out, without)
-from .base import Method
+from ..merge import fold_in, fold_out, unfold_in, unfold_out
+from ..transformer.schema import LINEARS, linear_path, linear_width
+from ..validate import nonzero, one_of
+from .base import Method, per_layer
 
 VARIANTS = {"notes": ("q", "k", "v"), "paper": ("k", "v")}
 
@@ -27,7 +28,8 @@ VARIANTS = {"notes": ("q", "k", "v"), "paper": ("k", "v")}
 class IA3(Method):
     """l ⊙ Q, l ⊙ K, l ⊙ V (and l_ff ⊙ H in the paper variant) per layer ("(IA)³").
 
-    θ = {"blocks": [{"l_q", "l_k", "l_v"} or {"l_k", "l_v", "l_ff"} per layer]}, ones at init.
+    θ = {"blocks": [{"l_q", "l_k", "l_v"} or {"l_k", "l_v", "l_ff"} per layer]}, ones at init
+    (the per-layer layout of ``base.per_layer``, every layer adapted).
     """
 
     name: str = "ia3"
@@ -38,9 +40,9 @@ class IA3(Method):
     #: the best validation accuracy among 3e-3, 1e-2, 3e-2 (digits, 10 epochs; benchmarks/reparam_table.py)
     suggested_lr = 1e-2
 
-    def __post_init__(self):
-        if not isinstance(self.variant, str) or self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {tuple(VARIANTS)}, got {self.variant!r}")
+    def check_options(self):
+        """Validate and normalise the options (called by ``Method.__post_init__``)."""
+        one_of("variant", self.variant, VARIANTS)
 
     @property
     def scaled(self) -> tuple:
@@ -54,11 +56,10 @@ class IA3(Method):
 
     def init(self, cfg, params, rng) -> dict:
         """θ: every l a vector of ones, (d,) for l_q, l_k, l_v; (d_ff,) for l_ff."""
-        dtype = params["embed"]["pos"].dtype
         widths = {"l_" + t: linear_width(cfg, t) for t in self.scaled}
         if self.ff:
             widths["l_ff"] = cfg.d_ff
-        return {"blocks": [{k: onp.ones(w, dtype=dtype) for k, w in widths.items()} for _ in range(cfg.N)]}
+        return per_layer(cfg.N, None, lambda ell: {k: onp.ones(w) for k, w in widths.items()})
 
     def on_linear(self, theta, y, x, layer, name, cfg):
         """l ⊙ y for y = Q, K or V.  (B, T, d) -> (B, T, d)."""
@@ -87,10 +88,10 @@ class IA3(Method):
         out = params
         for ell, th in enumerate(theta["blocks"]):
             for t in self.scaled:
-                mod, W, b = LINEARS[t]
-                m = tree.get(out, ("blocks", ell, mod))
+                _, W, b = LINEARS[t]
+                m = tree.get(out, linear_path(ell, t))
                 Wn, bn = out_side(m[W], m[b], th["l_" + t])
-                out = tree.replace(out, ("blocks", ell, mod), {**m, W: Wn, b: bn})
+                out = tree.replace(out, linear_path(ell, t), {**m, W: Wn, b: bn})
             if self.ff:
                 m = tree.get(out, ("blocks", ell, "mlp"))
                 out = tree.replace(out, ("blocks", ell, "mlp"), {**m, "W_2": in_side(m["W_2"], th["l_ff"])})
@@ -98,12 +99,12 @@ class IA3(Method):
 
     def merge(self, params) -> dict:
         """W' = diag(l) W, b' = l ⊙ b for q/k/v; W₂' = W₂ diag(l_ff); params[name] removed."""
-        theta = take_theta(params, self)
-        return self._fold(without(params, self.name), theta, fold_out, fold_in)
+        theta = self.theta_of(params)
+        return self._fold(tree.without(params, self.name), theta, fold_out, fold_in)
 
     def unmerge(self, params, theta) -> dict:
         """W = diag(l)⁻¹ W', b = b' / l; W₂ = W₂' diag(l_ff)⁻¹; θ put back at params[name]."""
-        check_unmerge(params, self)
+        self.check_merged(params)
         for ell, th in enumerate(theta["blocks"]):
             for key in th:
                 nonzero(f"{self.name}.blocks.{ell}.{key}", th[key])

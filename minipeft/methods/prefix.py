@@ -34,10 +34,9 @@ import autograd.numpy as np
 import numpy as onp
 
 from ..nn import linear, merge_heads, prepend, softmax, split_heads
-from ..transformer import cast
+from ..validate import boolean, finite_number, int_at_least, shape
 from .base import Method
-from ..validate import int_at_least
-from .prompt import P_MAX, check_length, check_name, check_positive, check_shape
+from .layout import P_MAX, check_length
 
 
 @dataclass(frozen=True)
@@ -70,20 +69,17 @@ class PrefixTuning(Method):
         validation accuracy of 3e-3..1e-1 on digits, 10 epochs, pretrained backbone)."""
         return 1e-2 if self.reparam else 3e-2
 
-    def __post_init__(self):
+    def check_options(self):
+        """Validate and normalise the options (called by ``Method.__post_init__``)."""
         object.__setattr__(self, "p", check_length(self.p))
-        check_positive(self.init_std, "init_std")
-        if not isinstance(self.reparam, (bool, onp.bool_)):
-            raise TypeError(f"reparam must be a bool, got {self.reparam!r}")
-        object.__setattr__(self, "reparam", bool(self.reparam))
+        finite_number("init_std", self.init_std, positive=True)
+        object.__setattr__(self, "reparam", boolean("reparam", self.reparam))
         object.__setattr__(self, "d_prime", int_at_least("d_prime", self.d_prime, 1, numpy_ints=True))
         object.__setattr__(self, "hidden", int_at_least("hidden", self.hidden, 1, numpy_ints=True))
-        check_name(self.name)
 
     # -------------------------------------------------------------------- θ
     def init(self, cfg, params, rng) -> dict:
-        """θ in the backbone's dtype (shapes in the class docstring)."""
-        dtype = params["embed"]["pos"].dtype
+        """θ (shapes in the class docstring)."""
         p, d, N = self.p, cfg.d, cfg.N
         if not self.reparam:
             theta = {"P_k": rng.standard_normal((N, p, d)) * self.init_std,
@@ -94,33 +90,39 @@ class PrefixTuning(Method):
                      "W_1": rng.standard_normal((hd, dp)) / math.sqrt(dp), "b_1": onp.zeros(hd),
                      "W_2": rng.standard_normal((2 * N * d, hd)) * (self.init_std / math.sqrt(hd)),
                      "b_2": onp.zeros(2 * N * d)}
-        return cast(theta, dtype)
+        return theta
 
-    def table(self, theta, cfg):
+    def table(self, theta, N: int, d: int):
         """(P_k, P_v), each (N, p, d): θ itself, or P = MLP_θ(P') when reparameterised.
 
-        ValueError when θ's shapes do not fit this backbone (N layers of width d).
+        N, d: the backbone's layers and width. ValueError when θ's shapes do not fit them.
         """
-        p, d, N = self.p, cfg.d, cfg.N
+        p = self.p
         hint = f" (a prefix for a backbone with N={N} layers of width d={d}, p={p})"
         if not self.reparam:
             for k in ("P_k", "P_v"):
-                check_shape(f"{self.name}.{k}", theta[k], (N, p, d), hint)
+                shape(f"{self.name}.{k}", theta[k], (N, p, d), hint)
             return theta["P_k"], theta["P_v"]
         dp, hd = self.d_prime, self.hidden
         for k, want in (("P_prime", (p, dp)), ("W_1", (hd, dp)), ("b_1", (hd,)),
                         ("W_2", (2 * N * d, hd)), ("b_2", (2 * N * d,))):
-            check_shape(f"{self.name}.{k}", theta[k], want, hint)
+            shape(f"{self.name}.{k}", theta[k], want, hint)
         H = np.tanh(linear(theta["P_prime"], theta["W_1"], theta["b_1"]))  # (p, hidden)
         P = linear(H, theta["W_2"], theta["b_2"])  # (p, 2·N·d)
         P = np.transpose(np.reshape(P, (p, N, 2, d)), (1, 2, 0, 3))  # (N, 2, p, d)
         return P[:, 0], P[:, 1]  # (N, p, d) each
 
+    def prepare(self, theta, cfg):
+        """{"P_k", "P_v"} (N, p, d) each: the table, evaluated once per forward pass (through
+        the MLP when reparameterised), then read by ``on_kv`` at every layer."""
+        P_k, P_v = self.table(theta, cfg.N, cfg.d)
+        return {"P_k": P_k, "P_v": P_v}
+
     def on_kv(self, theta, kv, layer, cfg):
-        """(K, V) (B, S, d) each -> ([P_k^ℓ; K], [P_v^ℓ; V]) (B, p+S, d) each, ℓ = layer + 1."""
+        """(K, V) (B, S, d) each -> ([P_k^ℓ; K], [P_v^ℓ; V]) (B, p+S, d) each, ℓ = layer + 1.
+        theta: the table from ``prepare``."""
         K, V = kv
-        P_k, P_v = self.table(theta, cfg)
-        return prepend(P_k[layer], K), prepend(P_v[layer], V)
+        return prepend(theta["P_k"][layer], K), prepend(theta["P_v"][layer], V)
 
     def n_params(self, cfg) -> int:
         """2·N·p·d, or p·d' + hidden·(d' + 1) + 2·N·d·(hidden + 1) when reparameterised."""
@@ -139,17 +141,8 @@ class PrefixTuning(Method):
         if self.name not in params:
             raise ValueError(f"eject: params has no entry {self.name!r}; attach the method first")
         d, N = params["embed"]["pos"].shape[1], len(params["blocks"])
-        cfg = _Sizes(N=N, d=d)
-        P_k, P_v = self.table(params[self.name], cfg)
+        P_k, P_v = self.table(params[self.name], N, d)
         return {**params, self.name: {"P_k": P_k, "P_v": P_v}}, dataclasses.replace(self, reparam=False)
-
-
-@dataclass(frozen=True)
-class _Sizes:
-    """The two sizes ``table`` reads, for ``eject`` (which has no Config)."""
-
-    N: int
-    d: int
 
 
 def unified_view(Q, K, V, P_k, P_v, h):

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import numpy as onp
 
 from .. import tree
-from ..validate import finite_number
-from ..merge import (LAYER_NORMS, LINEARS, check_choice, check_unmerge, fold_out, linear_width, ln_path, nonzero,
-                     take_theta, unfold_out, without)
-from .base import Method
+from ..merge import fold_out, unfold_out
+from ..transformer.schema import LAYER_NORMS, LINEARS, linear_path, linear_width, ln_path
+from ..validate import finite_number, nonzero, one_of, some_of
+from .base import Method, per_layer
 
 PLACEMENTS = tuple(LINEARS) + LAYER_NORMS
 INITS = ("official", "identity")
@@ -35,7 +35,7 @@ class SSF(Method):
     """γ ⊙ x + β after each chosen projection and LayerNorm ("SSF").
 
     θ = {"blocks": [{placement: {"gamma", "beta"}} per layer], "ln_f": {"gamma", "beta"}}
-    (ln_f only when placed there).
+    (the per-layer layout of ``base.per_layer``, every layer adapted; ln_f only when placed there).
     """
 
     name: str = "ssf"
@@ -49,31 +49,28 @@ class SSF(Method):
     #: benchmarks/reparam_table.py)
     suggested_lr = 1e-2
 
-    def __post_init__(self):
-        object.__setattr__(self, "placements", check_choice("placements", self.placements, PLACEMENTS))
-        if self.init_mode not in INITS:
-            raise ValueError(f"init_mode must be one of {INITS}, got {self.init_mode!r}")
+    def check_options(self):
+        """Validate and normalise the options (called by ``Method.__post_init__``)."""
+        object.__setattr__(self, "placements", some_of("placements", self.placements, PLACEMENTS))
+        one_of("init_mode", self.init_mode, INITS)
         finite_number("init_std", self.init_std, non_negative=True, allowed="a finite non-negative number")
 
     def _width(self, cfg, p) -> int:
         return cfg.d if p in LAYER_NORMS else linear_width(cfg, p)
 
-    def _pair(self, n, rng, dtype):
+    def _pair(self, n, rng):
         """{"gamma", "beta"} of length n, by init_mode."""
         if self.init_mode == "identity":
-            return {"gamma": onp.ones(n, dtype=dtype), "beta": onp.zeros(n, dtype=dtype)}
+            return {"gamma": onp.ones(n), "beta": onp.zeros(n)}
         s = float(self.init_std)
-        return {"gamma": (1.0 + s * rng.standard_normal(n)).astype(dtype),
-                "beta": (s * rng.standard_normal(n)).astype(dtype)}
+        return {"gamma": 1.0 + s * rng.standard_normal(n), "beta": s * rng.standard_normal(n)}
 
     def init(self, cfg, params, rng) -> dict:
         """θ: a (γ, β) pair of the operation's output width per placement and layer."""
-        dtype = params["embed"]["pos"].dtype
-        blocks = [{p: self._pair(self._width(cfg, p), rng, dtype) for p in self.placements if p != "ln_f"}
-                  for _ in range(cfg.N)]
-        theta = {"blocks": blocks}
+        theta = per_layer(cfg.N, None, lambda ell: {p: self._pair(self._width(cfg, p), rng)
+                                                    for p in self.placements if p != "ln_f"})
         if self._on_ln_f(cfg):
-            theta["ln_f"] = self._pair(cfg.d, rng, dtype)
+            theta["ln_f"] = self._pair(cfg.d, rng)
         return theta
 
     def _on_ln_f(self, cfg) -> bool:
@@ -116,8 +113,8 @@ class SSF(Method):
         for ell, th in enumerate(theta["blocks"]):
             for p, gb in th.items():
                 if p in LINEARS:
-                    mod, W, b = LINEARS[p]
-                    yield f"blocks.{ell}.{p}", ("blocks", ell, mod), W, b, gb
+                    _, W, b = LINEARS[p]
+                    yield f"blocks.{ell}.{p}", linear_path(ell, p), W, b, gb
                 else:
                     yield f"blocks.{ell}.{p}", ln_path(ell, p), "gamma", "beta", gb
         if "ln_f" in theta:
@@ -128,8 +125,8 @@ class SSF(Method):
 
         linear: W' = diag(γ) W, b' = γ ⊙ b + β.  LayerNorm: γ' = γ ⊙ γ_LN, β' = γ ⊙ β_LN + β.
         """
-        theta = take_theta(params, self)
-        out = without(params, self.name)
+        theta = self.theta_of(params)
+        out = tree.without(params, self.name)
         for _, path, W, b, gb in self._sites(theta):
             m = tree.get(out, path)
             Wn, bn = fold_out(m[W], m[b], gb["gamma"], gb["beta"])  # W: a weight matrix or an LN's γ
@@ -138,7 +135,7 @@ class SSF(Method):
 
     def unmerge(self, params, theta) -> dict:
         """Inverse of ``merge`` (divides by γ); θ put back at params[name]."""
-        check_unmerge(params, self)
+        self.check_merged(params)
         out = dict(params)
         for label, path, W, b, gb in self._sites(theta):
             nonzero(f"{self.name}.{label}.gamma", gb["gamma"])

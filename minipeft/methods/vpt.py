@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 import autograd.numpy as np
 
 from ..nn import prepend
-from ..transformer import cast
+from ..validate import shape
 from .base import Method
-from .prompt import P_MAX, check_length, check_name, check_shape, insert_after_cls
+from .layout import P_MAX, check_length, insert_after_cls
 
 
 def vpt_bound(cfg) -> float:
@@ -63,19 +63,19 @@ class VPTShallow(Method):
     suggested_lr = 3e-2
     prompt_seam = "tokens"
 
-    def __post_init__(self):
+    def check_options(self):
+        """Validate and normalise the options (called by ``Method.__post_init__``)."""
         object.__setattr__(self, "p", check_length(self.p))
-        check_name(self.name)
 
     def init(self, cfg, params, rng) -> dict:
         """θ = {"P": (p, d)}, P ~ U[−v, v], v = sqrt(6 / (channels·patch² + d))."""
         _check_vision(cfg, "VPTShallow")
         v = vpt_bound(cfg)
-        return {"P": cast(rng.uniform(-v, v, (self.p, cfg.d)), params["embed"]["pos"].dtype)}
+        return {"P": rng.uniform(-v, v, (self.p, cfg.d))}
 
     def on_tokens(self, theta, Z, cfg):
         """[x₀; E₀] (B, 1+m, d) -> [x₀; P; E₀] (B, 1+p+m, d)."""
-        check_shape(f"{self.name}.P", theta["P"], (self.p, cfg.d), " (p, d)")
+        shape(f"{self.name}.P", theta["P"], (self.p, cfg.d), " (p, d)")
         return insert_after_cls(theta["P"], Z)
 
     def n_params(self, cfg) -> int:
@@ -92,8 +92,8 @@ class VPTDeep(Method):
     P[0] after CLS, (B, 1+n, d) -> (B, 1+p+n, d); before block ℓ ≥ 2 it replaces rows
     1..p (the prompt outputs of block ℓ-1, dropped) with P[ℓ-1], shape unchanged.
     Inserting at block 1's input rather than at the "tokens" seam puts P at rows 1..p
-    whatever other prompt methods are active (see prompt.token_rows); at most one
-    VPT-Deep per model.
+    whatever other prompt methods are active (see layout.token_rows); at most one
+    VPT-Deep per model (the forward pass refuses a second).
     """
 
     p: int = field(default=8, metadata={"help": f"number of prompts per layer p, 1..{P_MAX}"})
@@ -103,15 +103,15 @@ class VPTDeep(Method):
     suggested_lr = 1e-2
     prompt_seam = "layer_in"
 
-    def __post_init__(self):
+    def check_options(self):
+        """Validate and normalise the options (called by ``Method.__post_init__``)."""
         object.__setattr__(self, "p", check_length(self.p))
-        check_name(self.name)
 
     def init(self, cfg, params, rng) -> dict:
         """θ = {"P": (N, p, d)}, every entry ~ U[−v, v], v = sqrt(6 / (channels·patch² + d))."""
         _check_vision(cfg, "VPTDeep")
         v = vpt_bound(cfg)
-        return {"P": cast(rng.uniform(-v, v, (cfg.N, self.p, cfg.d)), params["embed"]["pos"].dtype)}
+        return {"P": rng.uniform(-v, v, (cfg.N, self.p, cfg.d))}
 
     def on_layer_in(self, theta, X, layer, cfg):
         """X_{ℓ-1} -> [x_{ℓ-1}; P_{ℓ-1}; E_{ℓ-1}] for block ℓ = layer + 1.
@@ -120,7 +120,7 @@ class VPTDeep(Method):
         1..p replaced by P[layer].
         """
         P = theta["P"]
-        check_shape(f"{self.name}.P", P, (cfg.N, self.p, cfg.d),
+        shape(f"{self.name}.P", P, (cfg.N, self.p, cfg.d),
                     f" (N, p, d): a prompt set for each of the backbone's N={cfg.N} layers of width d={cfg.d}")
         if layer == 0:
             return insert_after_cls(P[0], X)

