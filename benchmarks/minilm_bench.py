@@ -200,7 +200,13 @@ def run_size(torch, n, rounds, profile=False):
     if profile:
         prof = cProfile.Profile()
         prof.runcall(lambda: [step_mp() for _ in range(3)])
-        return profile_rows(pstats.Stats(prof))
+        rows = ["LoRA step:", ""] + profile_rows(pstats.Stats(prof))
+        full = mp.FullFineTune()
+        step_mp, _ = mp_step(params, cfg, [full], x, y)
+        step_mp()  # warm-up: first-touch page faults of the Adam state
+        prof = cProfile.Profile()
+        prof.runcall(lambda: [step_mp() for _ in range(3)])
+        return rows + ["", "full fine-tuning step:", ""] + profile_rows(pstats.Stats(prof))
     rows.append(("lora step", err, measure.interleave({"minipeft": step_mp, "torch": step_t}, rounds)))
     del pm, model
 
@@ -257,7 +263,13 @@ def main():
     torch.manual_seed(0)
     measure.tune_malloc()
     if a.profile:
-        print("\n".join(run_size(torch, a.profile, 1, profile=True)))
+        lines = [f"Where minipeft's steps spend their time ({a.profile} tokens, batch {BATCH}, float32, one "
+                 f"thread; cProfile over 3 steps, own time per function): "
+                 f"`python benchmarks/minilm_bench.py --profile {a.profile}`", ""]
+        lines += run_size(torch, a.profile, 1, profile=True)
+        print("\n".join(lines))
+        if a.out:
+            Path(a.out).write_text("# (generated)\n\n" + "\n".join(lines) + "\n")
         return
     lines = []
 
@@ -279,12 +291,6 @@ def main():
             out(f"| {n} | {what} | {r['cpu']:.2f} | {r['iqr'][0]:.2f}-{r['iqr'][1]:.2f} | {r['wall']:.2f} | "
                 f"{err:.1e} |")
     if a.out:
-        out()
-        out(f"Where a minipeft LoRA step spends its time ({a.tokens[0]} tokens; cProfile over 3 steps, "
-            f"`--profile {a.tokens[0]}`):")
-        out()
-        for line in run_size(torch, a.tokens[0], 1, profile=True):
-            out(line)
         Path(a.out).write_text("# `python benchmarks/minilm_bench.py` (generated)\n\n" + "\n".join(lines) + "\n")
         print(f"wrote {a.out}")
 

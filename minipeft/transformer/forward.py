@@ -24,6 +24,7 @@ for every method but reparameterised prefix tuning, whose MLP makes its table th
 
     seam        value (shape)                          ctx                 who uses it
     tokens      Z₀ = [x₀; E₀]  (B, 1+n, d)             cfg                 prompt tuning, VPT-Shallow
+                (BERT, cls="ids": E₀ (B, n, d), row 0 the [CLS] token)
     layer_in    X_{ℓ-1}  (B, T, d) entering block ℓ    layer, cfg          VPT-Deep
     linear      y = x Wᵀ + b (B, T, d_out)             x, layer, name, cfg LoRA, (IA)³, SSF
                 name ∈ q, k, v, o, mlp1, mlp2
@@ -188,7 +189,7 @@ def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None, ma
 
 
 def _row_masks(x, cfg: Config, T0: int, T: int):
-    """(visible, pooled) for the T rows after the tokens seam, or (None, None) when nothing is padded.
+    """(visible, pooled) for the T rows after the tokens seam; visible is None when nothing is padded.
 
     visible (B, T) bool: keys that may be read; rows the tokens seam inserted after row 0
     (T − T0 of them) are visible. pooled (B, T): 1/(real input tokens) on the real input
