@@ -43,13 +43,15 @@ def adam_step(theta, grads, state, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_d
     t = state["t"] + 1
     c1, c2 = 1.0 - b1 ** t, 1.0 - b2 ** t
 
-    def leaf(w, g, m_old, v_old):  # new arrays, each built in place (fewer temporaries)
+    def leaf(w, g, m_old, v_old):  # three new arrays (m, v, and one scratch that becomes w'), built in place
         m = g * (1.0 - b1)
-        m += b1 * m_old  # m ← β₁m + (1−β₁)g
+        step = m_old * b1  # the scratch buffer
+        m += step  # m ← β₁m + (1−β₁)g
         v = g * g
         v *= 1.0 - b2
-        v += b2 * v_old  # v ← β₂v + (1−β₂)g²
-        step = v * (1.0 / c2)
+        onp.multiply(v_old, b2, out=step)
+        v += step  # v ← β₂v + (1−β₂)g²
+        onp.multiply(v, 1.0 / c2, out=step)
         step **= 0.5
         step += eps  # √v̂ + ε
         onp.divide(m, step, out=step)
@@ -57,7 +59,7 @@ def adam_step(theta, grads, state, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_d
         if weight_decay:
             step += weight_decay * w
         step *= lr
-        return w - step, m, v
+        return onp.subtract(w, step, out=step), m, v  # w − lr·(…), into the scratch buffer
 
     new_t, new_m, new_v = _zip_leaves(leaf, theta, grads, state["m"], state["v"])
     return new_t, {"m": new_m, "v": new_v, "t": t}

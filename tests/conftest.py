@@ -129,3 +129,21 @@ def prefix_insertions(P_k, P_v):
 def joined(*per_block):
     """Several methods' per-block insertion lists as one: block ℓ gets the union of their dicts."""
     return [{k: v for ins in at_block for k, v in ins.items()} for at_block in zip(*per_block)]
+
+
+_MINILM = {}
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """``minilm(dtype)`` -> (params, cfg, tokenizer) of all-MiniLM-L6-v2 with pool="pooler"
+    (so φ has the pooler too; use ``dataclasses.replace(cfg, pool=...)`` for the others),
+    a 3-class head; loaded once per dtype per session (a few seconds each)."""
+    from minipeft.models import minilm as M
+
+    def get(dtype="float64"):
+        if dtype not in _MINILM:
+            _MINILM[dtype] = M.load(n_classes=3, pool="pooler", dtype=dtype)
+        return _MINILM[dtype]
+
+    return get

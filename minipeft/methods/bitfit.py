@@ -1,6 +1,8 @@
 """BitFit (equations.md, "BitFit"; Ben Zaken et al. 2022): train only bias terms.
 
     trainable: b_q, b_k, b_v, b_o (attention), b₁, b₂ (MLP), β of every LayerNorm
+               (LN₁, LN₂, and LN_f or, in BERT, the embedding LN; the pooler's and token
+               tables' biases are not selected)
     frozen:    every weight matrix and every LayerNorm γ
 
 Scale-and-shift with γ fixed to 1: y = x Wᵀ + b with only b trained. The head (W and
@@ -57,14 +59,17 @@ class BitFit(Method):
         if leaf not in self.biases:
             return False
         if leaf == "beta":
-            return (path[0] == "blocks" and path[2] in ("ln1", "ln2")) or path[0] == "ln_f"
+            return (path[0] == "blocks" and path[2] in ("ln1", "ln2")) or path[0] == "ln_f" or \
+                tuple(path[:2]) == ("embed", "ln")
         return path[0] == "blocks" and path[2] == BIASES[leaf]
         # end exercise
 
     def n_params(self, cfg) -> int:
-        """N·Σ widths (d for b_q…b_o, b₂; d_ff for b₁; 2d for the blocks' β) + d (LN_f β)."""
+        """N·Σ widths (d for b_q…b_o, b₂; d_ff for b₁; 2d for the blocks' β) + d per other LN
+        with "beta" (LN_f in a pre-LN model, LN_emb when cfg.embed_ln)."""
         per_block = sum(2 * cfg.d if b == "beta" else linear_width(cfg, _WIDTH_OF[b]) for b in self.biases)
-        return cfg.N * per_block + (cfg.d if "beta" in self.biases else 0)
+        other_lns = int(cfg.has_ln_f) + int(cfg.embed_ln)
+        return cfg.N * per_block + (other_lns * cfg.d if "beta" in self.biases else 0)
 
     def merge(self, params) -> dict:
         """The trained biases already sit in the backbone: params without the marker params[name]."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as onp
 
+from ..transformer import token_embedding
 from ..validate import is_int, one_of, scale, shape
 from .base import Method
 from .layout import P_MAX, check_length, insert_after_cls
@@ -40,10 +41,20 @@ class PromptTuning(Method):
     Trainable: P_e, p·d numbers (``n_params``), and optionally the head.
 
     Init (``init_from``): "uniform" P_e ~ U[−scale, scale] (the paper's random baseline,
-    scale 0.5); "vocab" p rows of the token table W_tok drawn at random (with replacement
-    only when p > vocab); "text" the rows W_tok[init_tokens], the ids repeated in order
-    and trimmed to p (class-label words, as the paper initialises). "vocab" and "text"
-    need a text model (front="text"). P_e is a copy: the backbone is never touched.
+    scale 0.5); "vocab" the embeddings of p tokens drawn at random (with replacement
+    only when p > vocab); "text" the embeddings of ``init_tokens``, the ids repeated in
+    order and trimmed to p (class-label words, as the paper initialises; for a BERT model
+    ``Tokenizer.word_ids(label_words)`` gives them). A token's embedding is the row the
+    tokens seam sees for it without a position (``transformer.token_embedding``): W_tok[t],
+    or LN_emb(W_tok[t] + W_type[0]) in BERT, so P_e starts on the scale of the real rows.
+    "vocab" and "text" need a text model (front="text"). P_e is a copy: the backbone is
+    never touched.
+
+    Where P_e sits in a BERT (cls="ids"): right after [CLS] (row 0), before the real
+    tokens' embeddings, with no position embedding; the real tokens keep positions 0..n-1.
+    Hugging Face peft puts its virtual tokens before [CLS] and shifts every real token's
+    position by p; we keep the pretrained positions and the CLS row (what "cls" and
+    "pooler" pooling read) unchanged. The mask marks P_e visible; "mean" pooling skips it.
     """
 
     p: int = field(default=8, metadata={"help": f"prompt length p, 1..{P_MAX}"})
@@ -89,7 +100,7 @@ class PromptTuning(Method):
             if bad:
                 raise ValueError(f"init_tokens: ids must lie in [0, vocab={cfg.vocab}), got {bad}")
             idx = [self.init_tokens[i % len(self.init_tokens)] for i in range(self.p)]
-        return {"P": params["embed"]["W_tok"][onp.asarray(idx)]}  # (p, d), a copy
+        return {"P": token_embedding(params, onp.asarray(idx), cfg)}  # (p, d), a copy
 
     def on_tokens(self, theta, Z, cfg):
         """[x₀; E₀] (B, 1+n, d) -> [x₀; P_e; E₀] (B, 1+p+n, d)."""

@@ -4,7 +4,8 @@
                          W₁, W₂ ("linear" seam) and LN₁, LN₂, LN_f ("after" seam)
 
 γ, β ∈ R^{width}: n = 2·Σ widths (d for q, k, v, o, mlp2 and the LNs; d_ff for mlp1),
-per layer for the blocks' placements, once for ln_f. Init "official": γ ~ N(1, 0.02²),
+per layer for the blocks' placements, once for ln_f (skipped on a post-LN model, which has
+no LN_f; its LN₁ and LN₂ placements fold the same way wherever the LN sits). Init "official": γ ~ N(1, 0.02²),
 β ~ N(0, 0.02²); "identity": γ = 1, β = 0 (step 0 is the original model).
 
 Re-parameterisation (merge), exact, into the operation before each SSF:
@@ -68,9 +69,14 @@ class SSF(Method):
         """θ: a (γ, β) pair of the operation's output width per placement and layer."""
         theta = per_layer(cfg.N, None, lambda ell: {p: self._pair(self._width(cfg, p), rng)
                                                     for p in self.placements if p != "ln_f"})
-        if "ln_f" in self.placements:
+        if self._on_ln_f(cfg):
             theta["ln_f"] = self._pair(cfg.d, rng)
         return theta
+
+    def _on_ln_f(self, cfg) -> bool:
+        """"ln_f" placed and the model has an LN_f (a post-LN model, BERT, has none: its last
+        block's LN₂, an "ln2" placement, is the final LayerNorm; "ln_f" is then skipped)."""
+        return "ln_f" in self.placements and cfg.has_ln_f
 
     def on_linear(self, theta, y, x, layer, name, cfg):
         """γ ⊙ y + β after projection ``name``.  (B, T, d_out) -> same."""
@@ -102,9 +108,9 @@ class SSF(Method):
         return pts
 
     def n_params(self, cfg) -> int:
-        """2·(N·Σ block placement widths + d if ln_f is placed)."""
+        """2·(N·Σ block placement widths + d if ln_f is placed and the model has one)."""
         per_block = sum(self._width(cfg, p) for p in self.placements if p != "ln_f")
-        return 2 * (cfg.N * per_block + (cfg.d if "ln_f" in self.placements else 0))
+        return 2 * (cfg.N * per_block + (cfg.d if self._on_ln_f(cfg) else 0))
 
     def _sites(self, theta):
         """(θ label, path of the module, weight key, bias key, {γ, β}) for every SSF layer in θ."""

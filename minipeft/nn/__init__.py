@@ -4,9 +4,9 @@ What trains are the fused primitives (``primitives.py``); the composed readable 
 of the same equations are in ``reference.py``.
 """
 from .attention import attention, merge_heads, prepend, split_heads
-from .primitives import cross_entropy, gelu, layer_norm, linear, log_softmax, softmax
+from .primitives import cross_entropy, gelu, gelu_erf, layer_norm, linear, log_softmax, softmax
 
 __all__ = [
-    "attention", "cross_entropy", "gelu", "layer_norm", "linear", "log_softmax",
+    "attention", "cross_entropy", "gelu", "gelu_erf", "layer_norm", "linear", "log_softmax",
     "merge_heads", "prepend", "softmax", "split_heads",
 ]

@@ -61,28 +61,44 @@ def _heads_matmul(a, b, h):
     return out.reshape(B, T, h * b.shape[-1])
 
 
+def key_bias(mask, dtype):
+    """The additive score bias of a key mask: 0 where a key is visible, −∞ where it is not.
+
+    mask: (B, S) bool, True = visible  ->  (B, 1, 1, S) in ``dtype`` (broadcast over heads
+    and queries). exp(−∞) = 0, so a hidden key gets exactly zero weight.
+    """
+    bias = onp.zeros_like(mask, dtype=dtype)
+    bias[~mask] = -onp.inf
+    return bias[:, None, None, :]
+
+
 @primitive
-def attention_weights(Q, K, h):
+def attention_weights(Q, K, h, mask=None):
     """Attention weights of every head (equations.md, "Transformer").
 
-        A = softmax(Q Kᵀ / sqrt(d_h))        per head
+        A = softmax(Q Kᵀ / sqrt(d_h) + M)        per head; M_s = 0 (key s visible) or −∞ (hidden)
 
-    Q: (B, T, d), K: (B, S, d)  ->  A: (B, h, T, S), each row summing to 1.
+    Q: (B, T, d), K: (B, S, d), mask: None (every key visible) or (B, S) bool, True =
+    visible, at least one per row  ->  A: (B, h, T, S), each row summing to 1, exactly 0
+    on hidden keys (padding).
     Gradient, with G = ∂L/∂A:  ∂L/∂S = A ⊙ (G − Σ_s G A) (the softmax VJP), then
-    ∂L/∂Q = concat_heads(∂L/∂S K) / sqrt(d_h),  ∂L/∂K = concat_heads(∂L/∂Sᵀ Q) / sqrt(d_h).
+    ∂L/∂Q = concat_heads(∂L/∂S K) / sqrt(d_h),  ∂L/∂K = concat_heads(∂L/∂Sᵀ Q) / sqrt(d_h)
+    (zero in the hidden columns, where A = 0).
     """
-    # exercise attention [3 pts] "Transformer": A = softmax(Q Kᵀ / sqrt(d_h)) per head, (B, h, T, S), with plain NumPy
+    # exercise attention [3 pts] "Transformer": A = softmax(Q Kᵀ / sqrt(d_h) + M) per head, (B, h, T, S), plain NumPy (M: −∞ on hidden keys)
     scale = 1.0 / math.sqrt(Q.shape[-1] // h)
     S = onp.matmul(_heads(Q, h), _heads(K, h).transpose(0, 1, 3, 2))  # (B, h, T, S)
     S *= scale
+    if mask is not None:
+        S += key_bias(mask, S.dtype)  # (B, 1, 1, S)
     return _softmax(S, inplace=True)  # A in S's buffer
     # end exercise
 
 
 def _attention_weights_vjp(argnums, A, args, kwargs):
-    Q, K, h = args
+    Q, K, h = args[:3]
     if any(i not in (0, 1) for i in argnums):
-        raise ValueError("attention_weights: h is not differentiable")
+        raise ValueError("attention_weights: h and mask are not differentiable")
     scale = 1.0 / math.sqrt(Q.shape[-1] // h)
     # ∂Q reads K and ∂K reads Q: hold only the one a computed gradient needs
     Kh = _heads(K, h) if 0 in argnums else None
@@ -128,26 +144,35 @@ defvjp(attend, _attend_vjp_A, _attend_vjp_V)
 
 
 # ------------------------------------------------------------------------ attention
-def attention(Q, K, V, h, prefix=None, return_weights=False):
-    """Multi-head attention, optionally with extra (prefix) keys and values.
+def visible_keys(mask, S):
+    """The key mask for S keys when the last ones carry ``mask`` and the first S − n are
+    prefix keys, always visible.  mask: None or (B, n) bool -> None or (B, S) bool."""
+    if mask is None or mask.shape[1] == S:
+        return mask
+    return onp.concatenate([onp.ones_like(mask, shape=(mask.shape[0], S - mask.shape[1])), mask], axis=1)
 
-        Attn(Q, K, V) = softmax(Q Kᵀ / sqrt(d_h)) V        per head, then concat_heads
+
+def attention(Q, K, V, h, prefix=None, return_weights=False, mask=None):
+    """Multi-head attention, optionally with extra (prefix) keys and values and a key mask.
+
+        Attn(Q, K, V) = softmax(Q Kᵀ / sqrt(d_h) + M) V     per head, then concat_heads
         with prefix (P_k, P_v):  K' = [P_k; K],  V' = [P_v; V]   (prefix tuning)
 
-    Q: (B, T, d); K, V: (B, S, d); P_k, P_v: (p, d) or (B, p, d).
-    Returns Z: (B, T, d) — as many outputs as queries — and, if ``return_weights``,
-    the attention weights A: (B, h, T, p + S), each row summing to 1.
+    Q: (B, T, d); K, V: (B, S, d); P_k, P_v: (p, d) or (B, p, d); mask: None or (B, S)
+    bool (True = visible; M = −∞ on hidden keys, e.g. padding); prefix keys are always
+    visible. Returns Z: (B, T, d) — as many outputs as queries — and, if
+    ``return_weights``, the attention weights A: (B, h, T, p + S), each row summing to 1.
     Computed with the fused ``attention_weights`` and ``attend``.
     """
     if prefix is not None:
         P_k, P_v = prefix
         K, V = prepend(P_k, K), prepend(P_v, V)  # (B, p + S, d)
-    A = attention_weights(Q, K, h)  # (B, h, T, S)
+    A = attention_weights(Q, K, h, visible_keys(mask, K.shape[1]))  # (B, h, T, S)
     Z = attend(A, V)  # (B, T, d)
     return (Z, A) if return_weights else Z
 
 
-def attention_composed(Q, K, V, h, prefix=None, return_weights=False):
+def attention_composed(Q, K, V, h, prefix=None, return_weights=False, mask=None):
     """``attention`` written with autograd.numpy ops, one line per symbol of the equation
     (same arguments, same results; each op its own autograd node)."""
     if prefix is not None:
@@ -155,6 +180,9 @@ def attention_composed(Q, K, V, h, prefix=None, return_weights=False):
         K, V = prepend(P_k, K), prepend(P_v, V)  # (B, p + S, d)
     d_h = Q.shape[-1] // h
     q, k, v = split_heads(Q, h), split_heads(K, h), split_heads(V, h)  # (B, h, ·, d_h)
-    A = softmax(np.matmul(q, np.transpose(k, (0, 1, 3, 2))) * (1.0 / math.sqrt(d_h)))  # (B, h, T, S)
+    scores = np.matmul(q, np.transpose(k, (0, 1, 3, 2))) * (1.0 / math.sqrt(d_h))  # (B, h, T, S)
+    if mask is not None:
+        scores = scores + key_bias(visible_keys(mask, K.shape[1]), Q.dtype)  # M: 0 or −∞
+    A = softmax(scores)  # (B, h, T, S)
     Z = merge_heads(np.matmul(A, v))  # (B, T, d)
     return (Z, A) if return_weights else Z

@@ -258,6 +258,50 @@ def _gelu_vjp(ans, x):
 defvjp(gelu, _gelu_vjp)
 
 
+def _erf(x):
+    """erf(x) elementwise in x's dtype, by x's array module (SciPy for NumPy, cupyx for CuPy)."""
+    if type(x) is onp.ndarray or onp.isscalar(x):
+        from scipy.special import erf  # a dependency of scikit-learn
+    else:  # a device array
+        from cupyx.scipy.special import erf
+    return erf(x)
+
+
+_GELU_ERF = _Stash()
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@primitive
+def gelu_erf(x):
+    """GELU, exact form (BERT's ``hidden_act="gelu"``, PyTorch's default ``GELU()``).
+
+        GELU(x) = x Φ(x) = ½ x (1 + erf(x / √2))
+
+    Any shape -> same shape.  GELU'(x) = Φ(x) + x φ(x),  φ(x) = exp(−x²/2) / √(2π).
+    """
+    phi = _erf(x * _INV_SQRT2)
+    phi += 1.0
+    phi *= 0.5  # Φ(x)
+    return _GELU_ERF.put(x * phi, phi)
+
+
+def _gelu_erf_vjp(ans, x):
+    Phi = _GELU_ERF.take(ans)
+    if Phi is None:
+        Phi = 0.5 * (1.0 + _erf(x * _INV_SQRT2))
+    dydx = x * x
+    dydx *= -0.5
+    onp.exp(dydx, out=dydx)
+    dydx *= x
+    dydx *= _INV_SQRT_2PI  # x φ(x)
+    dydx += Phi
+    return lambda g: g * dydx
+
+
+defvjp(gelu_erf, _gelu_erf_vjp)
+
+
 # --------------------------------------------------------------------------- softmax
 def _softmax(z, inplace=False):
     """softmax over the last axis; ``inplace`` overwrites z (a buffer the caller owns)."""

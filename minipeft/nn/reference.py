@@ -30,6 +30,12 @@ def gelu(x):
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
+def gelu_erf(x):
+    """GELU(x) = ½ x (1 + erf(x / √2)), the exact form.  Same shape."""
+    from autograd.scipy.special import erf
+    return 0.5 * x * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
+
+
 def softmax(z):
     """softmax(z)_j = exp(z_j − max z) / Σ_i exp(z_i − max z) over the last axis."""
     e = np.exp(z - np.max(z, axis=-1, keepdims=True))

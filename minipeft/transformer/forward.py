@@ -1,8 +1,18 @@
 """The forward pass, with the named seams where PEFT methods enter.
 
-    X'_ℓ = X_{ℓ-1} + MSA(LN₁(X_{ℓ-1}))            (equations.md, "Transformer")
+    pre-LN (cfg.norm="pre", the default; equations.md, "Transformer"):
+    X'_ℓ = X_{ℓ-1} + MSA(LN₁(X_{ℓ-1}))
     X_ℓ  = X'_ℓ   + MLP(LN₂(X'_ℓ))
-    y    = Head(LN_f(X_N)[CLS])
+    y    = Head(pool(LN_f(X_N)))
+
+    post-LN (cfg.norm="post", BERT):
+    X'_ℓ = LN₁(X_{ℓ-1} + MSA(X_{ℓ-1}))
+    X_ℓ  = LN₂(X'_ℓ + MLP(X'_ℓ))
+    y    = Head(pool(X_N))                 no LN_f: each block already ends in LN₂
+
+The one fork is ``_residual`` (each sub-layer with its residual add and its LayerNorm);
+the other options of Config are local: GELU's form (``cfg.act``), what the embedding adds
+(``embed``: x₀ or not, W_type, LN_emb) and what the head reads (``pool``).
 
 Seams. Each is a call ``_seam(methods, thetas, "<seam>", value, **ctx)`` that hands
 ``value`` through every active method's hook ``on_<seam>``, in the order the methods
@@ -14,6 +24,7 @@ for every method but reparameterised prefix tuning, whose MLP makes its table th
 
     seam        value (shape)                          ctx                 who uses it
     tokens      Z₀ = [x₀; E₀]  (B, 1+n, d)             cfg                 prompt tuning, VPT-Shallow
+                (BERT, cls="ids": E₀ (B, n, d), row 0 the [CLS] token)
     layer_in    X_{ℓ-1}  (B, T, d) entering block ℓ    layer, cfg          VPT-Deep
     linear      y = x Wᵀ + b (B, T, d_out)             x, layer, name, cfg LoRA, (IA)³, SSF
                 name ∈ q, k, v, o, mlp1, mlp2
@@ -27,15 +38,32 @@ for every method but reparameterised prefix tuning, whose MLP makes its table th
 ``layer`` counts blocks from 0 (block ℓ of the notes is layer ℓ-1); it is None at ln_f.
 "attn" is after the output projection, "mlp" after W₂, both before the residual add;
 on the MLP branch "after" runs before "mlp".
+
+Where each seam sits in a post-LN block (same names, same meaning: "the output of that
+module"): q, k, v read X_{ℓ-1} itself (there is no LN before attention); "after attn" and
+"after mlp" are still before the residual add — Houlsby's adapters, whose original
+setting is this post-LN BERT block; "after ln1" is LN₁(X_{ℓ-1} + O) = X'_ℓ, the MLP's
+input; "after ln2" is LN₂(X'_ℓ + M) = X_ℓ, the block's output; "mlp" (AdaptFormer) gets
+x_norm = x_resid = X'_ℓ (the MLP's input is already normalised) and adds s·X̃ before the
+add & LN₂. "after ln_f" never runs (no LN_f). SSF's and BitFit's LN folds are the same
+formula wherever the LN sits.
+
+Padding (text batches of shape (B, 3, n), see inputs.check_batch): the attention mask
+hides padded keys (weight exactly 0) in every block; rows a tokens-seam method inserts
+(prompts, which sit right after row 0) and prefix keys are always visible. Padded rows
+are computed but never read: "mean" pooling averages the real input tokens only.
+Positions: the real tokens keep ids 0..n-1 (the table is added in ``embed``, before the
+"tokens" seam), whatever prompts or prefixes a method adds.
 """
 from __future__ import annotations
 
 import autograd.numpy as np
+import numpy as onp
 
-from ..backend import like
-from ..nn import attention, gelu, layer_norm, linear, prepend
+from ..backend import like, to_host
+from ..nn import attention, gelu, gelu_erf, layer_norm, linear, prepend
 from .config import Config
-from .inputs import check_batch
+from .inputs import check_batch, text_parts
 from .schema import LINEARS
 
 #: the seams, in the order a forward pass meets them; a method fills seam s with ``on_<s>``
@@ -73,52 +101,133 @@ def patchify(images, patch):
 
 
 def embed(params, x, cfg: Config):
-    """Z₀ = [x₀; E₀] + pos.  vision: E₀ = Embed(I_j); text: E₀ = W_tok[ids].  -> (B, 1+n, d)."""
+    """Z₀, the rows entering block 1.  -> (B, n_cls + n, d).
+
+        vision  Z₀ = [x₀; Embed(I_j)] + pos
+        text    Z₀ = [x₀;] W_tok[ids] + pos (+ W_type[type ids])    x₀ only when cfg.cls="learned"
+        then, with cfg.embed_ln, Z₀ ← LN_emb(Z₀) (BERT).
+    """
     p = params["embed"]
+    types = None
     if cfg.front == "vision":
         E = linear(patchify(x, cfg.patch), p["W"], p["b"])  # (B, m, d)
     else:
-        E = p["W_tok"][x]  # (B, n, d)
-    Z = prepend(p["cls"][None], E)  # (B, 1+n, d)
-    return Z + p["pos"][: Z.shape[1]]
+        ids, types, _ = text_parts(x)
+        E = p["W_tok"][ids]  # (B, n, d)
+    Z = prepend(p["cls"][None], E) if cfg.cls == "learned" else E  # (B, n_cls + n, d)
+    Z = Z + p["pos"][: Z.shape[1]]
+    if cfg.type_vocab:
+        Z = Z + (p["W_type"][types] if types is not None else p["W_type"][0])  # type 0 when x has no types
+    if cfg.embed_ln:
+        Z = layer_norm(Z, p["ln"]["gamma"], p["ln"]["beta"], cfg.eps)
+    return Z
 
 
-def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None):
-    """One pre-LN block ℓ = layer + 1 with all its seams.  (B, T, d) -> (B, T, d).
+def token_embedding(params, ids, cfg: Config):
+    """The row the tokens seam sees for token t with no position: W_tok[t] (+ W_type[0]),
+    then LN_emb when cfg.embed_ln.  ids (k,) int -> (k, d). (Prompt tuning's word init.)"""
+    p = params["embed"]
+    E = p["W_tok"][ids]  # (k, d)
+    if cfg.type_vocab:
+        E = E + p["W_type"][0]
+    if cfg.embed_ln:
+        E = layer_norm(E, p["ln"]["gamma"], p["ln"]["beta"], cfg.eps)
+    return E
+
+
+def _residual(methods, th, params, X, ln, layer, cfg, branch):
+    """One sub-layer with its residual add and LayerNorm: the only pre/post-LN fork.
+
+        pre   X + branch(after_ln(LN(X)))         post   after_ln(LN(X + branch(X)))
+
+    ``ln`` is "ln1" or "ln2" (its "after" seam runs right after that LN), ``branch(h)``
+    the attention or MLP sub-layer applied to its input h.  (B, T, d) -> (B, T, d).
+    """
+    g = params["blocks"][layer][ln]
+
+    def norm(Y):
+        return _seam(methods, th, "after", layer_norm(Y, g["gamma"], g["beta"], cfg.eps),
+                     layer=layer, name=ln, cfg=cfg)
+
+    if cfg.norm == "pre":
+        return X + branch(norm(X))
+    return norm(X + branch(X))
+
+
+def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None, mask=None):
+    """One block ℓ = layer + 1 with all its seams (pre- or post-LN).  (B, T, d) -> (B, T, d).
 
     thetas: ``prepared(params, methods, cfg)`` (computed here when None).
+    mask: None or (B, T) bool, the rows keys may be read from (padding False).
     """
     th = prepared(params, methods, cfg) if thetas is None else thetas
     bp = params["blocks"][layer]
+    act = gelu if cfg.act == "gelu_tanh" else gelu_erf
     X = _seam(methods, th, "layer_in", X, layer=layer, cfg=cfg)
 
-    h1 = layer_norm(X, bp["ln1"]["gamma"], bp["ln1"]["beta"], cfg.eps)
-    h1 = _seam(methods, th, "after", h1, layer=layer, name="ln1", cfg=cfg)
-    Q = _proj(methods, th, bp, h1, layer, "q", cfg)
-    K = _proj(methods, th, bp, h1, layer, "k", cfg)
-    V = _proj(methods, th, bp, h1, layer, "v", cfg)
-    K, V = _seam(methods, th, "kv", (K, V), layer=layer, cfg=cfg)  # (B, S, d), S ≥ T
-    Z, A = attention(Q, K, V, cfg.h, return_weights=True)  # (B, T, d), (B, h, T, S)
-    O = _proj(methods, th, bp, Z, layer, "o", cfg)
-    O = _seam(methods, th, "after", O, layer=layer, name="attn", cfg=cfg)
-    X1 = X + O  # X'_ℓ
-    del X, Q, K, V, Z, O  # dead from here (a VJP that needs one holds its own reference): freed now, not at return
+    def msa(h1):
+        Q = _proj(methods, th, bp, h1, layer, "q", cfg)
+        K = _proj(methods, th, bp, h1, layer, "k", cfg)
+        V = _proj(methods, th, bp, h1, layer, "v", cfg)
+        K, V = _seam(methods, th, "kv", (K, V), layer=layer, cfg=cfg)  # (B, S, d), S ≥ T
+        Z, A = attention(Q, K, V, cfg.h, return_weights=True, mask=mask)  # (B, T, d), (B, h, T, S)
+        if trace is not None:
+            trace.setdefault("attn", []).append(A)
+        O = _proj(methods, th, bp, Z, layer, "o", cfg)
+        return _seam(methods, th, "after", O, layer=layer, name="attn", cfg=cfg)
 
-    h2 = layer_norm(X1, bp["ln2"]["gamma"], bp["ln2"]["beta"], cfg.eps)
-    h2 = _seam(methods, th, "after", h2, layer=layer, name="ln2", cfg=cfg)
-    H = gelu(_proj(methods, th, bp, h2, layer, "mlp1", cfg))  # (B, T, d_ff)
-    H = _seam(methods, th, "ff_hidden", H, layer=layer, cfg=cfg)
-    M = _proj(methods, th, bp, H, layer, "mlp2", cfg)  # (B, T, d)
-    del H
-    M = _seam(methods, th, "after", M, layer=layer, name="mlp", cfg=cfg)
-    M = _seam(methods, th, "mlp", M, x_norm=h2, x_resid=X1, layer=layer, cfg=cfg)
-    if trace is not None:
-        trace.setdefault("attn", []).append(A)
-    return X1 + M  # X_ℓ
+    X1 = _residual(methods, th, params, X, "ln1", layer, cfg, msa)  # X'_ℓ
+
+    def mlp(h2):
+        H = act(_proj(methods, th, bp, h2, layer, "mlp1", cfg))  # (B, T, d_ff)
+        H = _seam(methods, th, "ff_hidden", H, layer=layer, cfg=cfg)
+        M = _proj(methods, th, bp, H, layer, "mlp2", cfg)  # (B, T, d)
+        M = _seam(methods, th, "after", M, layer=layer, name="mlp", cfg=cfg)
+        return _seam(methods, th, "mlp", M, x_norm=h2, x_resid=X1, layer=layer, cfg=cfg)
+
+    return _residual(methods, th, params, X1, "ln2", layer, cfg, mlp)  # X_ℓ
+
+
+def _row_masks(x, cfg: Config, T0: int, T: int):
+    """(visible, pooled) for the T rows after the tokens seam; visible is None when nothing is padded.
+
+    visible (B, T) bool: keys that may be read; rows the tokens seam inserted after row 0
+    (T − T0 of them) are visible. pooled (B, T): 1/(real input tokens) on the real input
+    rows, 0 on padding and inserted rows — the weights of "mean" pooling.
+    """
+    mask = text_parts(to_host(x))[2] if cfg.front == "text" and x.ndim == 3 else None
+    if mask is None:
+        mask = onp.ones((x.shape[0], T0 - cfg.n_cls), dtype=bool)
+        padded = False
+    else:
+        mask = mask.astype(bool)
+        padded = not mask.all()
+    B = mask.shape[0]
+    real = onp.concatenate([onp.ones((B, cfg.n_cls), bool), mask], axis=1)  # (B, T0)
+    inserted = onp.zeros((B, T - T0), bool)
+    pooled = onp.concatenate([real[:, :1], inserted, real[:, 1:]], axis=1)  # real input rows
+    if cfg.n_cls:
+        pooled[:, 0] = False  # a learned x₀ is not an input token
+    visible = onp.concatenate([real[:, :1], ~inserted, real[:, 1:]], axis=1)
+    return (visible if padded else None), pooled / pooled.sum(axis=1, keepdims=True)
+
+
+def pool(params, X, weights, cfg: Config):
+    """What the head reads.  X (B, T, d) -> (B, d).
+
+        cls     x₀ = X[:, 0]
+        mean    Σ_t w_t X_t with w_t = 1/n_real on the real input tokens (padding and prompts 0)
+        pooler  tanh(x₀ W_pᵀ + b_p)   (BERT's pooler)
+    """
+    if cfg.pool == "cls":
+        return X[:, 0]
+    if cfg.pool == "mean":
+        return np.sum(X * like(weights.astype(X.dtype), X)[..., None], axis=1)
+    return np.tanh(linear(X[:, 0], params["pooler"]["W"], params["pooler"]["b"]))
 
 
 def features(params, x, cfg: Config, methods=(), trace=None):
-    """LN_f(X_N)[CLS], the representation the head reads.  x -> (B, d).
+    """pool(LN_f(X_N)) (pre-LN) or pool(X_N) (post-LN), the representation the head reads.  x -> (B, d).
 
     ``trace``, if a dict, receives "hidden": [Z₀ after the tokens seam, X_1, …, X_N]
     and "attn": [A_1, …, A_N], A_ℓ (B, h, T, S) the attention weights of block ℓ.
@@ -128,20 +237,25 @@ def features(params, x, cfg: Config, methods=(), trace=None):
     _check_methods(params, methods)
     th = prepared(params, methods, cfg)  # once per forward pass, shared by every block
     X = embed(params, x, cfg)
-    X = _seam(methods, th, "tokens", X, cfg=cfg)  # (B, T, d), T = 1 + n (+ prompts)
+    T0 = X.shape[1]
+    X = _seam(methods, th, "tokens", X, cfg=cfg)  # (B, T, d), T = T0 (+ prompts)
+    visible, weights = _row_masks(x, cfg, T0, X.shape[1])  # host arrays
+    if visible is not None:
+        visible = like(visible, X)
     if trace is not None:
         trace["hidden"] = [X]
     for layer in range(cfg.N):
-        X = block(params, X, layer, cfg, methods, trace, th)
+        X = block(params, X, layer, cfg, methods, trace, th, visible)
         if trace is not None:
             trace["hidden"].append(X)
-    X = layer_norm(X, params["ln_f"]["gamma"], params["ln_f"]["beta"], cfg.eps)
-    X = _seam(methods, th, "after", X, layer=None, name="ln_f", cfg=cfg)
-    return X[:, 0]  # CLS row, (B, d)
+    if cfg.has_ln_f:
+        X = layer_norm(X, params["ln_f"]["gamma"], params["ln_f"]["beta"], cfg.eps)
+        X = _seam(methods, th, "after", X, layer=None, name="ln_f", cfg=cfg)
+    return pool(params, X, weights, cfg)  # (B, d)
 
 
 def forward(params, x, cfg: Config, methods=(), trace=None):
-    """Logits y = Head(LN_f(X_N)[CLS]) = CLS Wᵀ + b.  x (see ``check_batch``) -> (B, n_classes)."""
+    """Logits y = Head(features) = f Wᵀ + b.  x (see ``check_batch``) -> (B, n_classes)."""
     f = features(params, x, cfg, methods, trace)
     return linear(f, params["head"]["W"], params["head"]["b"])
 

@@ -29,7 +29,10 @@ def init_params(cfg: Config, seed: int = 0, dtype=None) -> dict:
     (default: backend.default_dtype()), so a float32 model is the rounding of the float64 one.
 
     Layout: the schema of ``transformer/schema.py`` ({"embed", "blocks": [{"ln1", "attn",
-    "ln2", "mlp"}] * N, "ln_f", "head"}).
+    "ln2", "mlp"}] * N, "ln_f", "head"}), with the optional parts the BERT options add
+    (schema.EMBED_KEYS, schema.OPTIONAL_KEYS): "cls" only with cfg.cls="learned", "W_type"
+    and "ln" in embed when configured, "ln_f" only for pre-LN, "pooler" only for
+    pool="pooler". The draw order of the default (pre-LN ViT) layout is unchanged.
     """
     dtype = resolve_dtype(dtype)
     rng = onp.random.default_rng(seed)
@@ -39,11 +42,17 @@ def init_params(cfg: Config, seed: int = 0, dtype=None) -> dict:
         embed = {"W": pe["W"], "b": pe["b"]}
     else:
         embed = {"W_tok": _normal(rng, (cfg.vocab, d), 0.02)}
-    embed["cls"] = _normal(rng, (d,), 0.02)
+    if cfg.cls == "learned":
+        embed["cls"] = _normal(rng, (d,), 0.02)
     embed["pos"] = _normal(rng, (cfg.n_positions, d), 0.02)
 
     def ln():
         return {"gamma": onp.ones(d), "beta": onp.zeros(d)}
+
+    if cfg.type_vocab:
+        embed["W_type"] = _normal(rng, (cfg.type_vocab, d), 0.02)
+    if cfg.embed_ln:
+        embed["ln"] = ln()
 
     blocks = []
     for _ in range(cfg.N):
@@ -52,7 +61,12 @@ def init_params(cfg: Config, seed: int = 0, dtype=None) -> dict:
             lin = init_linear(rng, *linear_shape(cfg, name))
             blk[mod][W], blk[mod][b] = lin["W"], lin["b"]
         blocks.append(blk)
-    params = {"embed": embed, "blocks": blocks, "ln_f": ln(), "head": init_linear(rng, cfg.n_classes, d)}
+    params = {"embed": embed, "blocks": blocks}
+    if cfg.has_ln_f:
+        params["ln_f"] = ln()
+    if cfg.pool == "pooler":
+        params["pooler"] = init_linear(rng, d, d)
+    params["head"] = init_linear(rng, cfg.n_classes, d)
     return cast(params, dtype)
 
 

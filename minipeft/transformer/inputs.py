@@ -34,11 +34,20 @@ def check_batch(x, cfg: Config, dtype):
         return check_finite(x, "x")  # after the cast: 1e300 is inf in float32
     if kind not in "iu":
         raise TypeError(f"x: token ids must be an integer array, got dtype {x.dtype}")
-    if x.ndim != 2 or x.shape[0] < 1 or not (1 <= x.shape[1] <= cfg.max_len):
-        raise ValueError(f"x: expected token ids of shape (B, n) with B >= 1 and 1 <= n <= max_len={cfg.max_len}, "
-                         f"got {tuple(x.shape)}")
-    if x.size and (int(x.min()) < 0 or int(x.max()) >= cfg.vocab):
-        raise ValueError(f"x: token ids must lie in [0, vocab={cfg.vocab}), got range [{int(x.min())}, {int(x.max())}]")
+    shape_ok = (x.ndim == 2 or (x.ndim == 3 and x.shape[1] == 3)) and x.shape[0] >= 1
+    if not shape_ok or not (1 <= x.shape[-1] <= cfg.max_len):
+        raise ValueError(f"x: expected token ids of shape (B, n), or (B, 3, n) stacking [ids; token type ids; "
+                         f"attention mask] (what text.tokenizer's encode gives), with B >= 1 and "
+                         f"1 <= n <= max_len={cfg.max_len}, got {tuple(x.shape)}")
+    ids, types, mask = text_parts(x)
+    _check_range("x: token ids", ids, cfg.vocab, "vocab")
+    if types is not None:
+        _check_range("x: token type ids (x[:, 1])", types, max(cfg.type_vocab, 1), "type_vocab (1 when 0)")
+        if ((mask != 0) & (mask != 1)).any():
+            raise ValueError("x: the attention mask (x[:, 2]) must hold only 0 (padding) and 1 (a real token)")
+        if not mask[:, 0].all():
+            raise ValueError("x: the attention mask (x[:, 2]) must be 1 in column 0 (the CLS row is a real token); "
+                             f"rows {onp.flatnonzero(mask[:, 0] == 0)[:5].tolist()} have 0 there")
     return x
 
 
@@ -52,6 +61,21 @@ def check_finite(x, name: str = "x"):
         n_bad = int(ok.size - int(ok.sum()))
         raise ValueError(f"{name}: must hold finite numbers, got {n_bad} NaN/Inf value(s) of {ok.size}")
     return x
+
+
+def _check_range(what, a, n, name):
+    if int(a.min()) < 0 or int(a.max()) >= n:
+        raise ValueError(f"{what} must lie in [0, {name}={n}), got range [{int(a.min())}, {int(a.max())}]")
+
+
+def text_parts(x):
+    """A text batch as (ids (B, n), type ids (B, n) or None, mask (B, n) or None).
+
+    x: (B, n) ids (all real tokens, type 0) or (B, 3, n) = [ids; type ids; attention mask].
+    """
+    if x.ndim == 2:
+        return x, None, None
+    return x[:, 0], x[:, 1], x[:, 2]
 
 
 def check_labels(y, n_classes: int, batch: int):

@@ -2,6 +2,7 @@
 keys in the params tree and their shapes (equations.md, "Transformer"; "Conventions").
 
     params = {"embed": {...}, "blocks": [block] * N, "ln_f": {"gamma", "beta"}, "head": {"W", "b"}}
+             (+ "pooler", − "ln_f" and more embed keys with the BERT options: OPTIONAL_KEYS)
     block  = {"ln1": {"gamma", "beta"}, "attn": {W_q, b_q, W_k, b_k, W_v, b_v, W_o, b_o},
               "ln2": {"gamma", "beta"}, "mlp": {W_1, b_1, W_2, b_2}}
 
@@ -20,8 +21,19 @@ LINEARS = {
 LAYER_NORMS = ("ln1", "ln2", "ln_f")
 #: the keys of one block, in order
 BLOCK_KEYS = ("ln1", "attn", "ln2", "mlp")
-#: top-level keys of the backbone φ
-BACKBONE_KEYS = ("embed", "blocks", "ln_f", "head")
+#: top-level keys of the backbone φ ("ln_f" only in a pre-LN model, "pooler" {W, b} only
+#: with Config.pool="pooler": see OPTIONAL_KEYS)
+BACKBONE_KEYS = ("embed", "blocks", "ln_f", "pooler", "head")
+#: the keys of "embed": vision {W, b, cls, pos}; text {W_tok, cls, pos, W_type, ln}
+EMBED_KEYS = {"vision": ("W", "b", "cls", "pos"), "text": ("W_tok", "cls", "pos", "W_type", "ln")}
+#: the parts the Config's forks add or remove (the BERT options), key -> when it exists
+OPTIONAL_KEYS = {
+    ("embed", "cls"): 'cfg.cls == "learned" (a learned x₀; BERT reads [CLS] from the ids)',
+    ("embed", "W_type"): "cfg.type_vocab > 0 (token-type embeddings, (type_vocab, d))",
+    ("embed", "ln"): "cfg.embed_ln (the embedding LayerNorm LN_emb {gamma, beta})",
+    ("ln_f",): 'cfg.norm == "pre" (a post-LN block ends in its own LN₂)',
+    ("pooler",): 'cfg.pool == "pooler" (BERT\'s tanh pooler, W (d, d), b (d,))',
+}
 
 
 def linear_shape(cfg, name: str) -> tuple:
