@@ -1,7 +1,7 @@
 """The package's layering (issue 9): every import inside minipeft points down the stack
 
     validate, tree, progress, cupy_patches, runtime, version → backend, verdict → nn, autodiff, data, text, io
-    → transformer → merge (the folds) → methods → train → adapters, pretrained → tour, exercises
+    → transformer → merge (the folds), models (real checkpoints) → methods → train → adapters, pretrained → tour, exercises
     → cli, chapter
 
 and the import graph has no circle. Read from the source with ``ast`` (imports inside
@@ -19,7 +19,7 @@ RANK = {
     "backend": 1, "verdict": 1,
     "nn": 2, "autodiff": 2, "data": 2, "io": 2, "text": 2,
     "transformer": 3,
-    "merge": 4,
+    "merge": 4, "models": 4,
     "methods": 5,
     "train": 6,
     "adapters": 7, "pretrained": 7,
