@@ -14,7 +14,7 @@ PKG = Path(__file__).resolve().parents[1] / "minipeft"
 #: rank of each top-level part of the package: a module may import only lower ranks
 #: (or modules of its own sub-package)
 RANK = {
-    "validate": 0, "tree": 0, "progress": 0, "cupy_patches": 0,
+    "validate": 0, "tree": 0, "progress": 0, "cupy_patches": 0, "runtime": 0,
     "backend": 1,
     "nn": 2, "autodiff": 2, "data": 2, "io": 2,
     "transformer": 3,
