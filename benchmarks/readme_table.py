@@ -42,9 +42,9 @@ def in_process_line(res) -> str:
 def block(res) -> str:
     info = res.get("info", {})
     head = [f"Measured {info.get('date', '?')} on {info.get('machine', '?')} (`{info.get('command', 'python benchmarks/bench.py')}`).", ""]
-    text = "\n".join(head) + headline.render(res)
+    text = "\n".join(head) + "\n" + headline.render(res)
     line = in_process_line(res)
-    return text + (line + "\n" if line else "")
+    return text + ("\n" + line + "\n" if line else "")
 
 
 def splice(readme: str, body: str) -> str:
