@@ -147,3 +147,17 @@ def minilm():
         return _MINILM[dtype]
 
     return get
+
+
+#: a one-block backbone that pretrains in about a second (the backbone-cache tests)
+TINY_BACKBONE = mp.Config(d=8, h=2, N=1, d_ff=8)
+
+
+@pytest.fixture
+def tiny_recipe(monkeypatch, tmp_path):
+    """$MINIPEFT_CACHE in ``tmp_path`` and a one-epoch pretraining recipe; returns the cache folder."""
+    from minipeft import pretrained
+
+    monkeypatch.setenv("MINIPEFT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(pretrained.RECIPE, "epochs", 1)
+    return tmp_path / "cache"

@@ -399,14 +399,13 @@ def test_free_load_tree_bounds(adapter, tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------- backbone files
-TINY = mp.Config(d=8, h=2, N=1, d_ff=8)
+from conftest import TINY_BACKBONE as TINY  # noqa: E402
 
 
 @pytest.fixture
-def cache(monkeypatch, tmp_path):
-    monkeypatch.setenv("MINIPEFT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(pretrained.RECIPE, "epochs", 1)
-    return tmp_path / "cache"
+def cache(tiny_recipe):
+    """The tiny recipe's cache folder (conftest.tiny_recipe)."""
+    return tiny_recipe
 
 
 def _write_backbone(path, params, **record):

@@ -8,14 +8,7 @@ import pytest
 import minipeft as mp
 from minipeft import io, pretrained, tree
 
-TINY = mp.Config(d=8, h=2, N=1, d_ff=8)
-
-
-@pytest.fixture
-def tiny_recipe(monkeypatch, tmp_path):
-    monkeypatch.setenv("MINIPEFT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(pretrained.RECIPE, "epochs", 1)
-    return tmp_path / "cache"
+from conftest import TINY_BACKBONE as TINY  # noqa: E402
 
 
 def bits(p):
