@@ -142,7 +142,7 @@ def build_parser(method: str | None = None):
     s.add_argument("--task", default=None, choices=data.DOWNSTREAM + tuple(_text_tasks()),
                    help="vit: an image task (default digits); minilm: a text task (default tweets, the hard one)")
     s.add_argument("--epochs", type=_int_at_least(1), default=None,
-                   help="epochs per method (default: vit 10, minilm 2; 1 with --quick)")
+                   help="epochs per method (default: vit 10, minilm 6; 1 with --quick)")
     s.add_argument("--k", type=_int_at_least(1), default=None, help="minilm: training texts per class (default 32)")
     s.add_argument("--quick", action="store_true",
                    help="a smoke test: vit 1 epoch on the first 256 training examples; minilm 1 step on 2 texts "
@@ -368,8 +368,10 @@ def _cmd_tour(args):
     if args.model == "minilm":
         rows = run_text_tour(args.task, args.epochs, quick=args.quick, methods=args.methods, k=args.k)
         r0 = rows[0]
-        print(format_table(rows, r0["task"], what=f"texts ({r0['k']} per class; test on {r0['n_test']} texts)",
+        print(format_table(rows, r0["task"], what=f"texts ({r0['k']} per class, cut to {r0['max_len']} tokens; test on {r0['n_test']} texts)",
                            backbone="all-MiniLM-L6-v2 backbone"))
+        print(f"\ntest accuracy on {r0['n_test']} texts: binomial standard error √(a(1−a)/n) ≤ "
+              f"{0.5 / math.sqrt(r0['n_test']):.3f}; one seed, rates not tuned per method beyond tour.TEXT_LR")
     else:
         if args.k is not None:
             raise ValueError("--k: only for --model minilm (the ViT tour trains on whole splits)")

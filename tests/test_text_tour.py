@@ -137,5 +137,5 @@ def test_minilm_tour_for_real_small_budget(tmp_path):
     full = next(r for r in rows if r[0] == "full")
     assert full[2] == "100.00%" and full[3] == "0.0001"
     assert all(0.0 <= float(r[4]) <= 1.0 and float(r[6]) > 0 for r in rows)
-    assert "1 epoch(s) on 16 texts (8 per class; test on 200 texts)" in out.stdout
+    assert "1 epoch(s) on 16 texts (8 per class, cut to 64 tokens; test on 300 texts)" in out.stdout
     assert "whole command:" in out.stdout
