@@ -134,7 +134,7 @@ def build_parser(method: str | None = None):
 
     s = sub.add_parser("tour", help="every method on one downstream task, same short budget: a markdown table",
                        description="Fine-tunes the pretrained backbone with each registered method (head trainable, "
-                                   "each at its suggested lr) and prints trainable numbers, % of the backbone, test "
+                                   "each at its suggested lr; on minilm tour.TEXT_LR overrides some) and prints trainable numbers, % of the backbone, test "
                                    "accuracy, mergeability and training time.")
     s.add_argument("--model", default="vit", choices=("vit", "minilm"),
                    help="vit: the toy pretrained ViT, every method (default); minilm: all-MiniLM-L6-v2 (the real "
@@ -368,8 +368,8 @@ def _cmd_tour(args):
     if args.model == "minilm":
         rows = run_text_tour(args.task, args.epochs, quick=args.quick, methods=args.methods, k=args.k)
         r0 = rows[0]
-        print(format_table(rows, r0["task"], what=f"texts ({r0['k']} per class, cut to {r0['max_len']} tokens; test on {r0['n_test']} texts)",
-                           backbone="all-MiniLM-L6-v2 backbone"))
+        what = f"texts ({r0['k']} per class, cut to {r0['max_len']} tokens; test on {r0['n_test']} texts)"
+        print(format_table(rows, r0["task"], what=what, backbone="all-MiniLM-L6-v2 backbone"))
         print(f"\ntest accuracy on {r0['n_test']} texts: binomial standard error √(a(1−a)/n) ≤ "
               f"{0.5 / math.sqrt(r0['n_test']):.3f}; one seed, rates not tuned per method beyond tour.TEXT_LR")
     else:

@@ -139,7 +139,7 @@ def format_table(rows, task: str | None = None, backbone_params: int | None = No
              "|---|---:|---:|---:|---:|:---:|---:|"]
     for r in rows:
         merge = "—" if r["mergeable"] is None else ("yes" if r["mergeable"] else "no")
-        lines.append(f"| {r['method']} | {r['trainable']:,} | {r['pct']:.2f}% | {r['lr']:g} | {r['test_acc']:.3f} "
+        lines.append(f"| {r['method']} | {r['trainable']:,} | {r['pct']:.{2 if r['pct'] >= 0.01 else 4}f}% | {r['lr']:g} | {r['test_acc']:.3f} "
                      f"| {merge} | {r['train_s']:.1f} |")
     lines += ["", f"trainable = the method's numbers + the head ({r0['head']:,} = C·d + C); "
                   "the linear probe trains the head alone, full fine-tuning everything. "

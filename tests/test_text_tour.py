@@ -63,9 +63,13 @@ def test_text_tour_bad_input(kwargs, field):
         run_text_tour(quick=True, **kwargs)
 
 
-def test_cli_k_only_for_minilm(capsys):
+def test_cli_k_only_for_minilm_and_tasks_match_the_model(capsys):
     assert main(["tour", "--k", "4", "--quick"]) != 0
     assert "--k" in capsys.readouterr().err
+    assert main(["tour", "--task", "tweets", "--quick"]) != 0
+    assert "--task" in capsys.readouterr().err
+    assert main(["tour", "--model", "minilm", "--task", "digits", "--quick"]) != 0
+    assert "task must be one of" in capsys.readouterr().err
 
 
 def test_class_balanced_head_keeps_the_share_and_takes_the_first_of_each_class():
