@@ -147,12 +147,18 @@ SCHEDULES = ("constant", "cosine")
 
 
 def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epochs=1, steps=None,
-        batch_size=64, lr=1e-3, schedule="constant", weight_decay=0.0, seed=0, progress=None, desc="fit"):
+        batch_size=64, lr=1e-3, schedule="constant", weight_decay=0.0, seed=0, progress=None, desc="fit",
+        batches=None):
     """Minibatch Adam on θ = the leaves ``trainable`` selects; φ (the rest) is untouched.
 
     params: full tree (backbone + attached methods); data: (X, y) training arrays.
     trainable: predicate (path, leaf) -> bool; default ``methods.trainable(methods, train_head)``.
     Runs ``steps`` steps, or ``epochs`` passes over shuffled data (order from ``seed``).
+    batches: None (the default: batches of ``batch_size`` cut from shuffles of the n rows), or a
+    callable ``epoch -> list of index arrays`` giving epoch e's batches (e.g. length buckets,
+    ``text.bucket_batches(lengths, batch_size, seed + e)``); steps then run through the epochs'
+    lists in turn, and a text batch (B, 3, n) is cut to its longest real row
+    (``text_parts``' mask), so padding columns no row needs cost nothing.
     schedule: "constant" (lr throughout) or "cosine" (lr_t = lr · ½(1 + cos(π t / steps))).
     Returns (params', history) with history["loss"] the loss of every step; every φ leaf
     of params' is the very array of ``params`` (bit-identical).
@@ -180,20 +186,30 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
     if tree.count(theta) == 0:
         raise ValueError("trainable: selects no parameter; nothing would train")
     n = X.shape[0]
-    per_epoch = max(1, math.ceil(n / batch_size))
+    if batches is not None and not callable(batches):
+        raise TypeError(f"batches: expected None or a callable epoch -> list of index arrays, got {batches!r}")
+    per_epoch = max(1, math.ceil(n / batch_size)) if batches is None else len(_epoch_batches(batches, 0, n))
     total = steps if steps is not None else epochs * per_epoch
     rng = onp.random.default_rng(seed)
     state = adam_init(theta)
     objective = lambda th, xb, yb: loss(th, phi, xb, yb, cfg, methods)  # noqa: E731
     history = {"loss": []}
     order = onp.empty(0, dtype=int)
+    queue, epoch = [], 0  # the given batches not yet run, and the next epoch to ask for
     # NumPy's overflow/invalid warnings are redundant: every step is checked and a fault raises
     with bar(total, desc, progress) as pbar, onp.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for step in range(total):
-            if len(order) < batch_size:
-                order = onp.concatenate([order, rng.permutation(n)])
-            idx, order = order[:batch_size], order[batch_size:]
-            value, grads = value_and_grad(lambda th: objective(th, X[idx], y[idx]), theta)
+            if batches is None:
+                if len(order) < batch_size:
+                    order = onp.concatenate([order, rng.permutation(n)])
+                idx, order = order[:batch_size], order[batch_size:]
+                xb = X[idx]
+            else:
+                if not queue:
+                    queue, epoch = _epoch_batches(batches, epoch, n), epoch + 1
+                idx = queue.pop(0)
+                xb = trim_padding(X[idx])
+            value, grads = value_and_grad(lambda th: objective(th, xb, y[idx]), theta)
             value = float(value)
             lr_t = lr if schedule == "constant" else lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
             bad = first_nonfinite(grads)  # the first non-finite gradient leaf, or None
@@ -217,6 +233,25 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
                 pbar.set_postfix(loss=f"{value:.3f}")
     _divergence_warning(history["loss"])
     return tree.combine(theta, phi), history
+
+
+def _epoch_batches(batches, epoch: int, n: int) -> list:
+    """``batches(epoch)`` checked: a non-empty list of non-empty int index arrays into n rows."""
+    out = [onp.asarray(b) for b in batches(epoch)]
+    if not out or any(b.ndim != 1 or b.size == 0 or b.dtype.kind not in "iu" or b.min() < 0 or b.max() >= n
+                      for b in out):
+        raise ValueError(f"batches: epoch {epoch} must give a non-empty list of non-empty 1-D int index arrays "
+                         f"into the {n} rows, got {len(out)} arrays")
+    return out
+
+
+def trim_padding(xb):
+    """A text batch (B, 3, n) cut to (B, 3, L), L = the last column where any row's mask is 1
+    (the tokenizer pads on the right); anything else is returned as it is."""
+    if getattr(xb, "ndim", 0) != 3 or xb.shape[1] != 3 or xb.dtype.kind not in "iu":
+        return xb
+    L = int(onp.flatnonzero(onp.asarray(xb[:, 2]).any(axis=0)).max()) + 1  # column 0 is [CLS], always real
+    return xb[:, :, :L]
 
 
 def predict(params, X, cfg, methods=(), batch_size=256):
