@@ -129,3 +129,22 @@ def test_bad_bert_options_name_the_field(kw, match):
 def test_token_ids_and_types_need_the_text_front():
     with pytest.raises(ValueError, match="need front='text'"):
         mp.Config(cls="ids")
+
+
+def test_mean_pooling_skips_the_rows_vpt_deep_inserts(tiny_cfg):
+    """pool="mean" reads the real input rows only: with VPT-Deep's p rows inserted after row 0
+    at block 1, the pooled vector is the mean of the m patch rows of LN_f(X_N)."""
+    from minipeft.methods.vpt import VPTDeep
+
+    cfg = dataclasses.replace(tiny_cfg, pool="mean")
+    m = VPTDeep(p=3)
+    params = mp.attach(mp.init_params(cfg, 0, "float64"), [m], cfg, seed=1)
+    x = onp.random.default_rng(0).random((2, 1, cfg.image_size, cfg.image_size))
+    trace = {}
+    f = mp.features(params, x, cfg, [m], trace)  # (B, d)
+    X_N = trace["hidden"][-1]  # (B, 1 + p + m, d)
+    assert X_N.shape[1] == 1 + m.p + cfg.n_patches
+    mu = X_N.mean(-1, keepdims=True)
+    ln = (X_N - mu) / onp.sqrt(X_N.var(-1, keepdims=True) + cfg.eps) * params["ln_f"]["gamma"] + params["ln_f"]["beta"]
+    want = ln[:, 1 + m.p:].mean(axis=1)  # the patch rows only
+    assert onp.allclose(f, want, rtol=1e-12, atol=1e-12)

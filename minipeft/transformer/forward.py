@@ -251,6 +251,9 @@ def features(params, x, cfg: Config, methods=(), trace=None):
     if cfg.has_ln_f:
         X = layer_norm(X, params["ln_f"]["gamma"], params["ln_f"]["beta"], cfg.eps)
         X = _seam(methods, th, "after", X, layer=None, name="ln_f", cfg=cfg)
+    extra = X.shape[1] - weights.shape[1]  # rows a layer_in method (VPT-Deep) inserted after row 0
+    if extra:
+        weights = onp.concatenate([weights[:, :1], onp.zeros((weights.shape[0], extra)), weights[:, 1:]], axis=1)
     return pool(params, X, weights, cfg)  # (B, d)
 
 
