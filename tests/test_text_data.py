@@ -270,3 +270,12 @@ def test_gap_task_has_a_measured_gap():
         se = (r["probe_se"] ** 2 + r["full_se"] ** 2) ** 0.5
         assert r["full_acc"] - r["probe_acc"] > 3 * se, r
         assert r["n_test"] == len(text.load_text_task(r["task"]).test)
+
+
+def test_stratified_take_never_exceeds_its_cap():
+    """One big class and many tiny ones: "at least one each" must not push the take past n."""
+    from minipeft.text.tasks import _stratified_take
+
+    labels = onp.concatenate([onp.zeros(1000, int), onp.arange(1, 52)])  # 1000 of class 0, 51 singletons
+    idx = _stratified_take(labels, 500, onp.random.default_rng(0))
+    assert len(idx) == 500 and len(set(idx.tolist())) == 500

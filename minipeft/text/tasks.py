@@ -129,7 +129,7 @@ class TextTask:
 
 
 def _stratified_take(labels, n: int, rng):
-    """n indices into ``labels``, each class in proportion (largest remainder, at least 1 each), random within class."""
+    """n indices into ``labels``, each class in proportion (largest remainder, at least 1 each while n allows), random within class."""
     classes, counts = onp.unique(labels, return_counts=True)
     n = min(n, len(labels))
     quota = onp.maximum(1, onp.floor(counts * n / len(labels)).astype(int))
@@ -140,6 +140,8 @@ def _stratified_take(labels, n: int, rng):
         if quota[c] < counts[c]:
             quota[c] += 1
         i += 1
+    while quota.sum() > n:  # "at least 1 each" overshot (many tiny classes): take back from the largest quotas
+        quota[int(onp.argmax(quota))] -= 1
     return onp.concatenate([rng.permutation(onp.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)])
 
 
