@@ -48,8 +48,9 @@ def token_rows(methods, n_input: int) -> dict:
     method inserts right after CLS, so the last one listed sits first; VPT-Deep inserts
     at the input of block 1, after them all, so it always sits at rows 1..p (and
     trace["hidden"][0], taken before block 1, lacks its rows). At most one VPT-Deep
-    (the forward pass refuses two). n_input: m patches (cfg.n_patches) for vision, the
-    batch's length for text.
+    (the forward pass refuses two). n_input: the rows after row 0 that are input tokens:
+    m patches (cfg.n_patches) for vision; for text the batch's length n with a learned x₀
+    (cfg.cls == "learned"), n − 1 when row 0 is the tokenizer's [CLS] (cfg.cls == "ids").
     """
     deep = _at(methods, "layer_in")
     if len(deep) > 1:
