@@ -96,8 +96,11 @@ def run_exercise(copy_dir, ex_id, work, time_limit, memory_mb) -> dict:
     result = os.path.join(work, f"{module}.result.json")
     log = os.path.join(work, f"{module}.log")
     cpu = int(time_limit) + 5
-    cmd = [sys.executable, "-I", os.path.join(work, "_runner.py"), os.path.abspath(copy_dir), work, module,
-           result, str(int(memory_mb)), str(cpu)]
+    # -I ignores PYTHON* variables, so bytecode is steered by flags: -B writes none, and a fresh
+    # pycache_prefix means no .pyc in the copy (a student's, or one a second older) is ever read
+    pycache = os.path.join(work, f"{module}.pycache")
+    cmd = [sys.executable, "-I", "-B", "-X", f"pycache_prefix={pycache}", os.path.join(work, "_runner.py"),
+           os.path.abspath(copy_dir), work, module, result, str(int(memory_mb)), str(cpu)]
     reason = None
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
