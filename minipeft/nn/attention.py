@@ -65,11 +65,12 @@ def key_bias(mask, dtype):
     """The additive score bias of a key mask: 0 where a key is visible, −∞ where it is not.
 
     mask: (B, S) bool, True = visible  ->  (B, 1, 1, S) in ``dtype`` (broadcast over heads
-    and queries). exp(−∞) = 0, so a hidden key gets exactly zero weight.
+    and queries); or (B or 1, T, S) per query (a causal mask) -> (B or 1, 1, T, S).
+    exp(−∞) = 0, so a hidden key gets exactly zero weight.
     """
     bias = onp.zeros_like(mask, dtype=dtype)
     bias[~mask] = -onp.inf
-    return bias[:, None, None, :]
+    return bias[:, None, None, :] if mask.ndim == 2 else bias[:, None]
 
 
 @primitive
@@ -146,10 +147,11 @@ defvjp(attend, _attend_vjp_A, _attend_vjp_V)
 # ------------------------------------------------------------------------ attention
 def visible_keys(mask, S):
     """The key mask for S keys when the last ones carry ``mask`` and the first S − n are
-    prefix keys, always visible.  mask: None or (B, n) bool -> None or (B, S) bool."""
-    if mask is None or mask.shape[1] == S:
+    prefix keys, always visible.  mask: None or (B, n) bool -> None or (B, S) bool (or a
+    per-query (B, T, n) mask -> (B, T, S))."""
+    if mask is None or mask.shape[-1] == S:
         return mask
-    return onp.concatenate([onp.ones_like(mask, shape=(mask.shape[0], S - mask.shape[1])), mask], axis=1)
+    return onp.concatenate([onp.ones_like(mask, shape=mask.shape[:-1] + (S - mask.shape[-1],)), mask], axis=-1)
 
 
 def attention(Q, K, V, h, prefix=None, return_weights=False, mask=None):

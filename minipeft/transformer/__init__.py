@@ -1,9 +1,10 @@
 """The frozen backbone: its parameter schema, config, initialisation, forward pass with seams."""
 from . import schema
 from .config import Config
-from .forward import SEAMS, block, embed, features, forward, patchify, pool, token_embedding
+from .cache import KVCache
+from .forward import SEAMS, block, embed, features, forward, hidden, lm_head, patchify, pool, token_embedding
 from .init import init_params, new_head
 from .inputs import check_batch, check_labels
 
-__all__ = ["Config", "SEAMS", "block", "check_batch", "check_labels", "embed", "features", "forward",
-           "init_params", "new_head", "patchify", "pool", "schema", "token_embedding"]
+__all__ = ["Config", "KVCache", "SEAMS", "block", "check_batch", "check_labels", "embed", "features", "forward", "hidden",
+           "init_params", "lm_head", "new_head", "patchify", "pool", "schema", "token_embedding"]

@@ -10,9 +10,19 @@
     X_ℓ  = LN₂(X'_ℓ + MLP(X'_ℓ))
     y    = Head(pool(X_N))                 no LN_f: each block already ends in LN₂
 
-The one fork is ``_residual`` (each sub-layer with its residual add and its LayerNorm);
-the other options of Config are local: GELU's form (``cfg.act``), what the embedding adds
-(``embed``: x₀ or not, W_type, LN_emb) and what the head reads (``pool``).
+    pre-RMSNorm (cfg.norm="rms", Llama; equations.md, "Real architectures"):
+    X'_ℓ = X_{ℓ-1} + MSA(RMSNorm₁(X_{ℓ-1}))       Q, K turned by RoPE, causal, GQA
+    X_ℓ  = X'_ℓ   + (SiLU(h W_gᵀ) ⊙ h W_1ᵀ) W_2ᵀ,  h = RMSNorm₂(X'_ℓ)
+    logits = RMSNorm_f(X_N)[rows] W_tokᵀ            (head="tied_lm", at the rows asked for)
+
+The one fork is ``_residual`` (each sub-layer with its residual add and its norm, "rms"
+taking the pre-norm branch with ``_norm`` = RMSNorm); the other options of Config are
+local: the MLP's nonlinearity (``cfg.act``: GELU's two forms, or SwiGLU with the extra
+"gate" projection), what the embedding adds (``embed``: x₀ or not, positions or not,
+W_type, LN_emb), what the head reads (``pool``) and the attention's decoder options in
+``block``'s ``msa``: RoPE on Q and K right after their "linear" seam (so LoRA, (IA)³ and
+SSF on q, k act before the rotation, as on Hugging Face's Llama), then the "kv" seam, then
+GQA's ``repeat_kv``; the causal mask is built in ``_row_masks``.
 
 Seams. Each is a call ``_seam(methods, thetas, "<seam>", value, **ctx)`` that hands
 ``value`` through every active method's hook ``on_<seam>``, in the order the methods
@@ -54,6 +64,16 @@ hides padded keys (weight exactly 0) in every block; rows a tokens-seam method i
 are computed but never read: "mean" pooling averages the real input tokens only.
 Positions: the real tokens keep ids 0..n-1 (the table is added in ``embed``, before the
 "tokens" seam), whatever prompts or prefixes a method adds.
+
+On a decoder (Llama) the same choice, stated: with RoPE the real tokens keep rotary
+positions 0..n-1; rows a method adds carry no rotary position (rotation 0): prompt rows
+(cls="no_cls": before row 0, the prompt text after them) and prefix keys P_k (they join K
+after RoPE, at the "kv" seam). Hugging Face peft instead shifts the real tokens by p.
+The causal mask hides later rows; prefix keys are visible to every query, prompt rows to
+every later row. Padding: right padding only (a causal row never reads a later one).
+KV cache (``cache``, generation): the "kv" seam runs once, at the first call, so P_k, P_v
+are the cache's first entries; later calls append only the new rows' K, V and skip the
+"tokens" seam (prompt rows are already in the cache).
 """
 from __future__ import annotations
 
@@ -62,9 +82,13 @@ import numpy as onp
 
 from ..backend import like, to_host
 from ..nn import attention, gelu, gelu_erf, layer_norm, linear, prepend
+from ..nn.gqa import repeat_kv
+from ..nn.rmsnorm import rms_norm
+from ..nn.rope import rope
+from ..nn.swiglu import swiglu
 from .config import Config
 from .inputs import check_batch, text_parts
-from .schema import LINEARS
+from .schema import LINEARS, anchor
 
 #: the seams, in the order a forward pass meets them; a method fills seam s with ``on_<s>``
 SEAMS = ("tokens", "layer_in", "linear", "kv", "ff_hidden", "mlp", "after")
@@ -88,8 +112,9 @@ def _seam(methods, thetas, seam, value, **ctx):
 def _proj(methods, thetas, bp, x, layer, name, cfg):
     """y = x Wᵀ + b for projection ``name`` of block params ``bp``, then the "linear" seam.
     (B, T, d_in) -> (B, T, d_out)."""
-    mod, W, b = LINEARS[name]
-    return _seam(methods, thetas, "linear", linear(x, bp[mod][W], bp[mod][b]), x=x, layer=layer, name=name, cfg=cfg)
+    mod, W, b = LINEARS[name]  # a bias-free model (cfg.bias=False) has no b (a merged SSF may add one)
+    return _seam(methods, thetas, "linear", linear(x, bp[mod][W], bp[mod].get(b)), x=x, layer=layer, name=name,
+                 cfg=cfg)
 
 
 def patchify(images, patch):
@@ -115,7 +140,8 @@ def embed(params, x, cfg: Config):
         ids, types, _ = text_parts(x)
         E = p["W_tok"][ids]  # (B, n, d)
     Z = prepend(p["cls"][None], E) if cfg.cls == "learned" else E  # (B, n_cls + n, d)
-    Z = Z + p["pos"][: Z.shape[1]]
+    if cfg.pos == "learned":  # RoPE adds no table here: it turns Q and K in every block
+        Z = Z + p["pos"][: Z.shape[1]]
     if cfg.type_vocab:
         Z = Z + (p["W_type"][types] if types is not None else p["W_type"][0])  # type 0 when x has no types
     if cfg.embed_ln:
@@ -135,6 +161,15 @@ def token_embedding(params, ids, cfg: Config):
     return E
 
 
+def _norm(g, Y, cfg: Config):
+    """LayerNorm γ ⊙ Ŷ + β, or RMSNorm g ⊙ Y / rms(Y) (cfg.norm="rms"; + β when a merged
+    SSF put one there).  (B, T, d) -> (B, T, d)."""
+    if cfg.norm == "rms":
+        Y = rms_norm(Y, g["gamma"], cfg.eps)
+        return Y + g["beta"] if "beta" in g else Y
+    return layer_norm(Y, g["gamma"], g["beta"], cfg.eps)
+
+
 def _residual(methods, th, params, X, ln, layer, cfg, branch):
     """One sub-layer with its residual add and LayerNorm: the only pre/post-LN fork.
 
@@ -146,30 +181,45 @@ def _residual(methods, th, params, X, ln, layer, cfg, branch):
     g = params["blocks"][layer][ln]
 
     def norm(Y):
-        return _seam(methods, th, "after", layer_norm(Y, g["gamma"], g["beta"], cfg.eps),
-                     layer=layer, name=ln, cfg=cfg)
+        return _seam(methods, th, "after", _norm(g, Y, cfg), layer=layer, name=ln, cfg=cfg)
 
-    if cfg.norm == "pre":
+    if cfg.norm != "post":  # pre-LN and pre-RMSNorm
         return X + branch(norm(X))
     return norm(X + branch(X))
 
 
-def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None, mask=None):
+def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None, mask=None, positions=None,
+          cache=None):
     """One block ℓ = layer + 1 with all its seams (pre- or post-LN).  (B, T, d) -> (B, T, d).
 
     thetas: ``prepared(params, methods, cfg)`` (computed here when None).
-    mask: None or (B, T) bool, the rows keys may be read from (padding False).
+    mask: None, (B, S) bool (the rows keys may be read from; padding False) or (B or 1, T, S)
+    bool per query (causal). positions: (T,) rotary positions of the rows (pos="rope").
+    cache: a ``KVCache`` (generation) or None.
     """
     th = prepared(params, methods, cfg) if thetas is None else thetas
     bp = params["blocks"][layer]
-    act = gelu if cfg.act == "gelu_tanh" else gelu_erf
+    act = gelu if cfg.act == "gelu_tanh" else gelu_erf  # (unused with swiglu)
     X = _seam(methods, th, "layer_in", X, layer=layer, cfg=cfg)
 
     def msa(h1):
         Q = _proj(methods, th, bp, h1, layer, "q", cfg)
         K = _proj(methods, th, bp, h1, layer, "k", cfg)
-        V = _proj(methods, th, bp, h1, layer, "v", cfg)
-        K, V = _seam(methods, th, "kv", (K, V), layer=layer, cfg=cfg)  # (B, S, d), S ≥ T
+        V = _proj(methods, th, bp, h1, layer, "v", cfg)  # K, V (B, T, d_kv)
+        if cfg.pos == "rope":
+            if positions is None or len(positions) != Q.shape[1]:
+                raise ValueError("methods: rows inserted inside the blocks (VPT-Deep) have no rotary position; "
+                                 "pos='rope' allows prompts at the tokens seam (prompt tuning) and prefixes")
+            Q = rope(Q, positions, cfg.h, cfg.rope_base)
+            K = rope(K, positions, cfg.kv_heads, cfg.rope_base)
+        if cache is not None and cache.has(layer):  # decoding: the prefix is already the cache's first rows
+            K, V = cache.extend(layer, K, V)
+        else:
+            K, V = _seam(methods, th, "kv", (K, V), layer=layer, cfg=cfg)  # (B, S, d_kv), S ≥ T
+            if cache is not None:
+                cache.store(layer, K, V)
+        if cfg.kv_heads != cfg.h:  # GQA: each K, V head serves h / n_kv query heads
+            K, V = (repeat_kv(Y, cfg.kv_heads, cfg.h // cfg.kv_heads) for Y in (K, V))  # (B, S, d)
         Z, A = attention(Q, K, V, cfg.h, return_weights=True, mask=mask)  # (B, T, d), (B, h, T, S)
         if trace is not None:
             trace.setdefault("attn", []).append(A)
@@ -179,7 +229,10 @@ def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None, ma
     X1 = _residual(methods, th, params, X, "ln1", layer, cfg, msa)  # X'_ℓ
 
     def mlp(h2):
-        H = act(_proj(methods, th, bp, h2, layer, "mlp1", cfg))  # (B, T, d_ff)
+        if cfg.act == "swiglu":  # SiLU(h W_gᵀ) ⊙ h W_1ᵀ (gate, up)
+            H = swiglu(_proj(methods, th, bp, h2, layer, "gate", cfg), _proj(methods, th, bp, h2, layer, "mlp1", cfg))
+        else:
+            H = act(_proj(methods, th, bp, h2, layer, "mlp1", cfg))  # (B, T, d_ff)
         H = _seam(methods, th, "ff_hidden", H, layer=layer, cfg=cfg)
         M = _proj(methods, th, bp, H, layer, "mlp2", cfg)  # (B, T, d)
         M = _seam(methods, th, "after", M, layer=layer, name="mlp", cfg=cfg)
@@ -192,8 +245,9 @@ def _row_masks(x, cfg: Config, T0: int, T: int):
     """(visible, pooled) for the T rows after the tokens seam; visible is None when nothing is padded.
 
     visible (B, T) bool: keys that may be read; rows the tokens seam inserted after row 0
-    (T − T0 of them) are visible. pooled (B, T): 1/(real input tokens) on the real input
-    rows, 0 on padding and inserted rows — the weights of "mean" pooling.
+    (T − T0 of them; before row 0 with cls="no_cls") are visible. pooled (B, T): 1/(real input
+    tokens) on the real input rows, 0 on padding and inserted rows — the weights of "mean"
+    pooling ("last" reads the last row where it is > 0).
     """
     mask = text_parts(to_host(x))[2] if cfg.front == "text" and x.ndim == 3 else None
     if mask is None:
@@ -202,14 +256,33 @@ def _row_masks(x, cfg: Config, T0: int, T: int):
     else:
         mask = mask.astype(bool)
         padded = not mask.all()
-    B = mask.shape[0]
+    B, k = mask.shape[0], _insert_at(cfg)
     real = onp.concatenate([onp.ones((B, cfg.n_cls), bool), mask], axis=1)  # (B, T0)
     inserted = onp.zeros((B, T - T0), bool)
-    pooled = onp.concatenate([real[:, :1], inserted, real[:, 1:]], axis=1)  # real input rows
+    pooled = onp.concatenate([real[:, :k], inserted, real[:, k:]], axis=1)  # real input rows
     if cfg.n_cls:
         pooled[:, 0] = False  # a learned x₀ is not an input token
-    visible = onp.concatenate([real[:, :1], ~inserted, real[:, 1:]], axis=1)
+    visible = onp.concatenate([real[:, :k], ~inserted, real[:, k:]], axis=1)
     return (visible if padded else None), pooled / pooled.sum(axis=1, keepdims=True)
+
+
+def _insert_at(cfg: Config) -> int:
+    """The row where the tokens seam inserts prompts: 1 (after CLS / row 0), 0 with cls="no_cls"."""
+    return 0 if cfg.cls == "no_cls" else 1
+
+
+def _positions(cfg: Config, T0: int, T: int, start: int = 0):
+    """Rotary positions (T,) of the rows after the tokens seam: the T0 model rows get
+    start, start+1, …; the T − T0 inserted prompt rows get 0 (no rotation)."""
+    k, real = _insert_at(cfg), start + onp.arange(T0)
+    return onp.concatenate([real[:k], onp.zeros(T - T0, int), real[k:]])  # (T,)
+
+
+def _causal(visible, T: int, n_past: int = 0):
+    """The per-query key mask of a causal model: (1 or B, T, n_past + T) bool, query t seeing
+    keys s ≤ n_past + t (and ``visible``'s (B, T) key mask, padding False, when given)."""
+    tri = onp.tril(onp.ones((T, n_past + T), bool), k=n_past)[None]  # (1, T, S)
+    return tri if visible is None else tri & visible[:, None, :]
 
 
 def pool(params, X, weights, cfg: Config):
@@ -218,48 +291,82 @@ def pool(params, X, weights, cfg: Config):
         cls     x₀ = X[:, 0]
         mean    Σ_t w_t X_t with w_t = 1/n_real on the real input tokens (padding and prompts 0)
         pooler  tanh(x₀ W_pᵀ + b_p)   (BERT's pooler)
+        last    X[:, t_last], the last real input token (a causal decoder's summary)
     """
     if cfg.pool == "cls":
         return X[:, 0]
+    if cfg.pool == "last":
+        T = weights.shape[1]
+        last = T - 1 - onp.argmax(weights[:, ::-1] > 0, axis=1)  # (B,) index of the last real row
+        return X[onp.arange(X.shape[0]), last]
     if cfg.pool == "mean":
         return np.sum(X * like(weights.astype(X.dtype), X)[..., None], axis=1)
     return np.tanh(linear(X[:, 0], params["pooler"]["W"], params["pooler"]["b"]))
 
 
-def features(params, x, cfg: Config, methods=(), trace=None):
-    """pool(LN_f(X_N)) (pre-LN) or pool(X_N) (post-LN), the representation the head reads.  x -> (B, d).
+def hidden(params, x, cfg: Config, methods=(), trace=None, cache=None):
+    """(LN_f(X_N) (pre-LN; X_N post-LN) (B, T, d), pooling weights (B, T) on the host): every
+    row before the head, with the weights ``pool`` reads (``_row_masks``).
 
     ``trace``, if a dict, receives "hidden": [Z₀ after the tokens seam, X_1, …, X_N]
     and "attn": [A_1, …, A_N], A_ℓ (B, h, T, S) the attention weights of block ℓ.
+    ``cache``: a ``KVCache`` (causal RoPE models): filled at the first call, extended by
+    later ones, whose x holds only the new tokens (module docstring).
     """
     _check_params(params, cfg)
-    x = like(check_batch(x, cfg, params["embed"]["pos"].dtype), params["embed"]["pos"])  # on the model's device
+    ref = anchor(params)
+    x = like(check_batch(x, cfg, ref.dtype), ref)  # on the model's device
     _check_methods(params, methods)
     th = prepared(params, methods, cfg)  # once per forward pass, shared by every block
     X = embed(params, x, cfg)
     T0 = X.shape[1]
-    X = _seam(methods, th, "tokens", X, cfg=cfg)  # (B, T, d), T = T0 (+ prompts)
+    n_past = cache.n_rows if cache is not None else 0
+    if not n_past:  # decoding with a cache: prompt rows are already in it
+        X = _seam(methods, th, "tokens", X, cfg=cfg)  # (B, T, d), T = T0 (+ prompts)
     visible, weights = _row_masks(x, cfg, T0, X.shape[1])  # host arrays
-    if visible is not None:
-        visible = like(visible, X)
+    positions = _positions(cfg, T0, X.shape[1], cache.next_pos if cache is not None else 0)
+    mask = _causal(visible, X.shape[1], n_past) if cfg.causal else visible
+    if mask is not None:
+        mask = like(mask, X)
     if trace is not None:
         trace["hidden"] = [X]
     for layer in range(cfg.N):
-        X = block(params, X, layer, cfg, methods, trace, th, visible)
+        X = block(params, X, layer, cfg, methods, trace, th, mask, positions, cache)
         if trace is not None:
             trace["hidden"].append(X)
+    if cache is not None:
+        cache.next_pos += T0
     if cfg.has_ln_f:
-        X = layer_norm(X, params["ln_f"]["gamma"], params["ln_f"]["beta"], cfg.eps)
+        X = _norm(params["ln_f"], X, cfg)
         X = _seam(methods, th, "after", X, layer=None, name="ln_f", cfg=cfg)
     extra = X.shape[1] - weights.shape[1]  # rows a layer_in method (VPT-Deep) inserted after row 0
     if extra:
         weights = onp.concatenate([weights[:, :1], onp.zeros((weights.shape[0], extra)), weights[:, 1:]], axis=1)
+    return X, weights
+
+
+def features(params, x, cfg: Config, methods=(), trace=None):
+    """pool(LN_f(X_N)) (pre-LN) or pool(X_N) (post-LN), the representation the head reads.  x -> (B, d).
+
+    ``trace``: as ``hidden``'s.
+    """
+    X, weights = hidden(params, x, cfg, methods, trace)
     return pool(params, X, weights, cfg)  # (B, d)
 
 
+def lm_head(params, H):
+    """The tied LM head: logits = H W_tokᵀ (+ b when a merged SSF on RMSNorm_f put one in
+    params["head"]).  H (..., d) -> (..., vocab). Call it on the rows that need logits only."""
+    b = params["head"]["b"] if "head" in params else None
+    return linear(H, params["embed"]["W_tok"], b)
+
+
 def forward(params, x, cfg: Config, methods=(), trace=None):
-    """Logits y = Head(features) = f Wᵀ + b.  x (see ``check_batch``) -> (B, n_classes)."""
+    """Logits y = Head(features) = f Wᵀ + b (head="tied_lm": f W_tokᵀ, the next-token logits at
+    the pooled row, pool="last").  x (see ``check_batch``) -> (B, n_classes)."""
     f = features(params, x, cfg, methods, trace)
+    if cfg.head == "tied_lm":
+        return lm_head(params, f)
     return linear(f, params["head"]["W"], params["head"]["b"])
 
 
@@ -273,8 +380,8 @@ def _check_params(params, cfg: Config):
     """
     hint = "; pass the config the params were built with (a saved backbone carries it)"
     emb = params["embed"]
-    N, pos = len(params["blocks"]), tuple(emb["pos"].shape)
-    if N != cfg.N or pos != (cfg.n_positions, cfg.d):
+    N, pos = len(params["blocks"]), tuple(emb["pos"].shape) if "pos" in emb else (0, cfg.d)
+    if N != cfg.N or pos != ((cfg.n_positions if cfg.pos == "learned" else 0), cfg.d):
         raise ValueError(f"params: the backbone has N={N} blocks and a position table of shape {pos}, but cfg "
                          f"says N={cfg.N} and ({cfg.n_positions}, {cfg.d}) (1 + tokens, d){hint}")
     key, want = (("W", (cfg.d, cfg.patch_dim)) if cfg.front == "vision" else ("W_tok", (cfg.vocab, cfg.d)))
@@ -288,11 +395,16 @@ def _check_params(params, cfg: Config):
         raise ValueError(f"params: embed.{key} has shape {got}, cfg says {what} (patch={cfg.patch}, "
                          f"channels={cfg.channels}, vocab={cfg.vocab}){hint}")
     for ell, bp in enumerate(params["blocks"]):
-        for mod, leaf, shape in (("attn", "W_q", (cfg.d, cfg.d)), ("mlp", "W_1", (cfg.d_ff, cfg.d))):
+        for mod, leaf, shape in (("attn", "W_q", (cfg.d, cfg.d)), ("attn", "W_k", (cfg.d_kv, cfg.d)),
+                                 ("mlp", "W_1", (cfg.d_ff, cfg.d))):
             got = tuple(bp[mod][leaf].shape)
             if got != shape:
                 raise ValueError(f"params: blocks.{ell}.{mod}.{leaf} has shape {got}, cfg says {shape} "
-                                 f"(d={cfg.d}, d_ff={cfg.d_ff}){hint}")
+                                 f"(d={cfg.d}, d_kv={cfg.d_kv}, d_ff={cfg.d_ff}){hint}")
+    if cfg.head == "tied_lm":
+        return
+    if "head" not in params or "W" not in params["head"]:
+        raise ValueError(f"params: cfg.head='classes' needs head.W (n_classes, d), the params have none{hint}")
     hw = tuple(params["head"]["W"].shape)
     if len(hw) != 2 or hw[1] != cfg.d:
         raise ValueError(f"params: head.W has shape {hw}, expected (n_classes, d={cfg.d}){hint}")

@@ -6,7 +6,7 @@ import numpy as onp
 from ..backend import cast, module_of, resolve_dtype
 from ..validate import int_at_least
 from .config import Config
-from .schema import BLOCK_KEYS, LAYER_NORMS, LINEARS, linear_shape
+from .schema import BLOCK_KEYS, LAYER_NORMS, LINEARS, linear_shape, linears
 
 
 def _normal(rng, shape, std):
@@ -33,6 +33,9 @@ def init_params(cfg: Config, seed: int = 0, dtype=None) -> dict:
     (schema.EMBED_KEYS, schema.OPTIONAL_KEYS): "cls" only with cfg.cls="learned", "W_type"
     and "ln" in embed when configured, "ln_f" only for pre-LN, "pooler" only for
     pool="pooler". The draw order of the default (pre-LN ViT) layout is unchanged.
+    The decoder options (Llama): no "pos" with pos="rope", RMSNorms {"gamma"} only
+    (norm="rms"), W_g drawn after W_2 (act="swiglu"), W_k and W_v (d_kv, d), no b_* with
+    bias=False, no "head" with head="tied_lm" (a random-init Llama for the tests).
     """
     dtype = resolve_dtype(dtype)
     rng = onp.random.default_rng(seed)
@@ -44,9 +47,12 @@ def init_params(cfg: Config, seed: int = 0, dtype=None) -> dict:
         embed = {"W_tok": _normal(rng, (cfg.vocab, d), 0.02)}
     if cfg.cls == "learned":
         embed["cls"] = _normal(rng, (d,), 0.02)
-    embed["pos"] = _normal(rng, (cfg.n_positions, d), 0.02)
+    if cfg.pos == "learned":
+        embed["pos"] = _normal(rng, (cfg.n_positions, d), 0.02)
 
     def ln():
+        if cfg.norm == "rms":  # RMSNorm: a gain g only
+            return {"gamma": onp.ones(d)}
         return {"gamma": onp.ones(d), "beta": onp.zeros(d)}
 
     if cfg.type_vocab:
@@ -57,16 +63,20 @@ def init_params(cfg: Config, seed: int = 0, dtype=None) -> dict:
     blocks = []
     for _ in range(cfg.N):
         blk = {k: (ln() if k in LAYER_NORMS else {}) for k in BLOCK_KEYS}
-        for name, (mod, W, b) in LINEARS.items():  # drawn in schema order: q, k, v, o, mlp1, mlp2
-            lin = init_linear(rng, *linear_shape(cfg, name))
-            blk[mod][W], blk[mod][b] = lin["W"], lin["b"]
+        for name in linears(cfg):  # drawn in schema order: q, k, v, o, mlp1, mlp2 (, gate)
+            mod, W, b = LINEARS[name]
+            lin = init_linear(rng, *linear_shape(cfg, name), bias=cfg.bias)
+            blk[mod][W] = lin["W"]
+            if cfg.bias:
+                blk[mod][b] = lin["b"]
         blocks.append(blk)
     params = {"embed": embed, "blocks": blocks}
     if cfg.has_ln_f:
         params["ln_f"] = ln()
     if cfg.pool == "pooler":
         params["pooler"] = init_linear(rng, d, d)
-    params["head"] = init_linear(rng, cfg.n_classes, d)
+    if cfg.head == "classes":
+        params["head"] = init_linear(rng, cfg.n_classes, d)
     return cast(params, dtype)
 
 

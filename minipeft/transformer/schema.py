@@ -16,6 +16,7 @@ from __future__ import annotations
 LINEARS = {
     "q": ("attn", "W_q", "b_q"), "k": ("attn", "W_k", "b_k"), "v": ("attn", "W_v", "b_v"),
     "o": ("attn", "W_o", "b_o"), "mlp1": ("mlp", "W_1", "b_1"), "mlp2": ("mlp", "W_2", "b_2"),
+    "gate": ("mlp", "W_g", "b_g"),  # SwiGLU's gate (cfg.act == "swiglu" only: see ``linears``)
 }
 #: LayerNorms: ln1, ln2 in every block, ln_f once at the top (each {"gamma", "beta"})
 LAYER_NORMS = ("ln1", "ln2", "ln_f")
@@ -33,12 +34,33 @@ OPTIONAL_KEYS = {
     ("embed", "ln"): "cfg.embed_ln (the embedding LayerNorm LN_emb {gamma, beta})",
     ("ln_f",): 'cfg.norm == "pre" (a post-LN block ends in its own LN₂)',
     ("pooler",): 'cfg.pool == "pooler" (BERT\'s tanh pooler, W (d, d), b (d,))',
+    ("embed", "pos"): 'cfg.pos == "learned" (RoPE has no table)',
+    ("head",): 'cfg.head == "classes" (a tied LM head reads embed.W_tok)',
+    ("blocks", "mlp", "W_g"): 'cfg.act == "swiglu" (the gate, (d_ff, d))',
+    ("blocks", "*", "b_*"): "cfg.bias (every linear's bias; ln β: not with norm='rms', RMSNorm has g only)",
 }
 
 
+def linears(cfg) -> tuple:
+    """The projections a block of ``cfg`` has, in schema order: q, k, v, o, mlp1, mlp2, and
+    gate with SwiGLU (Llama: gate = W_g, up = W_1 "mlp1", down = W_2 "mlp2")."""
+    return tuple(n for n in LINEARS if n != "gate" or cfg.act == "swiglu")
+
+
+def check_linears(cfg, field: str, names) -> None:
+    """ValueError naming ``field`` when a projection in ``names`` is not in ``cfg``'s blocks
+    (e.g. "gate" on a GELU model)."""
+    missing = [n for n in names if n in LINEARS and n not in linears(cfg)]
+    if missing:
+        raise ValueError(f"{field}: {missing} not in this backbone (act={cfg.act!r}); its projections are "
+                         f"{linears(cfg)} (gate exists with act='swiglu' only)")
+
+
 def linear_shape(cfg, name: str) -> tuple:
-    """(d_out, d_in) of the projection ``name``: W_q..W_o d×d, W₁ d_ff×d, W₂ d×d_ff."""
-    return {"mlp1": (cfg.d_ff, cfg.d), "mlp2": (cfg.d, cfg.d_ff)}.get(name, (cfg.d, cfg.d))
+    """(d_out, d_in) of the projection ``name``: W_q, W_o d×d; W_k, W_v d_kv×d (d_kv = n_kv·d_h,
+    = d without grouped-query attention); W₁ and W_g d_ff×d; W₂ d×d_ff."""
+    return {"mlp1": (cfg.d_ff, cfg.d), "gate": (cfg.d_ff, cfg.d), "mlp2": (cfg.d, cfg.d_ff),
+            "k": (cfg.d_kv, cfg.d), "v": (cfg.d_kv, cfg.d)}.get(name, (cfg.d, cfg.d))
 
 
 def linear_width(cfg, name: str) -> int:
@@ -49,6 +71,13 @@ def linear_width(cfg, name: str) -> int:
 def linear_path(layer: int, name: str) -> tuple:
     """Path of the module dict holding projection ``name`` of block ``layer``: ("blocks", ℓ, "attn"|"mlp")."""
     return ("blocks", layer, LINEARS[name][0])
+
+
+def anchor(params):
+    """The leaf whose dtype and device are the model's: embed.pos, or the token table
+    (embed.W_tok; vision embed.W) in a model without a position table (pos='rope')."""
+    e = params["embed"]
+    return e["pos"] if "pos" in e else e.get("W_tok", e.get("W"))
 
 
 def ln_path(layer, name: str) -> tuple:
