@@ -21,7 +21,7 @@ RANK = {
     "transformer": 3,
     "merge": 4, "models": 4,
     "methods": 5,
-    "train": 6,
+    "train": 6, "generate": 6,
     "adapters": 7, "pretrained": 7,
     "tour": 8, "exercises": 8,
     "cli": 9, "chapter": 9, "__init__": 10, "__main__": 10,

@@ -24,7 +24,7 @@ import numpy as onp
 from .. import tree
 from ..backend import cast_like
 from ..transformer import SEAMS
-from ..transformer.schema import BACKBONE_KEYS, LINEARS
+from ..transformer.schema import BACKBONE_KEYS, LINEARS, anchor
 from ..validate import layer_indices, method_name
 
 #: the hook names, one per seam of the forward pass: "on_tokens", ..., "on_after"
@@ -201,7 +201,7 @@ def attach(params: dict, methods, cfg, seed: int = 0) -> dict:
     NumPy in float64): the one place that decides θ's dtype and device.
     """
     out = dict(params)
-    ref = params["embed"]["pos"]
+    ref = anchor(params)  # embed.pos, or W_tok in a model without a position table
     for i, m in enumerate(methods):
         if m.name in BACKBONE_KEYS:
             raise ValueError(f"name: {m.name!r} is a backbone key; choose another method name")

@@ -52,6 +52,26 @@ class BitFit(Method):
         """No hook reads θ: forward works with or without the marker."""
         return False
 
+    def check_cfg(self, cfg) -> None:
+        """ValueError when the backbone has none of the selected biases: a bias-free model
+        (cfg.bias=False, Llama) has no b_*, an RMSNorm (norm='rms') no β. We do not train
+        RMSNorm's gain g instead: BitFit's claim is about the additive terms (the paper
+        freezes every LayerNorm γ), and g is a scale, the scale half of SSF on the norms
+        (method 'ssf' with placements ln1 ln2 ln_f trains it, with its shift)."""
+        if not self._present(cfg):
+            raise ValueError(f"biases: the backbone has none of {self.biases} (bias={cfg.bias}, norm={cfg.norm!r}; "
+                             f"a Llama has no biases and RMSNorm no β), so BitFit has nothing to train; use SSF "
+                             f"(scale and shift) or (IA)³ instead")
+
+    def _present(self, cfg) -> tuple:
+        """The selected biases this backbone has."""
+        return tuple(b for b in self.biases if (b == "beta" and cfg.norm != "rms") or (b != "beta" and cfg.bias))
+
+    def init(self, cfg, params, rng) -> dict:
+        """The empty marker {} (the trained biases are backbone leaves); ``check_cfg`` first."""
+        self.check_cfg(cfg)
+        return {}
+
     def trains_backbone(self, path) -> bool:
         """b_* leaves of the blocks' attention/MLP, and β of ln1, ln2, ln_f, when selected."""
         # exercise bitfit [2 pts] "BitFit": True for the selected biases (b_q..b_o, b_1, b_2, LN β) only, never W or γ
@@ -67,9 +87,11 @@ class BitFit(Method):
     def n_params(self, cfg) -> int:
         """N·Σ widths (d for b_q…b_o, b₂; d_ff for b₁; 2d for the blocks' β) + d per other LN
         with "beta" (LN_f in a pre-LN model, LN_emb when cfg.embed_ln)."""
-        per_block = sum(2 * cfg.d if b == "beta" else linear_width(cfg, _WIDTH_OF[b]) for b in self.biases)
+        self.check_cfg(cfg)
+        have = self._present(cfg)
+        per_block = sum(2 * cfg.d if b == "beta" else linear_width(cfg, _WIDTH_OF[b]) for b in have)
         other_lns = int(cfg.has_ln_f) + int(cfg.embed_ln)
-        return cfg.N * per_block + (other_lns * cfg.d if "beta" in self.biases else 0)
+        return cfg.N * per_block + (other_lns * cfg.d if "beta" in have else 0)
 
     def merge(self, params) -> dict:
         """The trained biases already sit in the backbone: params without the marker params[name]."""

@@ -8,6 +8,12 @@ l_ff ∈ R^{d_ff} (n = (2d + d_ff)N). All init to ones: step 0 is the original m
 Merge: l ⊙ (x Wᵀ + b) = x (diag(l) W)ᵀ + l ⊙ b folds l_q, l_k, l_v into their projections'
 rows and biases; (l_ff ⊙ H) W₂ᵀ = H (W₂ diag(l_ff))ᵀ folds l_ff into W₂'s columns.
 Unmerge divides by l (defined when no entry of l is 0).
+
+On a Llama (SwiGLU, GQA): l_k, l_v ∈ R^{d_kv} scale K and V before RoPE (the rotation is
+linear and acts on each head's pairs, so diag(l_k) folds into W_k's rows exactly as here);
+l_ff scales the SwiGLU product H = SiLU(x W_gᵀ) ⊙ x W_1ᵀ, the input of W_2 (down) — the
+paper's position, the input of the MLP's second linear — and folds into W_2's columns.
+A bias-free model keeps no bias after the fold.
 """
 from __future__ import annotations
 
@@ -93,9 +99,9 @@ class IA3(Method):
         for ell, th in enumerate(theta["blocks"]):
             for t in self.scaled:
                 _, W, b = LINEARS[t]
-                m = tree.get(out, linear_path(ell, t))
-                Wn, bn = out_side(m[W], m[b], th["l_" + t])
-                out = tree.replace(out, linear_path(ell, t), {**m, W: Wn, b: bn})
+                m, l = tree.get(out, linear_path(ell, t)), th["l_" + t]
+                Wn, bn = out_side(m[W], m[b] if b in m else 0 * l, l)
+                out = tree.replace(out, linear_path(ell, t), {**m, W: Wn, **({b: bn} if b in m else {})})
             if self.ff:
                 m = tree.get(out, ("blocks", ell, "mlp"))
                 out = tree.replace(out, ("blocks", ell, "mlp"), {**m, "W_2": in_side(m["W_2"], th["l_ff"])})

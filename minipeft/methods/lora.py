@@ -17,7 +17,7 @@ import numpy as onp
 
 from .. import tree
 from ..nn import linear
-from ..transformer.schema import LINEARS, linear_path, linear_shape
+from ..transformer.schema import LINEARS, check_linears, linear_path, linear_shape
 from ..validate import MAX_SCALE, scale, some_of, width
 from .base import Method, adapted_layers, layers_option, per_layer
 
@@ -38,7 +38,7 @@ class LoRA(Method):
         "help": "scaling numerator: ΔW is scaled by α/r; default α = r (scale 1, the notes' plain BA)",
         "type": float})
     targets: tuple = field(default=("q", "v"), metadata={
-        "help": f"projections to adapt, among {tuple(LINEARS)} (the paper: q v)"})
+        "help": f"projections to adapt, among {tuple(LINEARS)} (the paper: q v; gate: SwiGLU models only)"})
     layers: Optional[tuple] = field(default=None, metadata={
         "help": "layer indices (0-based) to adapt, stored sorted; default: all", "nargs": "+", "item_type": int})
 
@@ -59,8 +59,10 @@ class LoRA(Method):
         return float(self.alpha if self.alpha is not None else self.r) / self.r
 
     def check_cfg(self, cfg) -> None:
-        """ValueError when a layer index is ≥ N or r > min(d, k) for some target."""
+        """ValueError when a layer index is ≥ N, a target is not in the backbone (gate needs
+        act='swiglu') or r > min(d, k) for some target."""
         adapted_layers(self.layers, cfg.N)
+        check_linears(cfg, "targets", self.targets)
         for t in self.targets:
             d, k = linear_shape(cfg, t)
             if self.r > min(d, k):

@@ -51,6 +51,12 @@ class PrefixTuning(Method):
     2·N·d·(hidden + 1) numbers (P's entries then start with std ≈ 0.6·init_std). Plus the
     head when it trains. The MLP trains more numbers than the table it makes (34,496 vs
     4,096 for p = 8 on the pretrained backbone); ``eject`` keeps only the table.
+
+    With grouped-query attention (cfg.n_kv < h, Llama) K and V are d_kv = n_kv·d_h wide, so
+    every d above is d_kv: P_k, P_v (N, p, d_kv), one prefix per key/value head, shared by
+    its group of query heads (as peft's prefix tuning with num_key_value_heads). On a RoPE
+    model the prefix joins K after the rotation and gets none; it is visible to every query
+    (causal or not), and at generation time it is the KV cache's first p rows.
     """
 
     p: int = field(default=8, metadata={"help": f"prefix length p, 1..{P_MAX}"})
@@ -80,7 +86,7 @@ class PrefixTuning(Method):
     # -------------------------------------------------------------------- θ
     def init(self, cfg, params, rng) -> dict:
         """θ (shapes in the class docstring)."""
-        p, d, N = self.p, cfg.d, cfg.N
+        p, d, N = self.p, cfg.d_kv, cfg.N  # d_kv = d without grouped-query attention
         if not self.reparam:
             theta = {"P_k": rng.standard_normal((N, p, d)) * self.init_std,
                      "P_v": rng.standard_normal((N, p, d)) * self.init_std}
@@ -115,7 +121,7 @@ class PrefixTuning(Method):
     def prepare(self, theta, cfg):
         """{"P_k", "P_v"} (N, p, d) each: the table, evaluated once per forward pass (through
         the MLP when reparameterised), then read by ``on_kv`` at every layer."""
-        P_k, P_v = self.table(theta, cfg.N, cfg.d)
+        P_k, P_v = self.table(theta, cfg.N, cfg.d_kv)
         return {"P_k": P_k, "P_v": P_v}
 
     def on_kv(self, theta, kv, layer, cfg):
@@ -129,8 +135,8 @@ class PrefixTuning(Method):
     def n_params(self, cfg) -> int:
         """2·N·p·d, or p·d' + hidden·(d' + 1) + 2·N·d·(hidden + 1) when reparameterised."""
         if not self.reparam:
-            return 2 * cfg.N * self.p * cfg.d
-        two_nd = 2 * cfg.N * cfg.d
+            return 2 * cfg.N * self.p * cfg.d_kv
+        two_nd = 2 * cfg.N * cfg.d_kv
         return self.p * self.d_prime + self.hidden * (self.d_prime + 1) + two_nd * (self.hidden + 1)
 
     def eject(self, params):
@@ -142,7 +148,7 @@ class PrefixTuning(Method):
             raise ValueError(f"eject: prefix {self.name!r} is already a plain table (reparam=False)")
         if self.name not in params:
             raise ValueError(f"eject: params has no entry {self.name!r}; attach the method first")
-        d, N = params["embed"]["pos"].shape[1], len(params["blocks"])
+        d, N = params["blocks"][0]["attn"]["W_k"].shape[0], len(params["blocks"])  # d_kv
         P_k, P_v = self.table(params[self.name], N, d)
         return {**params, self.name: {"P_k": P_k, "P_v": P_v}}, dataclasses.replace(self, reparam=False)
 

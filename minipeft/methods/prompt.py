@@ -25,6 +25,7 @@ import numpy as onp
 from ..transformer import token_embedding
 from ..validate import is_int, one_of, scale, shape
 from .base import Method
+from ..nn import prepend
 from .layout import P_MAX, check_length, insert_after_cls
 
 INITS = ("uniform", "vocab", "text")
@@ -55,6 +56,11 @@ class PromptTuning(Method):
     Hugging Face peft puts its virtual tokens before [CLS] and shifts every real token's
     position by p; we keep the pretrained positions and the CLS row (what "cls" and
     "pooler" pooling read) unchanged. The mask marks P_e visible; "mean" pooling skips it.
+
+    On a decoder with no CLS row (cls="no_cls", Llama): Z₀ = E₀ → [P_e; E₀], the soft
+    prompt before the prompt text, as the paper's [P_e; X_e]; with RoPE the prompt rows get
+    no rotation and the text keeps positions 0..n-1 (transformer/forward.py); the causal
+    mask lets every text row read all of P_e.
     """
 
     p: int = field(default=8, metadata={"help": f"prompt length p, 1..{P_MAX}"})
@@ -105,6 +111,8 @@ class PromptTuning(Method):
     def on_tokens(self, theta, Z, cfg):
         """[x₀; E₀] (B, 1+n, d) -> [x₀; P_e; E₀] (B, 1+p+n, d)."""
         shape(f"{self.name}.P", theta["P"], (self.p, cfg.d), " (p, d)")
+        if cfg.cls == "no_cls":  # a decoder: [P_e; E₀] (B, p+n, d)
+            return prepend(theta["P"], Z)
         return insert_after_cls(theta["P"], Z)
 
     def n_params(self, cfg) -> int:

@@ -13,6 +13,17 @@ Re-parameterisation (merge), exact, into the operation before each SSF:
     after a LayerNorm    γ'_LN = γ ⊙ γ_LN,  β'_LN = γ ⊙ β_LN + β
 so the merged backbone has exactly the original architecture. Unmerge inverts both
 (W = diag(γ)⁻¹ W', b = (b' − β)/γ; γ_LN = γ'_LN/γ, β_LN = (β'_LN − β)/γ), defined when no γ is 0.
+
+On a Llama (equations.md, "Real architectures"). Placements may also name "gate" (W_g,
+SwiGLU models only; not in the default, which keeps its meaning on every model). The
+linears have no bias: the fold writes b' = β (the merged model gains biases, as
+LlamaConfig's attention_bias / mlp_bias allow). After an RMSNorm g ⊙ x/rms(x), γ folds into
+the gain, g' = γ ⊙ g, and β, which RMSNorm has no place for, folds into the linears that
+read the norm's output as a bias, b' = b + W β: W_q, W_k, W_v after RMSNorm₁; W_g, W_1 after
+RMSNorm₂; the tied head after RMSNorm_f (a logits bias head.b = W_tok β). So the merged
+model keeps the architecture only up to those biases. Limit: that fold changes the input
+other active methods read at those linears (LoRA on q reads x, not x + β): merge SSF
+alone, or first, before attaching a method that reads a linear's input.
 """
 from __future__ import annotations
 
@@ -22,11 +33,14 @@ import numpy as onp
 
 from .. import tree
 from ..merge import unfold_out
-from ..transformer.schema import LAYER_NORMS, LINEARS, linear_path, linear_width, ln_path
+from ..transformer.schema import LAYER_NORMS, LINEARS, check_linears, linear_path, linear_width, ln_path
 from ..validate import MAX_SCALE, nonzero, one_of, scale, some_of
 from .base import Method, per_layer
 
-PLACEMENTS = tuple(LINEARS) + LAYER_NORMS
+PLACEMENTS = tuple(n for n in LINEARS if n != "gate") + LAYER_NORMS  # the default: every model has these
+ALLOWED = PLACEMENTS + ("gate",)  # SwiGLU's gate W_g (act="swiglu" only)
+#: RMSNorm -> the linears reading its output, whose biases take its shift β (pre-norm)
+_READERS = {"ln1": ("q", "k", "v"), "ln2": ("gate", "mlp1")}
 INITS = ("official", "identity")
 
 
@@ -40,7 +54,7 @@ class SSF(Method):
 
     name: str = "ssf"
     placements: tuple = field(default=PLACEMENTS, metadata={
-        "help": f"where an SSF layer follows, among {PLACEMENTS}"})
+        "help": f"where an SSF layer follows, among {ALLOWED} (gate: SwiGLU models only)"})
     init_mode: str = field(default="official", metadata={
         "help": "official: γ ~ N(1, 0.02²), β ~ N(0, 0.02²); identity: γ = 1, β = 0", "choices": INITS})
     init_std: float = field(default=0.02, metadata={"help": "std of the official init"})
@@ -51,7 +65,7 @@ class SSF(Method):
 
     def check_options(self):
         """Validate and normalise the options (called by ``Method.__post_init__``)."""
-        object.__setattr__(self, "placements", some_of("placements", self.placements, PLACEMENTS))
+        object.__setattr__(self, "placements", some_of("placements", self.placements, ALLOWED))
         one_of("init_mode", self.init_mode, INITS)
         scale("init_std", self.init_std, non_negative=True, allowed=f"a finite non-negative number ≤ {MAX_SCALE:g}")
 
@@ -67,6 +81,7 @@ class SSF(Method):
 
     def init(self, cfg, params, rng) -> dict:
         """θ: a (γ, β) pair of the operation's output width per placement and layer."""
+        check_linears(cfg, "placements", self.placements)
         theta = per_layer(cfg.N, None, lambda ell: {p: self._pair(self._width(cfg, p), rng)
                                                     for p in self.placements if p != "ln_f"})
         if self._on_ln_f(cfg):
@@ -133,15 +148,37 @@ class SSF(Method):
         out = tree.without(params, self.name)
         for _, path, W, b, gb in self._sites(theta):
             m, g, t = tree.get(out, path), gb["gamma"], gb["beta"]
+            if W == "gamma" and "beta" not in m:  # after an RMSNorm: g' = γ ⊙ g, β into the readers' biases
+                out = self._shift_readers(tree.replace(out, path, {**m, "gamma": g * m["gamma"]}), path, t, 1.0)
+                continue
             if W == "gamma":  # after a LayerNorm
                 # exercise ssf-merge-ln [2 pts] "SSF": after a LayerNorm, γ'_LN = γ ⊙ γ_LN, β'_LN = γ ⊙ β_LN + β
                 new = {**m, "gamma": g * m["gamma"], "beta": g * m["beta"] + t}
                 # end exercise
+            elif b not in m:  # after a bias-free linear (Llama): W' = diag(γ) W, b' = β
+                new = {**m, W: g[:, None] * m[W], b: t}
             else:  # after a linear
                 # exercise ssf-merge-linear [2 pts] "SSF": after a linear, W' = diag(γ) W, b' = γ ⊙ b + β
                 new = {**m, W: g[:, None] * m[W], b: g * m[b] + t}
                 # end exercise
             out = tree.replace(out, path, new)
+        return out
+
+    @staticmethod
+    def _shift_readers(params, path, beta, sign: float) -> dict:
+        """b ← b + sign·W β for every linear reading the RMSNorm at ``path`` (``_READERS``; the
+        tied head after RMSNorm_f: head.b ← head.b + sign·W_tok β). A missing b counts as 0."""
+        if path == ("ln_f",):
+            head = params.get("head", {})
+            b = head.get("b", 0) + sign * (params["embed"]["W_tok"] @ beta)  # (vocab,)
+            return {**params, "head": {**head, "b": b}}
+        ell, ln = path[1], path[2]
+        out = params
+        for t in _READERS[ln]:
+            mod, W, b = LINEARS[t]
+            m = tree.get(out, linear_path(ell, t))
+            if W in m:  # (no gate without SwiGLU)
+                out = tree.replace(out, linear_path(ell, t), {**m, b: m.get(b, 0) + sign * (m[W] @ beta)})
         return out
 
     def unmerge(self, params, theta) -> dict:
@@ -151,6 +188,10 @@ class SSF(Method):
         for label, path, W, b, gb in self._sites(theta):
             nonzero(f"{self.name}.{label}.gamma", gb["gamma"])
             m = tree.get(out, path)
+            if W == "gamma" and "beta" not in m:  # an RMSNorm: g = g'/γ, the readers' biases less W β
+                out = self._shift_readers(tree.replace(out, path, {**m, "gamma": m["gamma"] / gb["gamma"]}),
+                                          path, gb["beta"], -1.0)
+                continue
             Wn, bn = unfold_out(m[W], m[b], gb["gamma"], gb["beta"])
             out = tree.replace(out, path, {**m, W: Wn, b: bn})
         out[self.name] = theta
