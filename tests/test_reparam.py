@@ -429,7 +429,7 @@ def test_adapter_round_trip_bit_exact_then_merge(tmp_path, tiny_cfg, m, dtype):
     (lambda: LoRA(r=-2), "r must be a positive int"),
     (lambda: LoRA(r=2.0), "r must be a positive int"),
     (lambda: LoRA(alpha=0.0), "alpha must be a positive number"),
-    (lambda: LoRA(targets=("q", "x")), r"targets: unknown name\(s\) \['x'\]; allowed: \('q', 'k', 'v', 'o', 'mlp1', 'mlp2'\)"),
+    (lambda: LoRA(targets=("q", "x")), r"targets: unknown name\(s\) \['x'\]; allowed: \('q', 'k', 'v', 'o', 'mlp1', 'mlp2', 'gate'\)"),
     (lambda: LoRA(targets=()), "targets must not be empty"),
     (lambda: LoRA(targets="q"), "targets must be a tuple"),
     (lambda: LoRA(targets=("q", "q")), "targets: each name at most once"),
