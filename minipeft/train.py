@@ -17,6 +17,9 @@ from .methods.base import trainable as method_trainable
 from .nn import cross_entropy
 from .progress import bar
 from .transformer import check_batch, check_labels, forward
+from .transformer.inputs import text_parts
+from .transformer.lm import check_targets, lm_loss
+from .transformer.schema import anchor
 from .validate import finite_number, int_at_least, one_of
 
 
@@ -146,9 +149,12 @@ def _divergence_warning(losses, stacklevel=3):
 SCHEDULES = ("constant", "cosine")
 
 
+OBJECTIVES = ("classes", "lm")
+
+
 def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epochs=1, steps=None,
         batch_size=64, lr=1e-3, schedule="constant", weight_decay=0.0, seed=0, progress=None, desc="fit",
-        batches=None):
+        batches=None, objective="classes"):
     """Minibatch Adam on θ = the leaves ``trainable`` selects; φ (the rest) is untouched.
 
     params: full tree (backbone + attached methods); data: (X, y) training arrays.
@@ -163,6 +169,10 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
     Returns (params', history) with history["loss"] the loss of every step; every φ leaf
     of params' is the very array of ``params`` (bit-identical).
 
+    objective: "classes" (y: labels; cross-entropy of ``forward``'s logits) or "lm" (a causal
+    decoder, head="tied_lm": y is a (rows, n) 0/1 target mask over X's tokens, and the loss is
+    ``transformer.lm.lm_loss``, next-token cross-entropy on the targets only).
+
     Faults stop training: the first non-finite loss, gradient leaf or updated θ leaf raises
     ``NonFiniteError`` (naming the step, the loss and the leaf) whose ``.params`` holds the
     last finite θ; NaN/Inf in X or in params is a ValueError before any step. A run whose loss ends
@@ -171,10 +181,14 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
     X, y = data
     check_on_backend(params, "params")
     check_finite_params(params)
-    dtype = params["embed"]["pos"].dtype
-    X = check_batch(X, cfg, dtype)
-    y = check_labels(y, params["head"]["W"].shape[0], X.shape[0])
-    X, y = like(X, params["embed"]["pos"]), like(y, params["embed"]["pos"])  # data on the model's device, once
+    one_of("objective", objective, OBJECTIVES)
+    ref = anchor(params)  # embed.pos, or W_tok in a model without a position table (RoPE)
+    X = check_batch(X, cfg, ref.dtype)
+    if objective == "lm":
+        y = check_targets(y, text_parts(X)[0].shape)  # stays on the host: it selects rows
+    else:
+        y = like(check_labels(y, _n_outputs(params, cfg), X.shape[0]), ref)
+    X = like(X, ref)  # data on the model's device, once
     int_at_least("batch_size", batch_size, 1)
     int_at_least("epochs", epochs, 1)
     int_at_least("steps", steps, 0, optional=True, allowed="None (use epochs) or a non-negative int")
@@ -192,7 +206,10 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
     total = steps if steps is not None else epochs * per_epoch
     rng = onp.random.default_rng(seed)
     state = adam_init(theta)
-    objective = lambda th, xb, yb: loss(th, phi, xb, yb, cfg, methods)  # noqa: E731
+    if objective == "lm":
+        objective = lambda th, xb, yb: lm_loss(tree.combine(th, phi), xb, cfg, methods, yb[:, :xb.shape[-1]])  # noqa
+    else:
+        objective = lambda th, xb, yb: loss(th, phi, xb, yb, cfg, methods)  # noqa: E731
     history = {"loss": []}
     order = onp.empty(0, dtype=int)
     queue, epoch = [], 0  # the given batches not yet run, and the next epoch to ask for
@@ -258,11 +275,16 @@ def predict(params, X, cfg, methods=(), batch_size=256):
     """Logits for all of X, computed in batches.  (n, …) -> (n, n_classes)."""
     check_on_backend(params, "params")
     int_at_least("batch_size", batch_size, 1)
-    ref = params["embed"]["pos"]
+    ref = anchor(params)
     X = like(check_batch(X, cfg, ref.dtype), ref)  # on the model's device
     outs = [forward(params, X[i:i + batch_size], cfg, methods) for i in range(0, X.shape[0], batch_size)]
     mod = module_of(ref)
-    return mod.concatenate(outs, axis=0) if outs else mod.zeros((0, params["head"]["W"].shape[0]), dtype=ref.dtype)
+    return mod.concatenate(outs, axis=0) if outs else mod.zeros((0, _n_outputs(params, cfg)), dtype=ref.dtype)
+
+
+def _n_outputs(params, cfg) -> int:
+    """Logits per row: the head's rows, or vocab for a tied LM head (cfg.head="tied_lm")."""
+    return cfg.vocab if cfg.head == "tied_lm" else params["head"]["W"].shape[0]
 
 
 def evaluate(params, data, cfg, methods=(), batch_size=256) -> dict:

@@ -235,3 +235,37 @@ def test_float32_llama_stays_float32_with_lora():
     theta, phi = mp.split(params, mp.trainable([m], train_head=False))
     v, g = mp.value_and_grad(lambda th: lm_loss(mp.combine(th, phi), IDS, CFG, [m]), theta)
     assert v.dtype == onp.float32 and all(a.dtype == onp.float32 for _, a in mp.tree.leaves_with_paths(g))
+
+
+def test_fit_with_the_lm_objective_lowers_the_loss_on_the_targets_only():
+    """fit(objective="lm"): LoRA on a random Llama learns a fixed continuation; the context
+    tokens (targets 0) do not enter the loss, and the backbone is untouched."""
+    rng = onp.random.default_rng(0)
+    ids = rng.integers(0, CFG.vocab, size=(8, 6))
+    ids[:, 3:] = [4, 8, 15]  # the answer after each random 3-token context
+    targets = onp.zeros_like(ids)
+    targets[:, 3:] = 1
+    m = LoRA(r=2, targets=("q", "v", "gate"))
+    params = mp.attach(random_llama(), [m], CFG, 0)
+    before = float(lm_loss(params, ids, CFG, [m], targets=targets))
+    out, hist = mp.fit(params, (ids, targets), CFG, [m], objective="lm", steps=30, lr=3e-2, batch_size=8)
+    assert len(hist["loss"]) == 30 and math.isclose(hist["loss"][0], before, rel_tol=1e-10)
+    assert float(lm_loss(out, ids, CFG, [m], targets=targets)) < 0.5 * before
+    assert out["blocks"][0]["attn"]["W_q"] is params["blocks"][0]["attn"]["W_q"]
+    with pytest.raises(ValueError, match="targets"):
+        mp.fit(params, (ids, targets[:, :3]), CFG, [m], objective="lm", steps=1)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        mp.fit(params, (ids, targets), CFG, [m], objective="mlm", steps=1)
+
+
+def test_label_word_classification_through_forward_and_fit():
+    """forward on a Llama = next-token logits at the last real token: fit's "classes"
+    objective trains it to answer with label words (token ids as labels)."""
+    rng = onp.random.default_rng(1)
+    ids = rng.integers(0, CFG.vocab, size=(12, 5))
+    y = onp.where(ids[:, 0] % 2 == 0, 7, 11)  # the label word: token 7 or 11
+    m = PromptTuning(p=2)
+    params = mp.attach(random_llama(), [m], CFG, 0)
+    out, hist = mp.fit(params, (ids, y), CFG, [m], steps=40, lr=5e-2, batch_size=12, train_head=False)
+    assert hist["loss"][-1] < hist["loss"][0]
+    assert mp.predict(out, ids, CFG, [m]).shape == (12, CFG.vocab)

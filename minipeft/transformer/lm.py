@@ -31,6 +31,15 @@ def _check_lm(cfg: Config):
                          f"(causal=True, head='tied_lm'), got causal={cfg.causal}, head={cfg.head!r}")
 
 
+def check_targets(targets, shape):
+    """A target mask: a 0/1 integer or bool array of ``shape`` (B, n) (ValueError naming "targets")."""
+    t = onp.asarray(targets)
+    if t.shape != tuple(shape) or t.dtype.kind not in "biu" or not onp.isin(t, (0, 1)).all():
+        raise ValueError(f"targets: expected a 0/1 array of shape {tuple(shape)} (1 = a token to predict), "
+                         f"got shape {t.shape}, dtype {t.dtype}")
+    return t
+
+
 def lm_logits(params, x, cfg: Config, methods=(), at=None):
     """Next-token logits at input positions ``at``.  x (B, n) or (B, 3, n) ids -> (B, k, vocab).
 
@@ -59,11 +68,7 @@ def lm_loss(params, x, cfg: Config, methods=(), targets=None):
     ids, _, mask = text_parts(xs)
     want = onp.ones(ids.shape, bool) if mask is None else mask.astype(bool)
     if targets is not None:
-        targets = onp.asarray(targets)
-        if targets.shape != ids.shape or not onp.isin(targets, (0, 1)).all():
-            raise ValueError(f"targets: expected a 0/1 array of shape {ids.shape} (1 = a token to predict), "
-                             f"got shape {targets.shape}")
-        want &= targets.astype(bool)
+        want &= check_targets(targets, ids.shape).astype(bool)
     want[:, 0] = False
     b, t = onp.nonzero(want)  # the targets (b, t), t ≥ 1
     if not len(b):
