@@ -178,3 +178,13 @@ def test_bad_input():
     W = Q.Q4_1Blocks.from_bytes(random_blocks("Q4_1", 4, 64), 64)
     with pytest.raises(ValueError, match="x has 32 features but W is 4×64"):
         Q.qlinear(onp.zeros((2, 32)), W)
+
+
+def test_linear_takes_either_kind_of_w():
+    W = Q.Q4_1Blocks.from_bytes(random_blocks("Q4_1", 12, 64), 64)
+    x, b = rng.standard_normal((2, 3, 64)), rng.standard_normal(12)
+    dense = W.dequantize(dtype=onp.float64)
+    want = onp.einsum("btj,oj->bto", x, dense) + b  # a different product from both paths
+    assert onp.abs(Q.linear(x, W, b) - want).max() <= 1e-12 * onp.abs(want).max()
+    assert onp.abs(Q.linear(x, dense, b) - want).max() <= 1e-12 * onp.abs(want).max()
+    assert onp.abs(Q.linear(x, W) - (want - b)).max() <= 1e-12 * onp.abs(want).max()

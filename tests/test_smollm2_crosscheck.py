@@ -3,9 +3,7 @@ extra; skipped without torch/transformers/the model package): every weight of φ
 for bit, to the dense model transformers builds from the same file (W_q, W_k un-permuted to
 its rotate_half layout), and the tokenizer's ids on real texts with accents, digits,
 whitespace runs, emoji, other scripts, code."""
-import os
 import re
-import unicodedata
 
 import numpy as onp
 import pytest
@@ -15,6 +13,8 @@ transformers = pytest.importorskip("transformers")
 
 from minipeft.models import gguf_read as G  # noqa: E402
 from minipeft.models import smollm2 as S  # noqa: E402
+
+from digit_pieces import digit_pieces  # noqa: E402
 
 #: importing transformers and building its tokenizer and model from the GGUF takes a minute here
 pytestmark = pytest.mark.slow
@@ -36,18 +36,6 @@ TEXTS = [
     " ",
     "a" * 300,
 ]
-
-
-def digit_pieces(text):
-    """llama.cpp's "smollm" first step: every digit (category N*) its own piece."""
-    pieces, run = [], ""
-    for ch in text:
-        if unicodedata.category(ch).startswith("N"):
-            pieces += [run, ch] if run else [ch]
-            run = ""
-        else:
-            run += ch
-    return pieces + ([run] if run else [])
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ float32 values exactly.
 
     W = Q4_1Blocks.from_bytes(raw, d_in)      raw: (d_out, d_in/32 · 20) uint8, a GGUF tensor's bytes
     W.dequantize()                           (d_out, d_in) float32, all at once (tests, the float base)
-    y = qlinear(x, W)                        y = x Wᵀ, W dequantized ROW_TILE rows at a time
+    y = qlinear(x, W)                        y = x Wᵀ, W dequantized a row tile at a time
+    y = linear(x, W, b)                      either kind of W: a float array or blocks
 
 ``qlinear`` is an autograd primitive: its VJP gives dX = g W, dequantizing W again tile
 by tile; W is frozen (it is not an array, autograd cannot trace it: no dW exists, the PEFT
@@ -26,10 +27,12 @@ pass: at any moment one tile of at most ``TILE_BYTES`` of float32 rows does.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as onp
 from autograd.extend import defvjp, primitive
+
+from .primitives import linear as _dense_linear
 
 #: numbers per block (GGML's QK4_1 = QK8_0 = 32)
 BLOCK = 32
@@ -52,12 +55,29 @@ def _check_raw(raw, d_in: int, block_bytes: int, what: str):
 
 
 def _f16(raw3, start: int):
-    """The float16 at bytes [start, start+2) of every block, as float32.  (d_out, nb, ·) -> (d_out, nb)"""
-    return onp.ascontiguousarray(raw3[:, :, start:start + 2]).view(onp.float16)[:, :, 0].astype(onp.float32)
+    """The float16 at bytes [start, start+2) of every block, copied.  (d_out, nb, ·) uint8 -> (d_out, nb)"""
+    return onp.ascontiguousarray(raw3[:, :, start:start + 2]).view(onp.float16)[:, :, 0].copy()
+
+
+class _Blocks:
+    """What both block formats share: the shape, the bytes held, a row selection."""
+
+    @property
+    def shape(self) -> tuple:
+        return (self.qs.shape[0], self.qs.shape[1] * BLOCK)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the block arrays (Q4_1: 5 bits per number of W; Q8_0: 8.5)."""
+        return sum(getattr(self, f.name).nbytes for f in fields(self))
+
+    def rows(self, index):
+        """The blocks of rows W[index] (a slice, or an int array: a gather or a row permutation)."""
+        return type(self)(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
 @dataclass(frozen=True, eq=False)
-class Q4_1Blocks:
+class Q4_1Blocks(_Blocks):
     """W ∈ R^{d_out×d_in} in Q4_1: w = d · q + m per block of 32 (d, m float16, q 4 bits).
 
     d, m: (d_out, d_in/32) float16 (the file's bits, widened to float32 only on use);
@@ -74,22 +94,7 @@ class Q4_1Blocks:
     def from_bytes(cls, raw, d_in: int) -> "Q4_1Blocks":
         """Blocks from a GGUF tensor's bytes: raw (d_out, d_in/32 · 20) uint8 -> Q4_1Blocks (copied)."""
         r = _check_raw(raw, d_in, Q4_1_BYTES, "Q4_1")
-        d = onp.ascontiguousarray(r[:, :, 0:2]).view(onp.float16)[:, :, 0]
-        m = onp.ascontiguousarray(r[:, :, 2:4]).view(onp.float16)[:, :, 0]
-        return cls(d.copy(), m.copy(), onp.ascontiguousarray(r[:, :, 4:]))
-
-    @property
-    def shape(self) -> tuple:
-        return (self.qs.shape[0], self.qs.shape[1] * BLOCK)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held (d, m, qs): 5 bits per number of W."""
-        return self.d.nbytes + self.m.nbytes + self.qs.nbytes
-
-    def rows(self, index) -> "Q4_1Blocks":
-        """The blocks of rows W[index] (a slice, or an int array: a gather or a row permutation)."""
-        return Q4_1Blocks(self.d[index], self.m[index], self.qs[index])
+        return cls(_f16(r, 0), _f16(r, 2), onp.ascontiguousarray(r[:, :, 4:]))
 
     def dequantize(self, start: int = 0, stop: int | None = None, dtype=onp.float32) -> onp.ndarray:
         """W[start:stop] as floats: w_j = d · q_j + m, in float32, then cast to dtype.  -> (stop−start, d_in)"""
@@ -104,7 +109,7 @@ class Q4_1Blocks:
 
 
 @dataclass(frozen=True, eq=False)
-class Q8_0Blocks:
+class Q8_0Blocks(_Blocks):
     """W ∈ R^{d_out×d_in} in Q8_0: w = d · q per block of 32 (d float16, q int8).
 
     d: (d_out, d_in/32) float16; qs: (d_out, d_in/32, 32) int8.
@@ -119,21 +124,7 @@ class Q8_0Blocks:
     def from_bytes(cls, raw, d_in: int) -> "Q8_0Blocks":
         """Blocks from a GGUF tensor's bytes: raw (d_out, d_in/32 · 34) uint8 -> Q8_0Blocks (copied)."""
         r = _check_raw(raw, d_in, Q8_0_BYTES, "Q8_0")
-        d = onp.ascontiguousarray(r[:, :, 0:2]).view(onp.float16)[:, :, 0]
-        return cls(d.copy(), onp.ascontiguousarray(r[:, :, 2:]).view(onp.int8))
-
-    @property
-    def shape(self) -> tuple:
-        return (self.qs.shape[0], self.qs.shape[1] * BLOCK)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held (d, qs): 8.5 bits per number of W."""
-        return self.d.nbytes + self.qs.nbytes
-
-    def rows(self, index) -> "Q8_0Blocks":
-        """The blocks of rows W[index] (a slice, or an int array: a gather or a row permutation)."""
-        return Q8_0Blocks(self.d[index], self.qs[index])
+        return cls(_f16(r, 0), onp.ascontiguousarray(r[:, :, 2:]).view(onp.int8))
 
     def dequantize(self, start: int = 0, stop: int | None = None, dtype=onp.float32) -> onp.ndarray:
         """W[start:stop] as floats: w_j = d · q_j, in float32, then cast to dtype.  -> (stop−start, d_in)"""
@@ -216,3 +207,12 @@ def _qlinear_vjp_x(ans, x, W):
 
 
 defvjp(qlinear, _qlinear_vjp_x)  # argnum 1 (W) has no VJP: the quantized base is frozen
+
+
+def linear(x, W, b=None):
+    """y = x Wᵀ + b whatever W is: a float array (``primitives.linear``, W may train) or blocks
+    (``qlinear``, frozen). x: (..., d_in), W: (d_out, d_in), b: (d_out,) or None -> (..., d_out)."""
+    if not is_quantized(W):
+        return _dense_linear(x, W, b)
+    y = qlinear(x, W)
+    return y if b is None else y + b
