@@ -80,3 +80,18 @@ def from_state_dict(state: dict, cfg: Config, dtype=None) -> dict:
     if extra:
         raise ValueError(f"state dict: tensors minipeft's Llama does not have: {extra[:5]}")
     return cast(params, dtype)
+
+
+def config_of(hp: dict) -> Config:
+    """The Config of a Llama whose sizes a GGUF's metadata gave (``smollm2.hyperparameters``:
+    d, h, n_kv, N, d_ff, vocab, max_len, eps, rope_base)."""
+    return config(**{k: hp[k] for k in ("d", "h", "n_kv", "N", "d_ff", "vocab", "max_len", "eps", "rope_base")})
+
+
+def load_smollm2(dtype=None):
+    """(params, cfg, tokenizer) of SmolLM2-135M-Instruct from its GGUF (``models.smollm2.load``),
+    with the Config of this module: φ float (dequantized), ready for ``forward`` and ``generate``."""
+    from . import smollm2
+
+    params, hp, tok = smollm2.load(dtype=dtype)
+    return params, config_of(hp), tok

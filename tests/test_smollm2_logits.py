@@ -1,0 +1,68 @@
+"""The real SmolLM2-135M-Instruct through minipeft's Llama configuration: logits and final
+hidden rows against the fixture transformers made from the same GGUF file
+(tests/fixtures/make_smollm2_fixture.py), float32, max |Δ| ≤ 1e-4; and greedy generation
+with the KV cache equal to recomputing the sequence, on the real model. Skipped when the
+model package is missing."""
+import os
+
+import numpy as onp
+import pytest
+
+import minipeft as mp
+from minipeft.generate import generate
+from minipeft.models import gguf_read as G
+from minipeft.models import llama
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "smollm2_reference.npz")
+try:
+    G.model_path()
+    HAVE_MODEL = True
+except ImportError:
+    HAVE_MODEL = False
+pytestmark = pytest.mark.skipif(not HAVE_MODEL, reason=f"the model package is missing: {G.INSTALL}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One BLAS thread: small matrix products on a shared 2-core machine run faster so."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return llama.load_smollm2("float32")
+
+
+@pytest.fixture(scope="module")
+def ref():
+    with onp.load(FIXTURE, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_config_is_smollm2(smol):
+    _, cfg, _ = smol
+    import dataclasses
+    assert abs(cfg.eps - 1e-5) < 1e-12  # the file's float32 ε
+    assert dataclasses.replace(cfg, eps=1e-5) == llama.config(**llama.SMOLLM2_135M)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_logits_match_transformers_on_the_same_gguf(smol, ref, k):
+    params, cfg, _ = smol
+    ids = ref[f"ids_{k}"][None]  # (1, n)
+    X, _ = mp.transformer.hidden(params, ids, cfg)  # (1, n, d) after RMSNorm_f
+    assert onp.abs(X[0, [0, -1]] - ref[f"hidden32_{k}"]).max() <= 1e-4
+    logits = mp.forward(params, ids, cfg)[0]  # the last position only: (vocab,)
+    assert logits.dtype == onp.float32 and logits.shape == (49152,)
+    assert onp.abs(logits - ref[f"logits32_{k}"]).max() <= 1e-4
+
+
+@pytest.mark.slow  # recomputing the whole sequence each step: ~10 s here
+def test_greedy_generation_with_the_cache_equals_without_on_the_real_model(smol, ref):
+    params, cfg, tok = smol
+    ids = list(ref["ids_2"])  # the chat prompt
+    a = generate(params, ids, cfg, max_new_tokens=6, stop=tok.eos_id)
+    b = generate(params, ids, cfg, max_new_tokens=6, stop=tok.eos_id, use_cache=False)
+    assert a == b and len(a) >= 1
