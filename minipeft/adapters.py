@@ -25,6 +25,7 @@ from . import io, tree
 from .backend import cast_like
 from .methods import REGISTRY, attach, method_class, trainable
 from .transformer import Config, new_head
+from .transformer.schema import anchor
 
 #: record keys ``save_adapter`` writes itself; ``extra`` may not set them
 RESERVED = ("format", "version", "kind", "methods", "config", "n_classes", "train_head", "backbone_sha256")
@@ -81,7 +82,7 @@ def save_adapter(path, params, methods, cfg: Config, *, train_head: bool = True,
         "kind": "adapter",
         "methods": [{"type": registry_name(m), "options": m.options()} for m in methods],
         "config": cfg.to_dict(),
-        "n_classes": int(params["head"]["W"].shape[0]),
+        "n_classes": int(cfg.vocab if cfg.head == "tied_lm" else params["head"]["W"].shape[0]),  # tied: vocab
         "train_head": bool(train_head),
         "backbone_sha256": backbone_sha256(params, methods, train_head),
         **(extra or {}),
@@ -161,7 +162,7 @@ def load_adapter(path, backbone, cfg: Config, *, other_backbone: bool = False):
     f = path if isinstance(path, AdapterFile) else read_adapter(path, cfg)
     methods, meta = f.methods, f.meta
     base = backbone
-    if meta["n_classes"] != backbone["head"]["W"].shape[0]:
+    if cfg.head == "classes" and meta["n_classes"] != backbone["head"]["W"].shape[0]:
         base = new_head(backbone, int(meta["n_classes"]))
     want, got = backbone_sha256(base, methods, meta["train_head"]), meta.get("backbone_sha256")
     if want != got:
@@ -173,7 +174,7 @@ def load_adapter(path, backbone, cfg: Config, *, other_backbone: bool = False):
     # the expected θ from the record and the config: its leaves and shapes, never the file's keys
     expected, _ = tree.split(attach(base, methods, cfg), trainable(methods, meta["train_head"]))
     theta, meta = io.load_tree(f.path, expected)
-    theta = cast_like(theta, base["embed"]["pos"])  # a NumPy file into a CuPy model
+    theta = cast_like(theta, anchor(base))  # a NumPy file into a CuPy model
     _, phi = tree.split(base, trainable(methods, meta["train_head"]))
     return tree.combine(theta, phi), methods, meta
 

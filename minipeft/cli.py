@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 
-from . import data, runtime
+from . import chat, data, runtime
 from .exercises import command as exercises_command
 from .methods import REGISTRY, method_class
 
@@ -172,6 +172,7 @@ def build_parser(method: str | None = None):
                    help="an adapter: allow one trained on another backbone of the same config (with a warning)")
 
     exercises_command.add_parser(sub)
+    chat.add_parser(sub, _positive_float, _int_at_least, _seed)
     return p
 
 
@@ -433,7 +434,8 @@ def main(argv=None) -> int:
     try:
         runtime.apply()  # BLAS threads and allocator for the whole command (minipeft/runtime.py)
         rc = {"pretrain": _cmd_pretrain, "info": _cmd_info, "train": _cmd_train, "merge": _cmd_merge,
-         "evaluate": _cmd_evaluate, "tour": _cmd_tour, "exercises": exercises_command.run}[args.command](args)
+         "evaluate": _cmd_evaluate, "tour": _cmd_tour, "exercises": exercises_command.run,
+         "chat": chat.run}[args.command](args)
     except NonFiniteError as e:
         print(f"minipeft: error: {_one_line(e)}", file=sys.stderr)
         return 3

@@ -99,3 +99,18 @@ def test_bad_options_are_clear_errors(kw, match):
 def test_an_encoder_cannot_generate():
     with pytest.raises(ValueError, match="causal decoder"):
         generate({}, PROMPT, dataclasses.replace(CFG, causal=False), max_new_tokens=2)
+
+
+def test_an_adapter_saved_on_a_llama_loads_back_and_refuses_another_backbone(tmp_path):
+    from minipeft.adapters import load_adapter, save_adapter
+    from test_llama import CFG as LLAMA
+    m = LoRA(r=2, targets=("q", "gate"))
+    params = adapted([m])
+    path = tmp_path / "lora-llama.npz"
+    save_adapter(path, params, [m], LLAMA, train_head=False)
+    loaded, methods, _ = load_adapter(path, random_llama(), LLAMA)
+    assert generate(loaded, PROMPT, LLAMA, methods, max_new_tokens=5) == generate(params, PROMPT, LLAMA, [m],
+                                                                                  max_new_tokens=5)
+    encoder = dataclasses.replace(LLAMA, causal=False, pos="learned", cls="ids")
+    with pytest.raises(ValueError, match="trained for a backbone with config"):
+        load_adapter(path, random_llama(), encoder)
