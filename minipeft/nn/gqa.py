@@ -11,6 +11,7 @@ as is. Its VJP sums each group's gradients back into its one head. n_kv = h is t
 """
 from __future__ import annotations
 
+import numpy as onp
 from autograd.extend import defvjp, primitive
 
 
@@ -22,7 +23,7 @@ def repeat_kv(K, n_kv: int, n_rep: int):
     """
     B, S, d_kv = K.shape
     k = K.reshape(B, S, n_kv, 1, d_kv // n_kv)  # (B, S, n_kv, 1, d_h)
-    return k.repeat(n_rep, axis=3).reshape(B, S, d_kv * n_rep)  # (B, S, n_kv, n_rep, d_h) -> (B, S, h·d_h)
+    return onp.repeat(k, n_rep, axis=3).reshape(B, S, d_kv * n_rep)  # (B, S, n_kv, n_rep, d_h) -> (B, S, h·d_h)
 
 
 def _vjp(ans, K, n_kv, n_rep):
