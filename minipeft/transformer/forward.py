@@ -37,9 +37,11 @@ for every method but reparameterised prefix tuning, whose MLP makes its table th
                 (BERT, cls="ids": E₀ (B, n, d), row 0 the [CLS] token)
     layer_in    X_{ℓ-1}  (B, T, d) entering block ℓ    layer, cfg          VPT-Deep
     linear      y = x Wᵀ + b (B, T, d_out)             x, layer, name, cfg LoRA, (IA)³, SSF
-                name ∈ q, k, v, o, mlp1, mlp2
+                name ∈ q, k, v, o, mlp1, mlp2 (+ gate with SwiGLU; k, v are d_kv wide with GQA)
     kv          (K, V)  (B, S, d) each                 layer, cfg          prefix tuning
+                (d_kv = n_kv·d_h wide with GQA; after RoPE)
     ff_hidden   GELU(x W₁ᵀ + b₁)  (B, T, d_ff)         layer, cfg          (IA)³ l_ff
+                (SwiGLU: SiLU(x W_gᵀ) ⊙ x W_1ᵀ, W_2's input)
     mlp         MLP(LN₂(X'))  (B, T, d)                x_norm, x_resid,    AdaptFormer
                                                         layer, cfg
     after       a module's output (B, T, d);           layer, name, cfg    serial adapters,
