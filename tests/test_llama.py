@@ -269,3 +269,33 @@ def test_label_word_classification_through_forward_and_fit():
     out, hist = mp.fit(params, (ids, y), CFG, [m], steps=40, lr=5e-2, batch_size=12, train_head=False)
     assert hist["loss"][-1] < hist["loss"][0]
     assert mp.predict(out, ids, CFG, [m]).shape == (12, CFG.vocab)
+
+
+def test_method_gradients_on_a_llama_match_finite_differences():
+    """∂L/∂θ of the LM loss for LoRA (gate, down), prefix and prompt tuning and (IA)³ together,
+    as one vector, against central differences along random directions (float64)."""
+    from conftest import directional_check
+    methods = [LoRA(r=2, targets=("gate", "mlp2", "k")), PrefixTuning(p=2), PromptTuning(p=2), IA3(variant="paper")]
+    params = attached(methods)
+    theta, phi = mp.split(params, mp.trainable(methods, train_head=False))
+    leaves = mp.tree.leaves_with_paths(theta)
+    sizes = [a.size for _, a in leaves]
+
+    def unflat(vec):
+        out, i = theta, 0
+        for (path, a), n in zip(leaves, sizes):
+            out = mp.tree.replace(out, path, vec[i:i + n].reshape(a.shape))
+            i += n
+        return out
+
+    vec = onp.concatenate([a.ravel() for _, a in leaves])
+    f = lambda v: float(lm_loss(mp.combine(unflat(v), phi), IDS, CFG, methods))  # noqa: E731
+    g = grad(lambda th: lm_loss(mp.combine(th, phi), IDS, CFG, methods))(theta)
+    gvec = onp.concatenate([a.ravel() for _, a in mp.tree.leaves_with_paths(g)])
+    directional_check(f, vec, gvec, n=4, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def test_a_kv_cache_needs_a_causal_rope_model():
+    enc = dataclasses.replace(CFG, causal=False)
+    with pytest.raises(ValueError, match="cache: a KV cache needs"):
+        mp.transformer.hidden(mp.init_params(enc), IDS, enc, cache=mp.transformer.KVCache())

@@ -316,6 +316,9 @@ def hidden(params, x, cfg: Config, methods=(), trace=None, cache=None):
     later ones, whose x holds only the new tokens (module docstring).
     """
     _check_params(params, cfg)
+    if cache is not None and (cfg.pos != "rope" or not cfg.causal):
+        raise ValueError(f"cache: a KV cache needs a causal model with rotary positions (causal=True, pos='rope'), "
+                         f"got causal={cfg.causal}, pos={cfg.pos!r}")
     ref = anchor(params)
     x = like(check_batch(x, cfg, ref.dtype), ref)  # on the model's device
     _check_methods(params, methods)
