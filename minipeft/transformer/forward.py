@@ -22,7 +22,7 @@ local: the MLP's nonlinearity (``cfg.act``: GELU's two forms, or SwiGLU with the
 W_type, LN_emb), what the head reads (``pool``) and the attention's decoder options in
 ``block``'s ``msa``: RoPE on Q and K right after their "linear" seam (so LoRA, (IA)³ and
 SSF on q, k act before the rotation, as on Hugging Face's Llama), then the "kv" seam, then
-GQA's ``repeat_kv``; the causal mask is built in ``_row_masks``.
+GQA's ``repeat_kv``; the causal mask is built in ``_causal``.
 
 Seams. Each is a call ``_seam(methods, thetas, "<seam>", value, **ctx)`` that hands
 ``value`` through every active method's hook ``on_<seam>``, in the order the methods
@@ -164,11 +164,10 @@ def token_embedding(params, ids, cfg: Config):
 
 
 def _norm(g, Y, cfg: Config):
-    """LayerNorm γ ⊙ Ŷ + β, or RMSNorm g ⊙ Y / rms(Y) (cfg.norm="rms"; + β when a merged
-    SSF put one there).  (B, T, d) -> (B, T, d)."""
+    """LayerNorm γ ⊙ Ŷ + β, or RMSNorm g ⊙ Y / rms(Y) (cfg.norm="rms", g = "gamma").
+    (B, T, d) -> (B, T, d)."""
     if cfg.norm == "rms":
-        Y = rms_norm(Y, g["gamma"], cfg.eps)
-        return Y + g["beta"] if "beta" in g else Y
+        return rms_norm(Y, g["gamma"], cfg.eps)
     return layer_norm(Y, g["gamma"], g["beta"], cfg.eps)
 
 
