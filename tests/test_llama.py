@@ -299,3 +299,14 @@ def test_a_kv_cache_needs_a_causal_rope_model():
     enc = dataclasses.replace(CFG, causal=False)
     with pytest.raises(ValueError, match="cache: a KV cache needs"):
         mp.transformer.hidden(mp.init_params(enc), IDS, enc, cache=mp.transformer.KVCache())
+
+
+def test_to_dict_omits_decoder_fields_at_their_defaults_and_round_trips():
+    """A config written before the decoder fields existed keeps its record and cache key."""
+    from minipeft.transformer.config import DECODER_FIELDS
+    vit = mp.Config()
+    assert not set(DECODER_FIELDS) & set(vit.to_dict())
+    assert mp.Config.from_dict(vit.to_dict()) == vit
+    d = CFG.to_dict()
+    assert {"n_kv", "pos", "rope_base", "causal", "bias", "head"} <= set(d)
+    assert mp.Config.from_dict(d) == CFG

@@ -20,7 +20,9 @@ CLS_MODES = ("learned", "ids", "no_cls")  # a learned x₀ prepended | the token
 POOLS = ("cls", "mean", "pooler", "last")  # row 0 | mean of the real tokens | tanh(W_p x₀ + b_p) (BERT's
 #                                            pooler) | the last real token (a causal decoder)
 POSITIONS = ("learned", "rope")  # a learned table added to the embeddings | rotary, in attention (Llama)
-HEADS = ("classes", "tied_lm")  # a new linear head W (n_classes, d) + b | logits x W_tokᵀ (tied LM head)
+HEADS = ("classes", "tied_lm")
+#: the fields the decoder forks added; ``to_dict`` writes them only when not at their default
+DECODER_FIELDS = ("n_kv", "pos", "rope_base", "causal", "bias", "head")  # a new linear head W (n_classes, d) + b | logits x W_tokᵀ (tied LM head)
 
 
 @dataclass(frozen=True)
@@ -212,8 +214,12 @@ class Config:
         return embed + self.N * blk + top + head
 
     def to_dict(self) -> dict:
-        """JSON-ready dict of the fields."""
-        return dataclasses.asdict(self)
+        """JSON-ready dict of the fields; the decoder fields (``DECODER_FIELDS``) only where they
+        differ from their defaults, so a config written before they existed (an adapter's
+        record, the pretrained cache's key) reads and hashes the same."""
+        out = dataclasses.asdict(self)
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in DECODER_FIELDS}
+        return {k: v for k, v in out.items() if k not in defaults or v != defaults[k]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
