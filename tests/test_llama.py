@@ -310,3 +310,12 @@ def test_to_dict_omits_decoder_fields_at_their_defaults_and_round_trips():
     d = CFG.to_dict()
     assert {"n_kv", "pos", "rope_base", "causal", "bias", "head"} <= set(d)
     assert mp.Config.from_dict(d) == CFG
+
+
+def test_lm_logits_positions_are_checked():
+    params = random_llama()
+    for at in ([9], [-1], [[0]], [0.5]):
+        with pytest.raises(ValueError, match="at: expected"):
+            lm_logits(params, IDS, CFG, at=at)
+    with pytest.raises(ValueError, match="causal decoder"):
+        lm_loss(params, IDS, dataclasses.replace(CFG, causal=False))

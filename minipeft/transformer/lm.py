@@ -51,7 +51,10 @@ def lm_logits(params, x, cfg: Config, methods=(), at=None):
     n = onp.shape(x)[-1]
     rows = input_rows(cfg, n, H.shape[1])
     if at is not None:
-        rows = rows[onp.asarray(at)]
+        at = onp.asarray(at)
+        if at.ndim != 1 or at.dtype.kind not in "iu" or (at.size and (at.min() < 0 or at.max() >= n)):
+            raise ValueError(f"at: expected a 1-D int array of input positions in [0, n={n}), got {at.tolist()!r:.80}")
+        rows = rows[at]
     return lm_head(params, H[:, rows])  # (B, k, vocab)
 
 
