@@ -178,7 +178,26 @@ def test_the_parse_is_kept_per_file(tiny, monkeypatch):
     first = G.read_gguf(path)
     monkeypatch.setattr(G, "_parse", lambda p: pytest.fail("parsed twice"))
     assert G.read_gguf(path) is first
+    monkeypatch.undo()
+    with open(path, "ab") as f:  # the file changes on disk: parsed again
+        f.write(b"\0" * 32)
+    assert G.read_gguf(path) is not first
+
+
+def test_the_cache_forgets_the_smallest_file_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(G, "_CACHE", {})
+    monkeypatch.setattr(G, "MAX_CACHED", 2)
+    paths = []
+    for n, pad in enumerate((4096, 0, 64)):  # sizes: big, small, middle
+        p = tmp_path / f"f{n}.gguf"
+        write_llama(p)
+        with open(p, "ab") as f:
+            f.write(b"\0" * pad)
+        paths.append(p)
+        G.read_gguf(p)
+    assert sorted(k[0].rsplit("/", 1)[-1] for k in G._CACHE) == ["f0.gguf", "f2.gguf"]
     G.clear_cache()
+    assert not G._CACHE
 
 
 # --------------------------------------------------------------------------- bad input
