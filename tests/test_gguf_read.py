@@ -230,6 +230,10 @@ def test_unknown_tensor_type_is_named(tmp_path):
         **hf_weights(TINY), "blk.0.ffn_norm.weight": onp.ones((1, 64), onp.float32)})
     with pytest.raises(G.GGUFError, match=r"blk.0.ffn_norm.weight has shape \(1, 64\), expected \(64,\)"):
         S.load(path=path)
+    path = tmp_path / "q8norm.gguf"
+    write_llama(path, types={"blk.1.attn_norm.weight": "Q8_0"})
+    with pytest.raises(G.GGUFError, match="blk.1.attn_norm.weight is Q8_0; a norm's gains are read as F32"):
+        S.load(path=path)
 
 
 def test_a_type_id_the_reader_does_not_know(tmp_path, tiny):
