@@ -15,3 +15,10 @@ def digit_pieces(text: str) -> list:
         else:
             run += ch
     return pieces + ([run] if run else [])
+
+
+def space_before_number(text: str) -> bool:
+    """Whether whitespace comes right before a numeric character somewhere in text: the only
+    places where isolating digits first can change GPT-2's pre-tokens (" ?\\p{N}+" and
+    "\\s+(?!\\S)" would take the whitespace with the number or split the run)."""
+    return any(a.isspace() and unicodedata.category(b).startswith("N") for a, b in zip(text, text[1:]))

@@ -178,7 +178,26 @@ def test_the_parse_is_kept_per_file(tiny, monkeypatch):
     first = G.read_gguf(path)
     monkeypatch.setattr(G, "_parse", lambda p: pytest.fail("parsed twice"))
     assert G.read_gguf(path) is first
+    monkeypatch.undo()
+    with open(path, "ab") as f:  # the file changes on disk: parsed again
+        f.write(b"\0" * 32)
+    assert G.read_gguf(path) is not first
+
+
+def test_the_cache_forgets_the_smallest_file_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(G, "_CACHE", {})
+    monkeypatch.setattr(G, "MAX_CACHED", 2)
+    paths = []
+    for n, pad in enumerate((4096, 0, 64)):  # sizes: big, small, middle
+        p = tmp_path / f"f{n}.gguf"
+        write_llama(p)
+        with open(p, "ab") as f:
+            f.write(b"\0" * pad)
+        paths.append(p)
+        G.read_gguf(p)
+    assert sorted(k[0].rsplit("/", 1)[-1] for k in G._CACHE) == ["f0.gguf", "f2.gguf"]
     G.clear_cache()
+    assert not G._CACHE
 
 
 # --------------------------------------------------------------------------- bad input
@@ -210,6 +229,10 @@ def test_unknown_tensor_type_is_named(tmp_path):
     write_llama(path, types={"blk.0.ffn_norm.weight": "Q8_0"}, weights={
         **hf_weights(TINY), "blk.0.ffn_norm.weight": onp.ones((1, 64), onp.float32)})
     with pytest.raises(G.GGUFError, match=r"blk.0.ffn_norm.weight has shape \(1, 64\), expected \(64,\)"):
+        S.load(path=path)
+    path = tmp_path / "q8norm.gguf"
+    write_llama(path, types={"blk.1.attn_norm.weight": "Q8_0"})
+    with pytest.raises(G.GGUFError, match="blk.1.attn_norm.weight is Q8_0; a norm's gains are read as F32"):
         S.load(path=path)
 
 

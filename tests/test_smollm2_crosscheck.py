@@ -3,8 +3,6 @@ extra; skipped without torch/transformers/the model package): every weight of φ
 for bit, to the dense model transformers builds from the same file (W_q, W_k un-permuted to
 its rotate_half layout), and the tokenizer's ids on real texts with accents, digits,
 whitespace runs, emoji, other scripts, code."""
-import re
-
 import numpy as onp
 import pytest
 
@@ -14,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 from minipeft.models import gguf_read as G  # noqa: E402
 from minipeft.models import smollm2 as S  # noqa: E402
 
-from digit_pieces import digit_pieces  # noqa: E402
+from digit_pieces import digit_pieces, space_before_number  # noqa: E402
 
 #: importing transformers and building its tokenizer and model from the GGUF takes a minute here
 pytestmark = pytest.mark.slow
@@ -51,7 +49,8 @@ def hf_tokenizer():
 
 def test_tokenizer_ids_match_transformers(ours, hf_tokenizer):
     """Ours = transformers' tokenizer applied after the digit isolation, on every text; = transformers'
-    GGUF tokenizer as it is wherever no whitespace run meets a digit (it skips that isolation)."""
+    GGUF tokenizer as it is on every text where no whitespace comes right before a numeric
+    character (it skips that isolation; there the two may differ, and on some texts here do)."""
     _, _, tok = ours
     differ = []
     for text in TEXTS:
@@ -61,7 +60,7 @@ def test_tokenizer_ids_match_transformers(ours, hf_tokenizer):
         if ids != hf_tokenizer.encode(text, add_special_tokens=False):
             differ.append(text)
         assert tok.decode(ids) == text
-    assert differ == [t for t in TEXTS if re.search(r"\s\s\d", t)]
+    assert differ and all(space_before_number(t) for t in differ)
     msgs = [{"role": "user", "content": "Name 3 colours."}, {"role": "assistant", "content": "Red, green, blue."},
             {"role": "user", "content": "And 2 more?"}]
     for gen in (True, False):

@@ -20,7 +20,8 @@ for), every tensor's type (one of ``TYPES``; others named with the tensor), its 
 its bytes lie inside the file. Anything the reader itself cannot parse (a truncated or
 corrupt file, an unknown type id) becomes a GGUFError too. Parsing the metadata walks
 about 100,000 strings (the vocabulary and the merges); the result is kept per file
-(path, size, mtime) for the process, without the mapping, so a second load is cheap.
+(path, size, mtime) for the process, without the mapping, so a second load is cheap
+(``read_gguf``: at most MAX_CACHED files, the smallest forgotten first).
 """
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ MAX_FILE_BYTES = 1 << 31
 MAX_TENSORS = 1 << 14
 MAX_KV = 1 << 12
 MAX_DIM = 1 << 20
+#: parsed files kept per process (a real vocabulary is tens of MB of Python strings)
+MAX_CACHED = 4
 _MAGIC = b"GGUF"
 
 
@@ -181,13 +184,17 @@ def read_gguf(path, architecture: str | None = "llama") -> GGUF:
     """The checked GGUF at ``path``: metadata and tensor table (tensor bytes are read on ``open``).
 
     architecture: the ``general.architecture`` the caller reads (None: any); GGUFError if the
-    file says another. Parsed once per (path, size, mtime) in this process.
+    file says another. Parsed once per (path, size, mtime) in this process; at most
+    MAX_CACHED files are kept, the smallest forgotten first.
     """
     path = os.fspath(path)
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
     if key not in _CACHE:
-        _CACHE.clear()  # one file at a time: the vocabulary is tens of MB of Python strings
+        for old in [k for k in _CACHE if k[0] == key[0]]:  # the file changed on disk
+            del _CACHE[old]
+        while len(_CACHE) >= MAX_CACHED:  # forget the smallest file first: the cheapest to parse again
+            del _CACHE[min(_CACHE, key=lambda k: k[1])]
         _CACHE[key] = _parse(path)
     f = _CACHE[key]
     arch = f.meta.get("general.architecture")

@@ -101,8 +101,8 @@ class Q4_1Blocks(_Blocks):
         qs = self.qs[start:stop]  # (t, nb, 16)
         n, nb = qs.shape[0], qs.shape[1]
         q = onp.empty((n, nb, BLOCK), onp.float32)
-        q[:, :, :16] = qs & 0x0F  # q_1 … q_16: low nibbles
-        q[:, :, 16:] = qs >> 4  # q_17 … q_32: high nibbles
+        onp.bitwise_and(qs, 0x0F, out=q[:, :, :16], casting="unsafe")  # q_1 … q_16: low nibbles
+        onp.right_shift(qs, 4, out=q[:, :, 16:], casting="unsafe")  # q_17 … q_32: high nibbles
         q *= self.d[start:stop, :, None].astype(onp.float32)
         q += self.m[start:stop, :, None].astype(onp.float32)
         return _as(q.reshape(n, nb * BLOCK), dtype)

@@ -4,6 +4,7 @@
     tasks.py      TextTask: fixed splits, few_shot(k, seed), full(), max_len; load_text_task
     batching.py   truncate / warn_truncated to max_len; bucket_batches by token length
     tokenizer.py  Tokenizer: a model's tokenizer.json -> (ids, type ids, mask); models.minilm loads it
+    bpe.py        BPETokenizer: byte-level BPE + ChatML from a GGUF's metadata; models.smollm2 builds it
 """
 from .batching import TruncationWarning, bucket_batches, padded_tokens, random_batches, truncate, warn_truncated
 from .datasets import (INSTALL, TextData, load_20newsgroups, load_bbc_news, load_election_tweets, load_reuters,
