@@ -261,7 +261,8 @@ def main():
         raise SystemExit(f"needs the crosscheck extra ({e}): python -m pip install -e \".[crosscheck]\"")
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    measure.tune_malloc()
+    from minipeft import runtime
+    runtime.apply()  # the allocator and thread policy every minipeft entry point applies
     if a.profile:
         lines = [f"Where minipeft's steps spend their time ({a.profile} tokens, batch {BATCH}, float32, one "
                  f"thread; cProfile over 3 steps, own time per function): "
