@@ -82,10 +82,10 @@ def _col_sum(x2):
 _BLOCK = 1 << 16
 
 
-def _blocks(n, device, size=_BLOCK):
-    """Slices covering range(n) in blocks of ``size`` (one slice on a device, where one
-    kernel over everything is the fast way)."""
-    step = n if device else size
+def _blocks(n, device, size=None):
+    """Slices covering range(n) in blocks of ``size`` (default ``_BLOCK``; one slice on a
+    device, where one kernel over everything is the fast way)."""
+    step = n if device else (size or _BLOCK)
     return [slice(i, i + step) for i in range(0, n, max(step, 1))]
 
 
@@ -232,13 +232,26 @@ defvjp_argnums(layer_norm, _ln_vjp)
 _GELU = _Stash()
 
 
-def _gelu_tanh(x):
-    u = x * x  # tanh(√(2/π)(x + 0.044715 x³)), built in one buffer
-    u *= x
-    u *= _GELU_A
-    u += x
-    u *= _GELU_C
-    return onp.tanh(u, out=u)
+def _gelu_tanh(x, y=None):
+    """t = tanh(√(2/π)(x + 0.044715 x³)), block by block into one new buffer; given ``y``
+    (an empty array like x), also writes GELU(x) = ½ x (1 + t) there while the block is in
+    cache.  Returns t."""
+    t = _empty(x)
+    xf, tf = x.reshape(-1), t.reshape(-1)  # flat views (x copied if strided)
+    yf = None if y is None else y.reshape(-1)
+    for sl in _blocks(xf.shape[0], type(x) is not onp.ndarray):
+        xb = xf[sl]
+        u = onp.multiply(xb, xb, out=tf[sl])
+        u *= xb
+        u *= _GELU_A
+        u += xb
+        u *= _GELU_C
+        onp.tanh(u, out=u)
+        if yf is not None:
+            yb = onp.add(u, 1.0, out=yf[sl])
+            yb *= xb
+            yb *= 0.5
+    return t
 
 
 @primitive
@@ -250,10 +263,8 @@ def gelu(x):
     Any shape -> same shape.  With t = tanh(·):
         GELU'(x) = ½ (1 + t) + ½ x (1 − t²) √(2/π) (1 + 3·0.044715 x²)
     """
-    t = _gelu_tanh(x)
-    y = t + 1.0
-    y *= x
-    y *= 0.5
+    y = _empty(x)
+    t = _gelu_tanh(x, y)
     return _GELU.put(y, t)
 
 
@@ -316,10 +327,12 @@ def gelu_erf(x):
     xf, yf, pf = x.reshape(-1), y.reshape(-1), Phi.reshape(-1)  # flat views (x copied if strided)
     for sl in _blocks(xf.shape[0], type(x) is not onp.ndarray):  # each block's chain in cache
         p = onp.multiply(xf[sl], _INV_SQRT2, out=pf[sl])
-        p = _erf(p, out=p) if type(p) is onp.ndarray else _erf(p)
+        host = type(p) is onp.ndarray
+        p = _erf(p, out=p) if host else _erf(p)  # (SciPy writes in place)
         p += 1.0
         p *= 0.5  # Φ(x)
-        pf[sl] = p  # (a no-op for NumPy, whose erf wrote in place)
+        if not host:
+            pf[sl] = p
         onp.multiply(xf[sl], p, out=yf[sl])
     return _GELU_ERF.put(y, Phi)
 
