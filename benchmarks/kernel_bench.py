@@ -114,10 +114,8 @@ def main():
         print(line, flush=True)
         lines.append(line)
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     out(f"float32, batch {BATCH}, one thread; torch {torch.__version__}, numpy {onp.__version__}; "
-        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average at start "
-        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min) on {os.cpu_count()} cores")
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {measure.load_line('at the start')}")
     out("ratio = minipeft / torch, forward + backward of one kernel (CPU time, median of interleaved rounds; "
         "< 1: minipeft faster)")
     out()
@@ -135,6 +133,8 @@ def main():
             r = measure.ratio(res, "minipeft", "torch")
             shape = " × ".join(str(s) for s in xs[0].shape)
             out(f"| {n} | {name} | {shape} | {r['cpu']:.2f} | {r['iqr'][0]:.2f}-{r['iqr'][1]:.2f} | {err:.1e} |")
+    out()
+    out(measure.load_line("at the end"))
     if a.out:
         Path(a.out).write_text("# `python benchmarks/kernel_bench.py` (generated)\n\n" + "\n".join(lines) + "\n")
         print(f"wrote {a.out}")
