@@ -151,3 +151,17 @@ def page_faults():
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     except ImportError:
         return 0
+
+
+# ---------------------------------------------------------------------- machine load
+def load_line(when):
+    """``load average <when> a / b / c (1 / 5 / 15 min) on n cores`` (+ a note when the 1-minute
+    load exceeds the core count: other processes shared the CPU, so wall-clock times stretch
+    and the interleaved CPU-time ratios are the fairer figure)."""
+    import os
+    if not hasattr(os, "getloadavg"):
+        return f"load average {when}: not available"
+    a, b, c = os.getloadavg()
+    n = os.cpu_count() or 1
+    note = "; above the core count: other processes shared the CPU" if a > n else ""
+    return f"load average {when} {a:.1f} / {b:.1f} / {c:.1f} (1 / 5 / 15 min) on {n} cores{note}"

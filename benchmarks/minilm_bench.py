@@ -261,7 +261,8 @@ def main():
         raise SystemExit(f"needs the crosscheck extra ({e}): python -m pip install -e \".[crosscheck]\"")
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    measure.tune_malloc()
+    from minipeft import runtime
+    runtime.apply()  # the allocator and thread policy every minipeft entry point applies
     if a.profile:
         lines = [f"Where minipeft's steps spend their time ({a.profile} tokens, batch {BATCH}, float32, one "
                  f"thread; cProfile over 3 steps, own time per function): "
@@ -279,7 +280,8 @@ def main():
 
     out(f"all-MiniLM-L6-v2, float32, batch {BATCH}, one thread, {platform.processor() or platform.machine()}; "
         f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
-        f"numpy {onp.__version__}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+        f"numpy {onp.__version__}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+        f"{measure.load_line('at the start')}")
     out("ratio = minipeft / torch (CPU time, median of interleaved rounds; < 1: minipeft faster); "
         "lora is against HF peft, full and forward against plain transformers")
     out()
@@ -290,6 +292,8 @@ def main():
             r = measure.ratio(res, "minipeft", "torch")
             out(f"| {n} | {what} | {r['cpu']:.2f} | {r['iqr'][0]:.2f}-{r['iqr'][1]:.2f} | {r['wall']:.2f} | "
                 f"{err:.1e} |")
+    out()
+    out(measure.load_line("at the end"))
     if a.out:
         Path(a.out).write_text("# `python benchmarks/minilm_bench.py` (generated)\n\n" + "\n".join(lines) + "\n")
         print(f"wrote {a.out}")

@@ -15,7 +15,11 @@ Speed notes (measured by benchmarks/bench.py; one BLAS thread): row sums are BLA
 matrix-vector products with a ones vector, several times faster than ``sum(-1)`` on
 short rows; elementwise chains update one buffer in place, because every fresh
 temporary costs page faults on first touch; ``layer_norm`` and ``gelu`` hand x̂, 1/σ and
-tanh(·) from the forward to their VJPs instead of recomputing them (``_Stash``).
+tanh(·) from the forward to their VJPs instead of recomputing them (``_Stash``);
+softmax, LayerNorm and both GELUs walk the array in row blocks of about ``_BLOCK`` numbers,
+each block going through the whole chain (statistics, then the update that reads them)
+while it is in cache, so the array is read from memory once rather than once per step
+(benchmarks/kernel_bench.py measures them against PyTorch's).
 """
 from __future__ import annotations
 
@@ -75,6 +79,31 @@ def _row_dot(a, b):
 def _col_sum(x2):
     """Σ over the rows of a 2-D array as one BLAS product onesᵀ x.  (M, n) -> (n,)."""
     return _ones(x2, x2.shape[0]) @ x2
+
+
+#: elements per block of a chunked element-wise chain: small enough that the block's
+#: temporaries stay in the L2 cache, large enough that NumPy's per-call cost is noise
+_BLOCK = 1 << 16
+
+
+def _blocks(n, device, size=None):
+    """Slices covering range(n) in blocks of ``size`` (default ``_BLOCK``; one slice on a
+    device, where one kernel over everything is the fast way)."""
+    step = n if device else (size or _BLOCK)
+    return [slice(i, i + step) for i in range(0, n, max(step, 1))]
+
+
+def _row_blocks(x2):
+    """Row slices of a 2-D (M, n) array, each about ``_BLOCK`` numbers (whole rows): a
+    row-wise chain (statistics, then the update that reads them) runs on one block while
+    it is in cache, instead of streaming the whole array through memory once per step."""
+    return _blocks(x2.shape[0], type(x2) is not onp.ndarray, max(1, _BLOCK // max(x2.shape[-1], 1)))
+
+
+def _empty(x):
+    """A C-contiguous array of x's shape and dtype, by x's array module (its row view
+    ``reshape(-1, n)`` is then a view, so writes through it land)."""
+    return onp.empty(x.shape, x.dtype) if type(x) is onp.ndarray else onp.empty_like(x)
 
 
 # --------------------------------------------------------------------------- linear
@@ -145,39 +174,57 @@ def layer_norm(x, gamma, beta, eps=1e-5):
         ∂L/∂x = (1/σ)(ĝ − mean(ĝ) − x̂ ⊙ mean(ĝ ⊙ x̂)),  ∂L/∂γ = Σ_rows g ⊙ x̂,  ∂L/∂β = Σ_rows g
     (means over the last axis).
     """
-    xhat, rstd = _ln_stats(x, eps)
-    y = xhat * gamma
-    y += beta
-    return _LN.put(y, (xhat, rstd))
+    x2 = x.reshape(-1, x.shape[-1])  # (M, d)
+    y = _empty(x)
+    y2 = y.reshape(x2.shape)  # a view of y
+    stats = []  # (rows, x̂, 1/σ) of each row block, handed to the VJP
+    for sl in _row_blocks(x2):  # statistics and affine map of a block while it is in cache
+        xhat, rstd = _ln_stats(x2[sl], eps)
+        onp.multiply(xhat, gamma, out=y2[sl])
+        y2[sl] += beta
+        stats.append((sl, xhat, rstd))
+    return _LN.put(y, stats)
+
+
+def _ln_block_stats(x, eps):
+    """[(rows, x̂, 1/σ)] of ``layer_norm``'s row blocks, recomputed (the forward's were not handed over)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return [(sl,) + _ln_stats(x2[sl], eps) for sl in _row_blocks(x2)]
 
 
 def _ln_vjp(argnums, ans, args, kwargs):
     x, gamma = args[0], args[1]
     eps = args[3] if len(args) > 3 else kwargs.get("eps", 1e-5)
+    if any(i not in (0, 1, 2) for i in argnums):
+        raise ValueError("layer_norm: eps is not differentiable")
     stats = _LN.take(ans)
-    xhat, rstd = stats if stats is not None else _ln_stats(x, eps)
+    if stats is None:
+        stats = _ln_block_stats(x, eps)
     d = x.shape[-1]
 
-    def vjp_x(g):
-        gx = g * gamma  # ĝ
-        t = xhat * (_row_dot(gx, xhat) * (1.0 / d))  # x̂ ⊙ mean(ĝ ⊙ x̂)
-        t += _row_sum(gx) * (1.0 / d)  # + mean(ĝ)
-        gx -= t
-        gx *= rstd
-        return gx
-
     def vjp(g):
-        out = []
-        for i in argnums:
-            if i == 0:
-                out.append(vjp_x(g))
-            elif i == 1:
-                out.append(_col_sum((g * xhat).reshape(-1, d)))  # (d,)
-            elif i == 2:
-                out.append(_col_sum(g.reshape(-1, d)))  # (d,)
-            else:
-                raise ValueError("layer_norm: eps is not differentiable")
-        return tuple(out)
+        # one pass over the row blocks computes every requested gradient while g's block is in cache
+        g2 = g.reshape(-1, d)
+        dx = _empty(x) if 0 in argnums else None
+        dx2 = None if dx is None else dx.reshape(-1, d)
+        dgamma = dbeta = None
+        for sl, xhat, rstd in stats:
+            gb = g2[sl]
+            t = gb * xhat  # g ⊙ x̂ (block)
+            if 1 in argnums:
+                part = _col_sum(t)  # Σ_rows g ⊙ x̂
+                dgamma = part if dgamma is None else dgamma + part
+            if 2 in argnums:
+                part = _col_sum(gb)  # Σ_rows g
+                dbeta = part if dbeta is None else dbeta + part
+            if dx2 is not None:
+                gx = onp.multiply(gb, gamma, out=dx2[sl])  # ĝ
+                onp.multiply(xhat, _row_dot(gx, xhat) * (1.0 / d), out=t)  # x̂ ⊙ mean(ĝ ⊙ x̂)
+                t += _row_sum(gx) * (1.0 / d)  # + mean(ĝ)
+                gx -= t
+                gx *= rstd
+        grads = {0: dx, 1: dgamma, 2: dbeta}
+        return tuple(grads[i] for i in argnums)
 
     return vjp
 
@@ -189,13 +236,26 @@ defvjp_argnums(layer_norm, _ln_vjp)
 _GELU = _Stash()
 
 
-def _gelu_tanh(x):
-    u = x * x  # tanh(√(2/π)(x + 0.044715 x³)), built in one buffer
-    u *= x
-    u *= _GELU_A
-    u += x
-    u *= _GELU_C
-    return onp.tanh(u, out=u)
+def _gelu_tanh(x, y=None):
+    """t = tanh(√(2/π)(x + 0.044715 x³)), block by block into one new buffer; given ``y``
+    (an empty array like x), also writes GELU(x) = ½ x (1 + t) there while the block is in
+    cache.  Returns t."""
+    t = _empty(x)
+    xf, tf = x.reshape(-1), t.reshape(-1)  # flat views (x copied if strided)
+    yf = None if y is None else y.reshape(-1)
+    for sl in _blocks(xf.shape[0], type(x) is not onp.ndarray):
+        xb = xf[sl]
+        u = onp.multiply(xb, xb, out=tf[sl])
+        u *= xb
+        u *= _GELU_A
+        u += xb
+        u *= _GELU_C
+        onp.tanh(u, out=u)
+        if yf is not None:
+            yb = onp.add(u, 1.0, out=yf[sl])
+            yb *= xb
+            yb *= 0.5
+    return t
 
 
 @primitive
@@ -207,23 +267,9 @@ def gelu(x):
     Any shape -> same shape.  With t = tanh(·):
         GELU'(x) = ½ (1 + t) + ½ x (1 − t²) √(2/π) (1 + 3·0.044715 x²)
     """
-    t = _gelu_tanh(x)
-    y = t + 1.0
-    y *= x
-    y *= 0.5
+    y = _empty(x)
+    t = _gelu_tanh(x, y)
     return _GELU.put(y, t)
-
-
-#: elements per block of a chunked element-wise chain: small enough that the block's
-#: temporaries stay in the L2 cache, large enough that NumPy's per-call cost is noise
-_BLOCK = 1 << 15
-
-
-def _blocks(n, device):
-    """Slices covering range(n) in blocks of ``_BLOCK`` (one slice on a device, where one
-    kernel over everything is the fast way)."""
-    step = n if device else _BLOCK
-    return [slice(i, i + step) for i in range(0, n, max(step, 1))]
 
 
 def _gelu_derivative(x, t):
@@ -258,12 +304,13 @@ def _gelu_vjp(ans, x):
 defvjp(gelu, _gelu_vjp)
 
 
-def _erf(x):
-    """erf(x) elementwise in x's dtype, by x's array module (SciPy for NumPy, cupyx for CuPy)."""
+def _erf(x, out=None):
+    """erf(x) elementwise in x's dtype (float32 stays float32), by x's array module (SciPy
+    for NumPy, cupyx for CuPy); ``out``: a NumPy buffer to write into."""
     if type(x) is onp.ndarray or onp.isscalar(x):
         from scipy.special import erf  # a dependency of scikit-learn
-    else:  # a device array
-        from cupyx.scipy.special import erf
+        return erf(x) if out is None else erf(x, out=out)
+    from cupyx.scipy.special import erf  # a device array
     return erf(x)
 
 
@@ -280,22 +327,42 @@ def gelu_erf(x):
 
     Any shape -> same shape.  GELU'(x) = Φ(x) + x φ(x),  φ(x) = exp(−x²/2) / √(2π).
     """
-    phi = _erf(x * _INV_SQRT2)
-    phi += 1.0
-    phi *= 0.5  # Φ(x)
-    return _GELU_ERF.put(x * phi, phi)
+    y, Phi = _empty(x), _empty(x)
+    xf, yf, pf = x.reshape(-1), y.reshape(-1), Phi.reshape(-1)  # flat views (x copied if strided)
+    for sl in _blocks(xf.shape[0], type(x) is not onp.ndarray):  # each block's chain in cache
+        p = onp.multiply(xf[sl], _INV_SQRT2, out=pf[sl])
+        host = type(p) is onp.ndarray
+        p = _erf(p, out=p) if host else _erf(p)  # (SciPy writes in place)
+        p += 1.0
+        p *= 0.5  # Φ(x)
+        if not host:
+            pf[sl] = p
+        onp.multiply(xf[sl], p, out=yf[sl])
+    return _GELU_ERF.put(y, Phi)
+
+
+def _gelu_erf_derivative(x, Phi):
+    """GELU'(x) = Φ(x) + x φ(x) written into Phi's buffer, block by block (the same
+    operations, in the same order, as one whole-array pass)."""
+    xf, pf = x.reshape(-1), Phi.reshape(-1)
+    for sl in _blocks(xf.shape[0], type(x) is not onp.ndarray):
+        xb = xf[sl]
+        d = xb * xb
+        d *= -0.5
+        onp.exp(d, out=d)
+        d *= xb
+        d *= _INV_SQRT_2PI  # x φ(x)
+        d += pf[sl]
+        pf[sl] = d
+    return Phi
 
 
 def _gelu_erf_vjp(ans, x):
+    # built right after the forward: Φ (no longer needed) becomes GELU'(x) in its own buffer
     Phi = _GELU_ERF.take(ans)
     if Phi is None:
         Phi = 0.5 * (1.0 + _erf(x * _INV_SQRT2))
-    dydx = x * x
-    dydx *= -0.5
-    onp.exp(dydx, out=dydx)
-    dydx *= x
-    dydx *= _INV_SQRT_2PI  # x φ(x)
-    dydx += Phi
+    dydx = _gelu_erf_derivative(x, Phi)
     return lambda g: g * dydx
 
 
@@ -303,23 +370,50 @@ defvjp(gelu_erf, _gelu_erf_vjp)
 
 
 # --------------------------------------------------------------------------- softmax
-def _softmax(z, inplace=False):
-    """softmax over the last axis; ``inplace`` overwrites z (a buffer the caller owns)."""
-    m = z.max(axis=-1, keepdims=True)
-    if inplace:
-        z -= m
-        e = z
-    else:
-        e = z - m
-    onp.exp(e, out=e)
-    e /= _row_sum(e)
+def _softmax(z, inplace=False, scale=None, bias=None):
+    """softmax over the last axis of z, or of ``scale`` · z + ``bias`` when given (the
+    attention scores: scale = 1/sqrt(d_h), bias the key mask's 0 / −∞ row of each batch
+    element, bias: (B, n) for z: (B, ..., n)); ``inplace`` overwrites z (a C-contiguous
+    buffer the caller owns). Whole rows go through scale, bias, max, exp and the
+    normalisation one block at a time while the block is in cache; the bias row of
+    batch element b is broadcast over its heads and queries, never materialised.
+    """
+    n = z.shape[-1]
+    e = z if inplace else _empty(z)
+
+    def rows(zb, eb, bb):  # zb, eb: (..., n); bb: None or broadcastable to zb
+        src = zb
+        if scale is not None:
+            src = onp.multiply(src, scale, out=eb)
+        if bb is not None:
+            src = onp.add(src, bb, out=eb)
+        onp.subtract(src, src.max(axis=-1, keepdims=True), out=eb)
+        onp.exp(eb, out=eb)
+        eb /= _row_sum(eb)
+
+    if type(z) is not onp.ndarray:  # a device array: one kernel per step over everything
+        rows(z, e, None if bias is None else bias.reshape((bias.shape[0],) + (1,) * (z.ndim - 2) + (n,)))
+        return e
+    groups = [(z, e, None)] if bias is None else [(z[b], e[b], bias[b]) for b in range(z.shape[0])]
+    for zg, eg, bg in groups:
+        z2, e2 = zg.reshape(-1, n), eg.reshape(-1, n)  # (rows, n); e2 a view of e
+        for sl in _row_blocks(z2):
+            rows(z2[sl], e2[sl], bg)
     return e
 
 
-def _softmax_vjp_of(y, g):
-    """y ⊙ (g − Σ_j g_j y_j) over the last axis, in one buffer."""
-    dz = g - _row_dot(g, y)
-    dz *= y
+def _softmax_vjp_of(y, g, scale=None):
+    """y ⊙ (g − Σ_j g_j y_j) over the last axis (times ``scale`` when given), row block by
+    row block into one new buffer; y and g are read once each."""
+    n = y.shape[-1]
+    dz = _empty(y)
+    y2, g2, d2 = y.reshape(-1, n), g.reshape(-1, n), dz.reshape(-1, n)
+    for sl in _row_blocks(y2):
+        yb, db = y2[sl], d2[sl]
+        onp.subtract(g2[sl], _row_dot(g2[sl], yb), out=db)
+        db *= yb
+        if scale is not None:
+            db *= scale
     return dz
 
 

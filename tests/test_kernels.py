@@ -1,0 +1,175 @@
+"""The fast element-wise kernels (nn/primitives.py, nn/attention.py) against their composed
+twins (nn/reference.py, ``attention_composed``), in value and VJP, float64 and float32, at
+shapes that span several row blocks (and with tiny blocks, so that ragged last blocks and
+the per-batch key-mask rows are exercised); the exact GELU against math.erf over a dense
+grid in both dtypes; and the float32 BERT path (masked, post-LN, erf GELU) with no float64
+anywhere in its forward or backward pass.
+"""
+import math
+
+import autograd.numpy as anp
+import numpy as onp
+import pytest
+from autograd import make_vjp
+
+import minipeft as mp
+from minipeft import tree
+from minipeft.nn import primitives as P
+from minipeft.nn import reference as R
+from minipeft.nn.attention import attention, attention_composed
+from test_bert_forks import TINY, batch
+from test_float32_methods import _not32, record  # noqa: F401  (record: a fixture)
+
+#: tolerance per dtype (the two sides round differently; float32's twin mixes in float64)
+TOL = {"float64": 1e-11, "float32": 2e-5}
+
+
+def _vjp_pair(fast, twin, args, argnums, dtype, seed=0):
+    """(value, VJP) of ``fast`` and of ``twin`` at ``args`` for one random cotangent."""
+    r = onp.random.default_rng(seed)
+    out = []
+    for f in (fast, twin):
+        vjp, y = make_vjp(f, argnums)(*args)
+        g = r.standard_normal(onp.shape(y)).astype(dtype) if not out else out[0][2]
+        out.append((y, vjp(g), g))
+    return out
+
+
+def _close(a, b, dtype, what):
+    a, b = onp.asarray(a), onp.asarray(b)
+    scale = max(float(onp.abs(b).max()), 1.0)
+    err = float(onp.abs(a.astype(onp.float64) - b.astype(onp.float64)).max()) / scale
+    assert err <= TOL[dtype], f"{what}: max |Δ| / max(|twin|, 1) = {err:.2e} > {TOL[dtype]}"
+
+
+@pytest.fixture(params=[None, 64], ids=["default-blocks", "tiny-blocks"])
+def blocks(request, monkeypatch):
+    """Run with the kernels' own block size, and with blocks of 64 numbers (ragged)."""
+    if request.param is not None:
+        monkeypatch.setattr(P, "_BLOCK", request.param)
+    return request.param
+
+
+def _x(shape, dtype, seed, scale=1.0, shift=0.0):
+    return (shift + scale * onp.random.default_rng(seed).standard_normal(shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_layer_norm_equals_its_twin_with_bert_epsilon(blocks, dtype):
+    # rows far from zero mean (post-LN residual sums), ε = 1e-12 as in BERT, 3·37 rows of 50
+    x = _x((3, 37, 50), dtype, 0, scale=2.0, shift=5.0)
+    gam, bet = _x(50, dtype, 1, 0.3, 1.0), _x(50, dtype, 2, 0.3)
+    for eps in (1e-12, 1e-5):
+        (yf, gf, _), (yr, gr, _) = _vjp_pair(lambda a, b, c: P.layer_norm(a, b, c, eps),
+                                              lambda a, b, c: R.layer_norm(a, b, c, eps), (x, gam, bet),
+                                              (0, 1, 2), dtype)
+        assert yf.dtype == onp.dtype(dtype) and all(g.dtype == onp.dtype(dtype) for g in gf)
+        _close(yf, yr, dtype, f"LN value (ε={eps})")
+        for name, a, b in zip(("x", "γ", "β"), gf, gr):
+            _close(a, b, dtype, f"∂L/∂{name} of LN (ε={eps})")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_layer_norm_one_gradient_at_a_time(dtype):
+    """Each requested gradient alone (a frozen γ, β or x) equals the same one of all three."""
+    x, gam, bet = _x((4, 9, 16), dtype, 3), _x(16, dtype, 4, 0.2, 1.0), _x(16, dtype, 5, 0.2)
+    _, (_, all3, g) = None, _vjp_pair(P.layer_norm, R.layer_norm, (x, gam, bet), (0, 1, 2), dtype)[0]
+    for i in range(3):
+        vjp, _ = make_vjp(P.layer_norm, i)(x, gam, bet)
+        onp.testing.assert_array_equal(vjp(g), all3[i])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_softmax_equals_its_twin(blocks, dtype):
+    z = _x((3, 41, 29), dtype, 6, scale=4.0)
+    (yf, (gf,), _), (yr, (gr,), _) = _vjp_pair(P.softmax, R.softmax, (z,), (0,), dtype)
+    assert yf.dtype == gf.dtype == onp.dtype(dtype)
+    _close(yf, yr, dtype, "softmax value")
+    _close(gf, gr, dtype, "softmax VJP")
+    onp.testing.assert_array_equal(z, _x((3, 41, 29), dtype, 6, scale=4.0))  # input untouched
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_attention_weights_equal_the_composed_attention(blocks, dtype, masked):
+    """Scale, key mask and softmax fused in one block loop = the composed equation."""
+    B, T, S, d, h = 3, 7, 9, 16, 4
+    Q, K, V = _x((B, T, d), dtype, 7), _x((B, S, d), dtype, 8), _x((B, S, d), dtype, 9)
+    mask = (onp.arange(S)[None] < onp.array([[9], [4], [6]])) if masked else None
+    fast = lambda q, k, v: attention(q, k, v, h, return_weights=True, mask=mask)[1]  # noqa: E731
+    twin = lambda q, k, v: attention_composed(q, k, v, h, return_weights=True, mask=mask)[1]  # noqa: E731
+    (Af, gf, _), (Ar, gr, _) = _vjp_pair(fast, twin, (Q, K, V), (0, 1), dtype)
+    assert Af.dtype == onp.dtype(dtype)
+    _close(Af, Ar, dtype, "attention weights")
+    if masked:
+        assert (Af[~mask[:, None, None, :].repeat(h, 1).repeat(T, 2)] == 0).all()
+    for name, a, b in zip("QK", gf, gr):
+        assert a.dtype == onp.dtype(dtype)
+        _close(a, b, dtype, f"∂L/∂{name} through the weights")
+
+
+@pytest.mark.parametrize("fn,twin", [(P.gelu_erf, R.gelu_erf), (P.gelu, R.gelu)], ids=["erf", "tanh"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_gelu_equals_its_twin(blocks, fn, twin, dtype):
+    x = _x((5, 33, 19), dtype, 10, scale=2.0)[:, ::2]  # a strided view
+    (yf, (gf,), _), (yr, (gr,), _) = _vjp_pair(fn, twin, (x,), (0,), dtype)
+    assert yf.dtype == gf.dtype == onp.dtype(dtype)
+    _close(yf, yr, dtype, "GELU value")
+    _close(gf, gr, dtype, "GELU VJP")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_exact_gelu_over_a_dense_grid_against_math_erf(dtype):
+    """GELU(x) = ½ x (1 + erf(x/√2)) at 200,001 points of [−10, 10] against math.erf in
+    float64 (on the same, dtype-rounded, inputs). The bound comes from the dtype: erf and
+    every step round to half an ulp, so |Δ| ≤ 2 ε (|x| + |GELU(x)|) with ε its unit
+    roundoff; GELU'(x) = Φ(x) + x φ(x) likewise, against the same closed form."""
+    x = onp.linspace(-10, 10, 200_001).astype(dtype)
+    x64 = x.astype(onp.float64)
+    erf = onp.frompyfunc(math.erf, 1, 1)
+    Phi = 0.5 * (1.0 + erf(x64 / math.sqrt(2.0)).astype(onp.float64))
+    want = x64 * Phi
+    dwant = Phi + x64 * onp.exp(-0.5 * x64 * x64) / math.sqrt(2.0 * math.pi)
+    eps = float(onp.finfo(dtype).eps) / 2
+    y = P.gelu_erf(x)
+    assert y.dtype == onp.dtype(dtype)
+    bound = 2 * eps * (onp.abs(x64) + onp.abs(want))
+    assert (onp.abs(y.astype(onp.float64) - want) <= bound).all(), float(onp.max(onp.abs(y - want) / bound))
+    vjp, _ = make_vjp(P.gelu_erf)(x)
+    dy = vjp(onp.ones_like(x))
+    assert dy.dtype == onp.dtype(dtype)
+    dbound = 4 * eps * (1.0 + onp.abs(x64) + x64 * x64)
+    assert (onp.abs(dy.astype(onp.float64) - dwant) <= dbound).all()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_exact_gelu_vjp_recomputes_when_not_handed_over(dtype):
+    x = _x((3, 70), dtype, 11, 2.0)
+    g = _x(x.shape, dtype, 12)
+    y = P.gelu_erf(x)
+    stashed = P._gelu_erf_vjp(y, x)(g)
+    recomputed = P._gelu_erf_vjp(y.copy(), x)(g)
+    onp.testing.assert_array_equal(stashed, recomputed)
+    assert P._GELU_ERF.take(y) is None
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_float32_bert_path_stays_float32(record, method):  # noqa: F811
+    """The masked, post-LN, erf-GELU, mean-pooled BERT forward and backward (LoRA on q, v
+    or full fine-tuning) in float32: no intermediate, no cotangent is float64."""
+    cfg = TINY
+    methods = [mp.method_class("lora")(r=2, targets=("q", "v"))] if method == "lora" else [mp.FullFineTune()]
+    p = mp.attach(mp.init_params(cfg, 0, "float32"), methods, cfg, seed=0)
+    if method == "lora":
+        for blk in p["lora"]["blocks"]:  # B ≠ 0, so ∂L/∂A is a real product too
+            for t in blk.values():
+                t["B"] = t["B"] + onp.float32(0.01)
+    theta, phi = tree.split(p, mp.trainable(methods))
+    x, y = batch(), onp.array([0, 2, 1])
+    assert not x[:, 2].all()  # padded rows: the key mask is on
+    value, g = mp.value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, methods), theta)
+    assert value.dtype == onp.float32
+    assert not _not32(record["forward"]), record["forward"]
+    assert not _not32(record["backward"]), record["backward"]
+    assert not [tree.path_str(q) for q, a in tree.leaves_with_paths(g) if a.dtype != onp.float32]
+    assert mp.forward(p, x, cfg, methods).dtype == onp.float32
