@@ -182,7 +182,8 @@ def run_text_tour(task: str | None = None, epochs: int | None = None, *, quick: 
     each batch padded only to its longest text. Test accuracy on the first ``n_test`` test texts
     (default ``TEXT_TEST``), val accuracy on as many val texts, scored in length-sorted batches.
     quick: k = ``QUICK_TEXT_K``, ``QUICK_TEXT_TEST`` texts scored, one step per method.
-    Learning rates: ``suggested_lr``, except ``TEXT_LR``.
+    Learning rates: ``suggested_lr``, except ``TEXT_LR``. Methods: default options, except prompt
+    tuning's init from the class-label words (``text_method``).
 
     For the chapter and the rate sweep (``text_setting`` says more): n_full trains on the full-data
     setting capped at n_full texts instead of few-shot (k then unused); split "val" scores the
@@ -213,6 +214,7 @@ def run_text_tour(task: str | None = None, epochs: int | None = None, *, quick: 
                    batches=lambda e: text.bucket_batches(lengths, batch_size, seed + e))[0]
 
     rates = {**TEXT_LR, **(lrs or {})}
+    make = make or (lambda name: text_method(name, s["label_ids"]))
     budget = {"task": s["task"].name, "max_len": s["max_len"], "epochs": epochs, "steps": steps,
               "n_train": len(s["train"]), "k": s["k"], "n_test": s["n_eval"], "split": split,
               "batch_size": batch_size, "seed": seed, "n_steps": n_steps}
@@ -269,7 +271,16 @@ def text_setting(task: str | None = None, *, quick: bool = False, k: int | None 
     order = onp.argsort(x[:, 2].sum(axis=1), kind="stable")
     scored = [(trim_padding(x[b]), part.labels[b]) for b in (order[i:i + 64] for i in range(0, len(order), 64))]
     return {"task": t, "train": train, "x_train": x_tr, "lengths": x_tr[:, 2].sum(axis=1), "eval": scored,
-            "n_eval": len(part), "k": k, "max_len": max_len}
+            "n_eval": len(part), "k": k, "max_len": max_len, "label_ids": tok.word_ids(list(t.label_words))}
+
+
+def text_method(name: str, label_ids=()):
+    """The text tour's Method for registry ``name``: its default options, except prompt tuning,
+    whose P_e starts at the class-label words' token embeddings (``label_ids``, the ids of
+    ``task.label_words``; equations.md, "Prompt tuning"), as the paper initialises it."""
+    if name == "prompt" and label_ids:
+        return method_class(name)(init_from="text", init_tokens=tuple(label_ids))
+    return method_class(name)()
 
 
 def batches_accuracy(params, cfg, methods, batches) -> float:
