@@ -286,28 +286,31 @@ for tag, arms in (("few-shot", PEFT), ("full data", FULL_ARMS[1:])):
                    f"full − {MARGIN} ({tag})", source="notes (conclusions)")
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), gridspec_kw={"width_ratios": [10, 5]})
 colors = {"linear probe": "gray", "full": "k", "prompt": "C0", "prefix": "C9", "adaptformer": "C1",
           "serial-adapter": "C5", "lora": "C2", "bitfit": "C3", "ia3": "C4", "ssf": "C6"}
-labels_all = []
+shown = []
 for ax, (tag, arms) in zip(axes, (("few-shot", ["linear probe"] + FEW_ARMS),
                                   ("full data", ["linear probe"] + FULL_ARMS))):
-    for a in arms:
+    for i, a in enumerate(arms):
         r = ch.arms[f"{a} ({tag})"]
-        labels_all.append(f"{a} ({tag})")
-        ax.errorbar([r["pct"]], [r["mean"]], yerr=[[r["mean"] - r["ci"][0]], [r["ci"][1] - r["mean"]]],
-                    marker="s" if a in ("linear probe", "full") else "o", color=colors[a], capsize=3, ls="none",
-                    label=a)
-    ax.axvline(1.0, color="k", lw=0.5, ls=":")
-    ax.set(xscale="log", xlabel=f"trainable, % of the backbone's {cfg.n_params:,} numbers (log; head included)",
-           title=(f"{tag}: " + (f"k = {K} per class, {FEW_EPOCHS} epochs" if tag == "few-shot"
-                                else f"{N_FULL} texts, {FULL_EPOCHS} epoch")), xlim=(2e-3, 300))
-lo = min(ch.arms[k]["ci"][0] for k in labels_all)
-hi = max(ch.arms[k]["ci"][1] for k in labels_all)
-axes[0].set(ylabel=f"test accuracy ({N_TEST} tweets; mean, 95 % CI, {len(ch.seeds)} seeds)",
-            ylim=(max(0.0, lo - 0.03), min(1.0, hi + 0.03)))
-axes[0].legend(fontsize=9, loc="lower left", ncol=2)
-fig.suptitle("all-MiniLM-L6-v2 on tweets (Clinton vs Trump): every method, few-shot and full data")
+        shown.append(r)
+        ax.errorbar([r["mean"]], [i], xerr=[[r["mean"] - r["ci"][0]], [r["ci"][1] - r["mean"]]], color=colors[a],
+                    marker="s" if a in ("linear probe", "full") else "o", capsize=4, ls="none")
+    full_r = ch.arms[f"full ({tag})"]
+    ax.axvspan(full_r["mean"] - MARGIN, full_r["mean"], color="k", alpha=0.08)
+    ax.set_yticks(range(len(arms)))
+    ax.set_yticklabels([f"{a} ({ch.arms[f'{a} ({tag})']['pct']:.3g} %)" for a in arms], fontsize=9)
+    ax.invert_yaxis()
+    ax.set_title(f"{tag}: " + (f"k = {K} per class, {FEW_EPOCHS} epoch(s)" if tag == "few-shot"
+                               else f"{N_FULL} texts, {FULL_EPOCHS} epoch(s)"), fontsize=10)
+    ax.set_xlabel("test accuracy")
+lo, hi = min(r["ci"][0] for r in shown), max(r["ci"][1] for r in shown)
+for ax in axes:
+    ax.set_xlim(max(0.0, lo - 0.03), min(1.0, hi + 0.03))
+fig.suptitle(f"all-MiniLM-L6-v2 ({cfg.n_params:,} numbers) on tweets, Clinton vs Trump: mean test accuracy on "
+             f"{N_TEST} tweets, 95 % CI over {len(ch.seeds)} seeds\nin brackets: trainable % of the backbone (head "
+             f"included); grey band: full fine-tuning's mean minus the margin {MARGIN}", fontsize=10)
 _ = ch.save(fig, "09_minilm.png")
 
 # %%
