@@ -2,6 +2,7 @@
 
     python benchmarks/text_lr_sweep.py              # the sweep below; prints one line per run and the picks
     python benchmarks/text_lr_sweep.py --methods lora bitfit --seeds 0 1
+    python benchmarks/text_lr_sweep.py --resume part1.txt part2.txt   # runs printed before are not rerun
 
 The MiniLM tour's recipe (``minipeft.tour.run_text_tour``: few-shot k = ``TEXT_K`` texts per
 class, ``TEXT_EPOCHS`` epochs, batch ``TEXT_BATCH`` in length buckets, Adam, constant lr, head
@@ -15,6 +16,7 @@ chapters/09_minilm.py trains at the same rates.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,12 +34,34 @@ GRID = {"linear-probe": (1e-2, 3e-2, 1e-1), "full": (3e-5, 1e-4, 3e-4), "prompt"
 N_VAL = 200
 
 
-def sweep(methods, seeds, n_val: int = N_VAL, log=print) -> dict:
-    """{method: {lr: [val acc per seed]}} over ``GRID`` (the module docstring's recipe, split "val")."""
+LINE = re.compile(r"^(?P<m>\S+)\s+lr (?P<lr>\S+)\s+seed (?P<seed>\d+): val acc (?P<acc>[01]\.\d{3})\b")
+
+
+def read_log(path) -> dict:
+    """{(method, lr, seed): val acc} from the run lines a previous sweep printed (``--resume``)."""
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            mt = LINE.match(line)
+            if mt and mt["m"] in GRID:
+                out[(mt["m"], float(mt["lr"]), int(mt["seed"]))] = float(mt["acc"])
+    return out
+
+
+def sweep(methods, seeds, n_val: int = N_VAL, log=print, done=None) -> dict:
+    """{method: {lr: [val acc per seed]}} over ``GRID`` (the module docstring's recipe, split "val").
+
+    done: {(method, lr, seed): val acc} of runs already made (``read_log``); those are not rerun
+    (their lines are printed again, marked "(from the log)")."""
     out = {m: {lr: [] for lr in GRID[m]} for m in methods}
+    done = done or {}
     for seed in seeds:
         for m in methods:
             for lr in GRID[m]:
+                if (m, lr, seed) in done:
+                    out[m][lr].append(done[(m, lr, seed)])
+                    log(f"{m:15s} lr {lr:<7g} seed {seed}: val acc {done[(m, lr, seed)]:.3f}  (from the log)")
+                    continue
                 (row,) = run_text_tour(methods=[m], seed=seed, n_test=n_val, split="val", lrs={m: lr},
                                        log=lambda line: None, progress=False)
                 out[m][lr].append(row["test_acc"])  # split="val": the row's accuracy is a validation accuracy
@@ -56,10 +80,15 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=list(TEXT_METHODS), choices=list(TEXT_METHODS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--n-val", type=int, default=N_VAL)
+    ap.add_argument("--resume", nargs="+", default=[], metavar="LOG",
+                    help="printed output of earlier sweeps (same --n-val): their runs are taken, not rerun")
     args = ap.parse_args(argv)
     runtime.limit_blas(), runtime.tune_allocator()
     t0 = time.perf_counter()
-    res = sweep(args.methods, args.seeds, args.n_val)
+    done = {}
+    for path in args.resume:
+        done.update(read_log(path))
+    res = sweep(args.methods, args.seeds, args.n_val, done=done)
     best = picks(res)
     print(f"\nval accuracy, mean over seeds {args.seeds} ({args.n_val} class-balanced validation texts):")
     for m, r in res.items():

@@ -88,7 +88,7 @@ def test_run_text_tour_make_on_trained_split_and_steps():
     assert rows[1]["options"]["init_from"] == "text"  # the tour's prompt starts at the label words
 
 
-def test_sweep_picks_the_best_mean_and_ties_go_to_the_smaller_rate():
+def test_sweep_picks_the_best_mean_and_ties_go_to_the_smaller_rate(tmp_path):
     import importlib.util
     from pathlib import Path
 
@@ -99,6 +99,14 @@ def test_sweep_picks_the_best_mean_and_ties_go_to_the_smaller_rate():
     res = {"a": {1e-3: [0.7, 0.8], 3e-3: [0.8, 0.7], 1e-2: [0.6, 0.6]}, "b": {1e-2: [0.5], 3e-2: [0.9]}}
     assert sweep.picks(res) == {"a": 1e-3, "b": 3e-2}
     assert set(sweep.GRID) == set(run_text_tour.__globals__["TEXT_METHODS"])
+    log = tmp_path / "log.txt"
+    log.write_text("lora            lr 0.003   seed 1: val acc 0.815  (64 texts, 24 steps, 20.1 s)\n"
+                   "noise line\nmagic           lr 0.1     seed 0: val acc 0.500\n"
+                   "full            lr 0.0001  seed 0: val acc 0.840  (from the log)\n")
+    assert sweep.read_log(log) == {("lora", 3e-3, 1): 0.815, ("full", 1e-4, 0): 0.84}
+    lines = []
+    got = sweep.sweep(["full"], [0], done={("full", lr, 0): 0.5 + lr for lr in sweep.GRID["full"]}, log=lines.append)
+    assert got == {"full": {lr: [0.5 + lr] for lr in sweep.GRID["full"]}} and all("from the log" in ln for ln in lines)
 
 
 @pytest.mark.parametrize("kwargs, field", [({"model": "bert"}, "model"), ({"model": "minilm", "task": "digits"},
