@@ -80,7 +80,7 @@ from minipeft.chapter import setup
 from minipeft.merge import merge_methods
 from minipeft.methods import method_class
 from minipeft.nn import cross_entropy
-from minipeft.tour import TEXT_LR, batches_accuracy, run_text_tour, text_method, text_setting
+from minipeft.tour import TEXT_LR, run_text_tour, text_method, text_setting
 from minipeft.train import adam_init, adam_step
 
 # one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures), all-MiniLM-L6-v2
@@ -124,8 +124,9 @@ P0 = prompt.init(cfg, ch.backbone, np.random.default_rng(0))["P"]  # (p, d)
 ids = [few0["label_ids"][i % len(few0["label_ids"])] for i in range(prompt.p)]
 E_ids = np.asarray(ch.backbone["embed"]["W_tok"])[ids] + np.asarray(ch.backbone["embed"]["W_type"])[0]  # (p, d)
 by_hand = mp.nn.layer_norm(E_ids, ch.backbone["embed"]["ln"]["gamma"], ch.backbone["embed"]["ln"]["beta"], cfg.eps)
-print(f"P_e {P0.shape} = LN_emb(W_tok[ids] + W_type[0]), ids repeated to p = {prompt.p}: max abs Δ by hand = "
-      f"{float(np.abs(P0 - by_hand).max()):.1e}")
+dp = float(np.abs(P0 - by_hand).max())
+ch.check("prompt tuning's P_e starts at LN_emb(W_tok[label-word ids] + W_type[0]), by hand (float32 rounding)",
+         P0.shape == (prompt.p, cfg.d) and dp < 1e-5, f"P_e {P0.shape}, max abs Δ = {dp:.1e}")
 
 # %% [markdown]
 # ## The linear probe on cached features
