@@ -53,14 +53,15 @@
 # this budget is a few dozen steps on a CPU; a verdict here says what happens at this scale
 # and budget, not whether a paper was right at its own.
 #
-# **Budget** (an idle 2-core CPU, one BLAS thread, about ten minutes; reduced epochs and
+# **Budget** (an idle 2-core CPU, two processes with one BLAS thread each, a few minutes; reduced epochs and
 # grids, never seeds): texts cut to `MAX_LEN` = 48 tokens (the task allows 64; the longest
 # few percent of tweets lose their ends); *few-shot*: k = 16 texts per class (one k of the
 # task's {8, 16, 32}: the full grid of k does not fit), 4 epochs in batches of 8 sorted by
-# length; *full data*: the task's full-data set cut to 192 texts (a stratified, fixed
+# length; *full data*: the task's full-data set cut to 160 texts (a stratified, fixed
 # subset of its 2,000; a CPU cap), 1 epoch in batches of 16, and only the arms the claims
 # need (linear probe, full fine-tuning, prompt, prefix, LoRA). Every model is scored on the
-# same 160 class-balanced test texts. Learning rates: the MiniLM tour's
+# same 128 class-balanced test texts (accuracy steps of 1/128; scoring costs as much as
+# training here). Learning rates: the MiniLM tour's
 # (`minipeft.tour.TEXT_LR` over each method's `suggested_lr`), picked on the **validation**
 # split by `benchmarks/text_lr_sweep.py` (k = 32, the tour's recipe), never on test texts.
 #
@@ -69,6 +70,9 @@
 
 # %%
 import inspect
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -88,8 +92,8 @@ ch = setup(globals().get("__file__"), task=None, name="09_minilm", model="minilm
 cfg = ch.cfg
 TASK, MAX_LEN = text.GAP_TASK, 48
 K, FEW_EPOCHS, FEW_BATCH = (2, 1, 8) if ch.quick else (16, 4, 8)
-N_FULL, FULL_EPOCHS, FULL_BATCH = (8, 1, 16) if ch.quick else (192, 1, 16)
-N_TEST = 8 if ch.quick else 160
+N_FULL, FULL_EPOCHS, FULL_BATCH = (8, 1, 16) if ch.quick else (160, 1, 16)
+N_TEST = 8 if ch.quick else 128
 MARGIN = 0.02
 PEFT = ["prompt", "prefix", "adaptformer", "serial-adapter", "lora", "bitfit", "ia3", "ssf"]
 FEW_ARMS = ["full"] + PEFT
@@ -181,45 +185,72 @@ ch.check("the linear probe on cached features gives the tour's probe logits (flo
          f"max abs Δ logits = {dl:.1e}; test acc {probe_acc(cached_head):.3f} and {lp_row['test_acc']:.3f}")
 
 # %% [markdown]
-# ## Few-shot: every method, five seeds
+# ## Every arm on every seed: few-shot, then full data (capped)
 #
-# One `run_text_tour` call per seed trains full fine-tuning and the eight PEFT methods of
-# the notes (VPT is vision-only) on the seed's k-per-class draw; the probe runs on cached
-# features. While a seed's models are at hand, `on_trained` checks the mergeable ones:
-# merge θ into W (`merge_methods`) and compare the logits with the unmerged model's.
+# One `run_text_tour` call per (setting, seed) trains full fine-tuning and the PEFT methods
+# (few-shot: all eight of the notes' text methods, VPT being vision-only; full data: the
+# arms the claims need) on the seed's training texts; the probe runs on cached features.
+# While seed 0's few-shot models are at hand, `on_trained` checks the mergeable ones: merge
+# θ into W (`merge_methods`) and compare the logits with the unmerged model's.
+#
+# The (setting, seed) runs are independent and deterministic, so they go to
+# `$CHAPTER_WORKERS` processes (default 2, one per core of a 2-core CPU, each with one BLAS
+# thread; 1 runs them here, one after the other): the accuracies do not depend on it, the
+# seconds per step are those of one process on one core.
 
 # %%
+SETTINGS = {"few-shot": dict(arms=FEW_ARMS, k=K, epochs=FEW_EPOCHS, batch_size=FEW_BATCH),
+            "full data": dict(arms=FULL_ARMS, n_full=N_FULL, epochs=FULL_EPOCHS, batch_size=FULL_BATCH)}
+WORKERS = int(os.environ.get("CHAPTER_WORKERS") or 2)
+ch.budget["workers"] = WORKERS
+
+
 def shapes(tree):
     return {tuple(map(str, p)): np.shape(a) for p, a in mp.tree.leaves_with_paths(tree)}
 
 
-def run_setting(setting_name, arms, seeds, **kw):
-    """{arm: [row per seed]} from the tour, plus the cached probe's test accuracies."""
-    rows, probe, merged = {a: [] for a in arms}, [], {}
+def one_run(job):
+    """(setting, seed) -> (rows of the tour, the cached probe's test accuracy, {mergeable: (max |Δ logits|,
+    same arrays and shapes as the backbone)} for seed 0's few-shot models, else {})."""
+    tag, seed = job
+    kw = dict(SETTINGS[tag])
+    arms = kw.pop("arms")
+    merged = {}
 
     def merge_check(name, m, params):
-        if name in MERGEABLE and name not in merged:
+        if tag == "few-shot" and seed == ch.seeds[0] and name in MERGEABLE:
             merged_params, _ = merge_methods(params, [m])
             d = max(float(np.abs(mp.predict(merged_params, x, cfg) - mp.predict(params, x, cfg, [m])).max())
                     for x, _ in few0["eval"][:1])
             merged[name] = (d, shapes(merged_params) == shapes(ch.backbone))
 
-    for s in seeds:
-        for r in run_text_tour(TASK, methods=arms, seed=s, n_test=N_TEST, max_len=MAX_LEN, quick=ch.quick,
-                               progress=False, log=lambda line: None, on_trained=merge_check, **kw):
-            rows[r["method"]].append(r)
-        st = text_setting(TASK, seed=s, n_test=N_TEST, max_len=MAX_LEN, quick=ch.quick,
-                          **{k: v for k, v in kw.items() if k in ("k", "n_full")})
-        probe.append(probe_acc(probe_on_features(st, s, kw["epochs"], kw["batch_size"])))
-        print(f"{setting_name}, seed {s}: " + ", ".join(f"{a} {rows[a][-1]['test_acc']:.3f}" for a in arms)
-              + f", linear probe {probe[-1]:.3f}")
-    return rows, probe, merged
+    rows = run_text_tour(TASK, methods=arms, seed=seed, n_test=N_TEST, max_len=MAX_LEN, quick=ch.quick,
+                         progress=False, log=lambda line: None, on_trained=merge_check, **kw)
+    st = text_setting(TASK, seed=seed, n_test=N_TEST, max_len=MAX_LEN, quick=ch.quick,
+                      **{k: v for k, v in kw.items() if k in ("k", "n_full")})
+    return rows, probe_acc(probe_on_features(st, seed, kw["epochs"], kw["batch_size"])), merged
 
 
-def record_setting(tag, rows, probe):
-    ch.record(f"linear probe ({tag})", probe, trainable=t.n_classes * cfg.d + t.n_classes, lr=LP_LR, setting=tag,
-              pct=100.0 * (t.n_classes * cfg.d + t.n_classes) / cfg.n_params, cached_features=True)
-    for a, rs in rows.items():
+jobs = [(tag, s) for tag in SETTINGS for s in ch.seeds]
+if WORKERS > 1:  # fork: the children share the loaded model and the cached test features
+    with ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(one_run, jobs))
+else:
+    results = [one_run(j) for j in jobs]
+done = dict(zip(jobs, results))
+for tag, s in jobs:
+    rows, probe, _ = done[(tag, s)]
+    print(f"{tag}, seed {s}: " + ", ".join(f"{r['method']} {r['test_acc']:.3f}" for r in rows)
+          + f", linear probe {probe:.3f}")
+
+
+def record_setting(tag):
+    probe = [done[(tag, s)][1] for s in ch.seeds]
+    n_head = t.n_classes * cfg.d + t.n_classes
+    ch.record(f"linear probe ({tag})", probe, trainable=n_head, lr=LP_LR, setting=tag,
+              pct=100.0 * n_head / cfg.n_params, cached_features=True)
+    for a in SETTINGS[tag]["arms"]:
+        rs = [next(r for r in done[(tag, s)][0] if r["method"] == a) for s in ch.seeds]
         r0 = rs[0]
         ch.record(f"{a} ({tag})", [r["test_acc"] for r in rs], trainable=r0["trainable"], lr=r0["lr"], setting=tag,
                   pct=r0["pct"], mergeable=r0["mergeable"], n_train=r0["n_train"], n_steps=r0["n_steps"])
@@ -227,21 +258,13 @@ def record_setting(tag, rows, probe):
                   metric="seconds per training step")
 
 
-few_rows, few_probe, few_merged = run_setting("few-shot", FEW_ARMS, ch.seeds, k=K, epochs=FEW_EPOCHS,
-                                              batch_size=FEW_BATCH)
-record_setting("few-shot", few_rows, few_probe)
+record_setting("few-shot")
+record_setting("full data")
+few_merged = done[("few-shot", ch.seeds[0])][2]
 for name in MERGEABLE:
     d, same = few_merged[name]
     ch.check(f"{name}: merged = unmerged on MiniLM, the backbone's own arrays and shapes (float32)",
              d < 1e-4 and bool(same), f"max abs Δ logits = {d:.1e}, seed {ch.seeds[0]}")
-
-# %% [markdown]
-# ## Full data (capped): the arms the claims need
-
-# %%
-full_rows, full_probe, _ = run_setting("full data", FULL_ARMS, ch.seeds, n_full=N_FULL, epochs=FULL_EPOCHS,
-                                       batch_size=FULL_BATCH)
-record_setting("full data", full_rows, full_probe)
 
 # %% [markdown]
 # ## The table: accuracy, trainable share, step time
