@@ -244,15 +244,22 @@ def acc_limits(arms: dict, labels, pad: float = 0.05):
     return max(0.0, lo - pad), min(1.0, hi + pad)
 
 
-def setup(file: str | None = None, task: str | None = "digits", name: str | None = None) -> Chapter:
+def setup(file: str | None = None, task: str | None = "digits", name: str | None = None,
+          model: str = "vit") -> Chapter:
     """The process policy (one BLAS thread by default), the Agg backend, the figure folder, the pretrained backbone and ``task``.
 
     file: the chapter's path (``__file__``; None in a notebook, which then uses the current
     folder); figures go to $CHAPTER_FIG_DIR if set, else ``<its folder>/figures``, results
     to $CHAPTER_RESULTS_DIR if set, else ``<its folder>/results``. task: a name for
     ``load_task``, or None for a chapter that loads its own tasks. name: the chapter's
-    name for its results file (default: the file's stem).
+    name for its results file (default: the file's stem). model: "vit" (the toy pretrained
+    ViT) or "minilm" (all-MiniLM-L6-v2, float32, ``models.minilm.load``; then task must be
+    None: a text chapter loads its own text task).
     """
+    if model not in ("vit", "minilm"):
+        raise ValueError(f"model must be one of ('vit', 'minilm'), got {model!r}")
+    if model == "minilm" and task is not None:
+        raise ValueError(f"task: a minilm chapter loads its own text task; pass task=None, got {task!r}")
     # load every BLAS a chapter will use (NumPy's; scipy's, which scikit-learn and the verdicts
     # import) before limiting: threadpoolctl limits only the libraries already loaded
     import scipy.stats  # noqa: F401
@@ -268,8 +275,14 @@ def setup(file: str | None = None, task: str | None = "digits", name: str | None
     fig_dir = Path(os.environ.get("CHAPTER_FIG_DIR") or here / "figures")
     fig_dir.mkdir(parents=True, exist_ok=True)
     results_dir = Path(os.environ.get("CHAPTER_RESULTS_DIR") or here / "results")
-    cfg = pretrained.DEFAULT_CONFIG
-    backbone, info = pretrained.load_backbone(cfg)
+    if model == "minilm":
+        from .models import minilm
+
+        backbone, cfg, _ = minilm.load(dtype="float32")
+        info = {"model": "all-MiniLM-L6-v2", "package": minilm.REQUIREMENT}
+    else:
+        cfg = pretrained.DEFAULT_CONFIG
+        backbone, info = pretrained.load_backbone(cfg)
     quick = quick_mode()
     return Chapter(cfg=cfg, backbone=backbone, info=info, task=None if task is None else load_task(task),
                    fig_dir=fig_dir, blas_limit=limit, name=name or (Path(file).stem if file else "chapter"),

@@ -372,7 +372,8 @@ def _cmd_tour(args):
         what = f"texts ({r0['k']} per class, cut to {r0['max_len']} tokens; test on {r0['n_test']} texts)"
         print(format_table(rows, r0["task"], what=what, backbone="all-MiniLM-L6-v2 backbone"))
         print(f"\ntest accuracy on {r0['n_test']} texts: binomial standard error √(a(1−a)/n) ≤ "
-              f"{0.5 / math.sqrt(r0['n_test']):.3f}; one seed, rates not tuned per method beyond tour.TEXT_LR")
+              f"{0.5 / math.sqrt(r0['n_test']):.3f}; one seed; rates: tour.TEXT_LR, picked on the validation "
+              "split (benchmarks/text_lr_sweep.py)")
     else:
         if args.k is not None:
             raise ValueError("--k: only for --model minilm (the ViT tour trains on whole splits)")

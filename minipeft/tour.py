@@ -90,22 +90,25 @@ def run_tour(task: str = "digits", epochs: int | None = None, *, quick: bool = F
 
 
 def tour_rows(names, backbone, cfg, n_classes: int, train_fn, eval_fn, *, budget: dict, seed: int = 0,
-              lr_of=None, blas_threads: int | None = None, log=None) -> list:
+              lr_of=None, blas_threads: int | None = None, log=None, make=None, on_trained=None) -> list:
     """The tour's loop, shared by every backbone: per method, a fresh head and θ on ``backbone``,
     trained by ``train_fn(params, method, lr, desc) -> params``, scored by
     ``eval_fn(params, method) -> (test acc, val acc or None)``; one row per method (see ``run_tour``).
 
     lr_of: (registry name, method) -> learning rate (default the method's ``suggested_lr``). budget: keys copied into every
     row (epochs, n_train, batch_size, seed, ...). "pct" divides by ``cfg.n_params``.
+    make: registry name -> the Method to run (default its default options, ``method_class(name)()``).
+    on_trained: called as ``on_trained(name, method, trained params)`` after each method (e.g. a merge check).
     """
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     lr_of = lr_of or (lambda name, m: float(m.suggested_lr))
+    make = make or (lambda name: method_class(name)())
     head = n_classes * cfg.d + n_classes
     rows = []
     runtime.tune_allocator()
     with runtime.limit_blas(blas_threads) or contextlib.nullcontext():
         for i, name in enumerate(names, 1):
-            m = method_class(name)()
+            m = make(name)
             lr = float(lr_of(name, m))
             params = attach(new_head(backbone, n_classes, seed), [m], cfg, seed)
             n = count_trainable(params, [m], train_head=True)
@@ -113,6 +116,8 @@ def tour_rows(names, backbone, cfg, n_classes: int, train_fn, eval_fn, *, budget
             params = train_fn(params, m, lr, f"[{i}/{len(names)}] {name}")
             secs = time.perf_counter() - t0
             test_acc, val_acc = eval_fn(params, m)
+            if on_trained is not None:
+                on_trained(name, m, params)
             row = {"method": name, "options": m.options(), "lr": lr, **budget,
                    "trainable": n, "head": head, "pct": 100.0 * n / cfg.n_params, "backbone_params": cfg.n_params,
                    "test_acc": test_acc, "val_acc": val_acc,
@@ -155,19 +160,21 @@ TEXT_K, TEXT_EPOCHS, TEXT_BATCH, TEXT_TEST = 32, 6, 16, 300
 QUICK_TEXT_K, QUICK_TEXT_TEST = 2, 8
 #: every method except VPT, which refuses a text model (its init reads the patch size; use prompt)
 TEXT_METHODS = tuple(n for n in REGISTRY if not n.startswith("vpt"))
-#: rates that differ from the method's ``suggested_lr`` (set for the toy ViT) on MiniLM: full
-#: fine-tuning of a BERT moves every pretrained weight, so a tenth of the ViT's rate; LoRA, BitFit
-#: and SSF at 3·10⁻³ (at their ViT rates, 10⁻² and 3·10⁻², BitFit and SSF fell to the majority class
-#: in this budget; a sweep of {10⁻³, 3·10⁻³} on the tour's split chose these)
-TEXT_LR = {"full": 1e-4, "lora": 3e-3, "bitfit": 3e-3, "ssf": 3e-3}
+#: rates that differ from the method's ``suggested_lr`` (set for the toy ViT) on MiniLM, picked on the
+#: task's VALIDATION split by benchmarks/text_lr_sweep.py (the tour's recipe at k = 32, seed 0, 2-3 rates a
+#: method; its printed output: benchmarks/text_lr_sweep.md); every other method's pick was its suggested_lr.
+#: Full fine-tuning of a BERT moves every pretrained weight: a tenth of the ViT's rate.
+TEXT_LR = {"full": 1e-4, "serial-adapter": 3e-3, "bitfit": 1e-2, "ssf": 1e-3}
 
 
 def run_text_tour(task: str | None = None, epochs: int | None = None, *, quick: bool = False, methods=None,
                   k: int | None = None, n_test: int | None = None, seed: int = 0, batch_size: int = TEXT_BATCH,
-                  progress=None, blas_threads: int | None = None, log=None) -> list:
+                  progress=None, blas_threads: int | None = None, log=None, n_full: int | None = None,
+                  split: str = "test", max_len: int | None = None, lrs: dict | None = None, make=None,
+                  on_trained=None) -> list:
     """The tour on all-MiniLM-L6-v2 (``models.minilm``): every method that applies to a text model
     (``TEXT_METHODS``) few-shot on a text task, same budget, one row per method (``run_tour``'s keys,
-    plus k and n_test).
+    plus k, n_test and n_steps, the training steps each method ran).
 
     task: a text task (default ``text.GAP_TASK``, where the frozen probe trails full fine-tuning).
     Training: ``task.few_shot(k, seed)`` (k = ``TEXT_K`` per class), ``epochs`` passes (default
@@ -175,13 +182,18 @@ def run_text_tour(task: str | None = None, epochs: int | None = None, *, quick: 
     each batch padded only to its longest text. Test accuracy on the first ``n_test`` test texts
     (default ``TEXT_TEST``), val accuracy on as many val texts, scored in length-sorted batches.
     quick: k = ``QUICK_TEXT_K``, ``QUICK_TEXT_TEST`` texts scored, one step per method.
-    Learning rates: ``suggested_lr``, except ``TEXT_LR``.
+    Learning rates: ``suggested_lr``, except ``TEXT_LR``. Methods: default options, except prompt
+    tuning's init from the class-label words (``text_method``).
+
+    For the chapter and the rate sweep (``text_setting`` says more): n_full trains on the full-data
+    setting capped at n_full texts instead of few-shot (k then unused); split "val" scores the
+    validation texts instead of the test texts (the row's "test_acc" is then a val accuracy, and
+    "split" says so); max_len cuts texts shorter than the task's; lrs: {name: lr} over ``TEXT_LR``;
+    make, on_trained: passed to ``tour_rows``.
     """
     from . import text
     from .models import minilm
 
-    task = text.GAP_TASK if task is None else task
-    one_of("task", task, text.TEXT_TASKS)
     names = list(TEXT_METHODS) if methods is None else list(methods)
     bad = [n for n in names if n not in TEXT_METHODS]
     if bad or not names:
@@ -189,46 +201,92 @@ def run_text_tour(task: str | None = None, epochs: int | None = None, *, quick: 
                          f"text model), got {methods!r}")
     epochs = (1 if quick else TEXT_EPOCHS) if epochs is None else epochs
     int_at_least("epochs", epochs, 1)
-    k = (QUICK_TEXT_K if quick else TEXT_K) if k is None else k
-    n_test = (QUICK_TEXT_TEST if quick else TEXT_TEST) if n_test is None else n_test
-    int_at_least("n_test", n_test, 1)
     int_at_least("batch_size", batch_size, 1)
-    t = text.load_text_task(task)
-    train = t.few_shot(k, seed)  # ValueError naming k when it is too large
-    backbone, cfg, tok = minilm.load(n_classes=t.n_classes, dtype="float32", seed=seed)
-
-    def encode(texts):  # (n, 3, longest) ids, types, mask; texts cut to the task's max_len
-        with warnings.catch_warnings():
-            # cutting at max_len is the task's rule (the table's header states max_len)
-            warnings.filterwarnings("ignore", message=r"texts: .* longer than max_len", category=UserWarning)
-            return onp.asarray(tok.encode(list(texts), max_len=t.max_len))
-
-    x_tr = encode(train.texts)
-    lengths = x_tr[:, 2].sum(axis=1)  # real tokens per text
+    s = text_setting(task, quick=quick, k=k, n_full=n_full, n_test=n_test, seed=seed, split=split, max_len=max_len)
+    backbone, cfg, _ = minilm.load(n_classes=s["task"].n_classes, dtype="float32", seed=seed)
     steps = 1 if quick else None
-
-    def scored(split):  # [(x, y)] batches of similar length, each padded to its own longest text
-        part = split.subset(_class_balanced_head(split.labels, n_test))
-        x = encode(part.texts)
-        order = onp.argsort(x[:, 2].sum(axis=1), kind="stable")
-        return [(trim_padding(x[b]), part.labels[b]) for b in (order[i:i + 64] for i in range(0, len(order), 64))]
-
-    test = scored(t.test)
+    x_tr, y_tr, lengths = s["x_train"], s["train"].labels, s["lengths"]
+    n_steps = steps if steps is not None else epochs * len(text.bucket_batches(lengths, batch_size, seed))
 
     def train_fn(params, m, lr, desc):
-        return fit(params, (x_tr, train.labels), cfg, [m], epochs=epochs, steps=steps, lr=lr, seed=seed,
+        return fit(params, (x_tr, y_tr), cfg, [m], epochs=epochs, steps=steps, lr=lr, seed=seed,
                    batch_size=batch_size, progress=progress, desc=desc,
                    batches=lambda e: text.bucket_batches(lengths, batch_size, seed + e))[0]
 
-    def acc(params, m, batches):
-        right = sum(int((predict(params, x, cfg, [m]).argmax(axis=1) == y).sum()) for x, y in batches)
-        return right / sum(len(y) for _, y in batches)
+    rates = {**TEXT_LR, **(lrs or {})}
+    make = make or (lambda name: text_method(name, s["label_ids"]))
+    budget = {"task": s["task"].name, "max_len": s["max_len"], "epochs": epochs, "steps": steps,
+              "n_train": len(s["train"]), "k": s["k"], "n_test": s["n_eval"], "split": split,
+              "batch_size": batch_size, "seed": seed, "n_steps": n_steps}
+    return tour_rows(names, backbone, cfg, s["task"].n_classes, train_fn,
+                     lambda p, m: (batches_accuracy(p, cfg, [m], s["eval"]), None),
+                     budget=budget, seed=seed, lr_of=lambda name, m: rates.get(name, m.suggested_lr),
+                     blas_threads=blas_threads, log=log, make=make, on_trained=on_trained)
 
-    budget = {"task": task, "max_len": t.max_len, "epochs": epochs, "steps": steps, "n_train": len(train), "k": k,
-              "n_test": sum(len(y) for _, y in test), "batch_size": batch_size, "seed": seed}
-    return tour_rows(names, backbone, cfg, t.n_classes, train_fn, lambda p, m: (acc(p, m, test), None),
-                     budget=budget, seed=seed, lr_of=lambda name, m: TEXT_LR.get(name, m.suggested_lr),
-                     blas_threads=blas_threads, log=log)
+
+def text_setting(task: str | None = None, *, quick: bool = False, k: int | None = None, n_full: int | None = None,
+                 n_test: int | None = None, seed: int = 0, split: str = "test", max_len: int | None = None) -> dict:
+    """The data of one text-tour run, tokenized: what ``run_text_tour`` trains on and scores.
+
+    Training texts: few-shot ``task.few_shot(k, seed)`` (k per class), or with ``n_full`` the
+    full-data setting ``task.full()`` cut to a stratified n_full (fixed by the task, not the seed).
+    Scored texts: the first ``n_test`` of each class (class-balanced, ``_class_balanced_head``) of
+    the ``split`` ("test" or "val"), in length-sorted batches of 64, each cut to its longest text.
+    max_len: tokens kept per text (default and upper bound the task's ``max_len``).
+
+    Returns {"task", "train" (TextData), "x_train" (n, 3, L) ids/types/mask, "lengths" (n,),
+    "eval" [(x (b, 3, l), y (b,))], "n_eval", "k" (None for full data), "max_len"}.
+    """
+    from . import text
+    from .models import minilm
+
+    task = text.GAP_TASK if task is None else task
+    one_of("task", task, text.TEXT_TASKS)
+    one_of("split", split, ("test", "val"))
+    t = text.load_text_task(task)
+    max_len = t.max_len if max_len is None else max_len
+    int_at_least("max_len", max_len, 3)
+    if max_len > t.max_len:
+        raise ValueError(f"max_len must be at most the task's {t.max_len} tokens, got {max_len}")
+    n_test = (QUICK_TEXT_TEST if quick else TEXT_TEST) if n_test is None else n_test
+    int_at_least("n_test", n_test, 1)
+    if n_full is not None:
+        int_at_least("n_full", n_full, t.n_classes)
+        train, k = t.full(n_full), None
+    else:
+        k = (QUICK_TEXT_K if quick else TEXT_K) if k is None else k
+        train = t.few_shot(k, seed)  # ValueError naming k when it is too large
+    tok = minilm.tokenizer()
+
+    def encode(texts):  # (n, 3, longest) ids, types, mask; texts cut to max_len
+        with warnings.catch_warnings():
+            # cutting at max_len is the setting's rule (the table's header states max_len)
+            warnings.filterwarnings("ignore", message=r"texts: .* longer than max_len", category=UserWarning)
+            return onp.asarray(tok.encode(list(texts), max_len=max_len))
+
+    x_tr = encode(train.texts)
+    part = getattr(t, split)
+    part = part.subset(_class_balanced_head(part.labels, n_test))
+    x = encode(part.texts)
+    order = onp.argsort(x[:, 2].sum(axis=1), kind="stable")
+    scored = [(trim_padding(x[b]), part.labels[b]) for b in (order[i:i + 64] for i in range(0, len(order), 64))]
+    return {"task": t, "train": train, "x_train": x_tr, "lengths": x_tr[:, 2].sum(axis=1), "eval": scored,
+            "n_eval": len(part), "k": k, "max_len": max_len, "label_ids": tok.word_ids(list(t.label_words))}
+
+
+def text_method(name: str, label_ids=()):
+    """The text tour's Method for registry ``name``: its default options, except prompt tuning,
+    whose P_e starts at the class-label words' token embeddings (``label_ids``, the ids of
+    ``task.label_words``; equations.md, "Prompt tuning"), as the paper initialises it."""
+    if name == "prompt" and label_ids:
+        return method_class(name)(init_from="text", init_tokens=tuple(label_ids))
+    return method_class(name)()
+
+
+def batches_accuracy(params, cfg, methods, batches) -> float:
+    """Fraction of correct argmax predictions over ``batches`` [(x, y)]."""
+    right = sum(int((predict(params, x, cfg, methods).argmax(axis=1) == y).sum()) for x, y in batches)
+    return right / sum(len(y) for _, y in batches)
 
 
 def _class_balanced_head(labels, n: int):

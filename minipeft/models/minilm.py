@@ -155,6 +155,13 @@ def read_weights(path, cfg: Config, dtype) -> dict:
     return cast(params, dtype)
 
 
+def tokenizer() -> Tokenizer:
+    """The model's WordPiece Tokenizer alone (``load``'s third value, without reading the weights)."""
+    folder = model_dir()
+    cfg = config_from_file(folder)
+    return Tokenizer(folder / "tokenizer.json", vocab=cfg.vocab, max_len=cfg.n_positions)
+
+
 def load(n_classes: int = 2, pool: str = "mean", dtype=None, seed: int = 0):
     """(params, cfg, tokenizer) of all-MiniLM-L6-v2: φ (22.7 M numbers, in ``dtype``, default
     backend.default_dtype()), its Config, its Tokenizer; plus a new head for ``n_classes``

@@ -101,12 +101,21 @@ class TextTask:
         """Number of texts per split, and in the full-data training set."""
         return {"train": len(self.train), "full": len(self.full()), "val": len(self.val), "test": len(self.test)}
 
-    def full(self) -> ds.TextData:
-        """The full-data setting: the training split, capped at ``FULL_CAP`` by a stratified subset."""
-        if len(self.train) <= FULL_CAP:
-            return self.train
-        rng = onp.random.default_rng([SPLIT_SEED, TEXT_TASKS.index(self.name), 1])
-        return self.train.subset(onp.sort(_stratified_take(self.train.labels, FULL_CAP, rng)))
+    def full(self, n: int | None = None) -> ds.TextData:
+        """The full-data setting: the training split, capped at ``FULL_CAP`` by a stratified subset.
+
+        n: a smaller cap for a CPU budget, a stratified subset of n of those texts (fixed by the
+        task, not by a seed); None or n >= their count gives them all.
+        """
+        full = self.train
+        if len(full) > FULL_CAP:
+            rng = onp.random.default_rng([SPLIT_SEED, TEXT_TASKS.index(self.name), 1])
+            full = full.subset(onp.sort(_stratified_take(full.labels, FULL_CAP, rng)))
+        n = int_at_least("n", n, self.n_classes, numpy_ints=True, optional=True)
+        if n is None or n >= len(full):
+            return full
+        rng = onp.random.default_rng([SPLIT_SEED, TEXT_TASKS.index(self.name), 3])
+        return full.subset(onp.sort(_stratified_take(full.labels, n, rng)))
 
     def few_shot(self, k: int, seed: int) -> ds.TextData:
         """k training texts per class (C·k in all), drawn with ``seed``; rows shuffled, deterministic.
