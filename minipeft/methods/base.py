@@ -49,6 +49,8 @@ class Method:
     #: ("tokens": after CLS, before block 1; "layer_in": at every block's input, at most one
     #: such method; "kv": prefix keys/values); None for every other method. ``layout`` reads it.
     prompt_seam = None
+    #: how far the real tokens' position ids shift (peft's prefix tuning on BERT: p); forward sums it
+    position_offset = 0
 
     def __post_init__(self):
         """Run by the dataclass after ``__init__``: checks ``name`` (``validate.method_name``)

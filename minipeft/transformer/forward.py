@@ -23,6 +23,10 @@ for every method but reparameterised prefix tuning, whose MLP makes its table th
 ``SEAMS`` below is the one list of seams; ``methods.Method`` derives its hooks from it.
 
     seam        value (shape)                          ctx                 who uses it
+    inputs      rows joining the word embeddings in    cfg                 prompt tuning,
+                front (B, k, d), k = 0 at first: they                      placement="peft"
+                get positions 0..k-1, W_type[0], LN_emb
+                (text only; peft's inputs_embeds)
     tokens      Z₀ = [x₀; E₀]  (B, 1+n, d)             cfg                 prompt tuning, VPT-Shallow
                 (BERT, cls="ids": E₀ (B, n, d), row 0 the [CLS] token)
     layer_in    X_{ℓ-1}  (B, T, d) entering block ℓ    layer, cfg          VPT-Deep
@@ -53,7 +57,12 @@ hides padded keys (weight exactly 0) in every block; rows a tokens-seam method i
 (prompts, which sit right after row 0) and prefix keys are always visible. Padded rows
 are computed but never read: "mean" pooling averages the real input tokens only.
 Positions: the real tokens keep ids 0..n-1 (the table is added in ``embed``, before the
-"tokens" seam), whatever prompts or prefixes a method adds.
+"tokens" seam), whatever prompts or prefixes a method adds — unless a method says otherwise
+(HF peft's conventions, ``placement="peft"``): rows the "inputs" seam puts in front take
+positions 0..k-1 and the real tokens k..k+n-1; a method's ``position_offset`` (prefix
+tuning's p) shifts every position by that much. Rows the "inputs" seam added are visible
+keys, and "mean" pooling skips them; "cls"/"pooler" read row 0, which is then the first
+such row (as BertModel's pooler does under peft's prompt tuning).
 """
 from __future__ import annotations
 
@@ -67,7 +76,7 @@ from .inputs import check_batch, text_parts
 from .schema import LINEARS
 
 #: the seams, in the order a forward pass meets them; a method fills seam s with ``on_<s>``
-SEAMS = ("tokens", "layer_in", "linear", "kv", "ff_hidden", "mlp", "after")
+SEAMS = ("inputs", "tokens", "layer_in", "linear", "kv", "ff_hidden", "mlp", "after")
 
 
 def prepared(params, methods, cfg: Config) -> dict:
@@ -100,12 +109,16 @@ def patchify(images, patch):
     return np.reshape(x, (B, (H // patch) * (W // patch), C * patch * patch))
 
 
-def embed(params, x, cfg: Config):
-    """Z₀, the rows entering block 1.  -> (B, n_cls + n, d).
+def embed(params, x, cfg: Config, lead=None, offset: int = 0):
+    """Z₀, the rows entering block 1.  -> (B, k + n_cls + n, d).
 
         vision  Z₀ = [x₀; Embed(I_j)] + pos
-        text    Z₀ = [x₀;] W_tok[ids] + pos (+ W_type[type ids])    x₀ only when cfg.cls="learned"
+        text    Z₀ = [L;] [x₀;] W_tok[ids] + pos (+ W_type[type ids])    x₀ only when cfg.cls="learned"
         then, with cfg.embed_ln, Z₀ ← LN_emb(Z₀) (BERT).
+
+    lead: None or L (B, k, d), text only: rows joining the word embeddings in front (the
+    "inputs" seam; peft's prompt tuning), with token type 0. offset: the first position id
+    (pos[offset : offset + rows] is added; peft's prefix tuning shifts by p).
     """
     p = params["embed"]
     types = None
@@ -115,9 +128,15 @@ def embed(params, x, cfg: Config):
         ids, types, _ = text_parts(x)
         E = p["W_tok"][ids]  # (B, n, d)
     Z = prepend(p["cls"][None], E) if cfg.cls == "learned" else E  # (B, n_cls + n, d)
-    Z = Z + p["pos"][: Z.shape[1]]
+    k = 0 if lead is None else lead.shape[1]
+    if offset + k + Z.shape[1] > p["pos"].shape[0]:
+        raise ValueError(f"x: {k} leading rows + {Z.shape[1]} tokens from position {offset} need "
+                         f"{offset + k + Z.shape[1]} positions, the table has {p['pos'].shape[0]}")
     if cfg.type_vocab:
         Z = Z + (p["W_type"][types] if types is not None else p["W_type"][0])  # type 0 when x has no types
+    if k:
+        Z = np.concatenate([lead + p["W_type"][0] if cfg.type_vocab else lead, Z], axis=1)  # (B, k + n, d)
+    Z = Z + p["pos"][offset: offset + Z.shape[1]]
     if cfg.embed_ln:
         Z = layer_norm(Z, p["ln"]["gamma"], p["ln"]["beta"], cfg.eps)
     return Z
@@ -236,10 +255,16 @@ def features(params, x, cfg: Config, methods=(), trace=None):
     x = like(check_batch(x, cfg, params["embed"]["pos"].dtype), params["embed"]["pos"])  # on the model's device
     _check_methods(params, methods)
     th = prepared(params, methods, cfg)  # once per forward pass, shared by every block
-    X = embed(params, x, cfg)
+    L = _seam(methods, th, "inputs", np.zeros_like(params["embed"]["pos"], shape=(x.shape[0], 0, cfg.d)), cfg=cfg)
+    offset = sum(m.position_offset for m in methods)  # peft's prefix tuning: positions from p
+    X = embed(params, x, cfg, L if L.shape[1] else None, offset)  # (B, k + T0, d)
     T0 = X.shape[1]
     X = _seam(methods, th, "tokens", X, cfg=cfg)  # (B, T, d), T = T0 (+ prompts)
-    visible, weights = _row_masks(x, cfg, T0, X.shape[1])  # host arrays
+    visible, weights = _row_masks(x, cfg, T0 - L.shape[1], X.shape[1] - L.shape[1])  # host arrays
+    if L.shape[1]:  # the k rows in front of row 0 ("inputs" seam): visible keys, not pooled
+        weights = onp.concatenate([onp.zeros((weights.shape[0], L.shape[1])), weights], axis=1)
+        visible = None if visible is None else onp.concatenate([onp.ones((visible.shape[0], L.shape[1]), bool),
+                                                                visible], axis=1)
     if visible is not None:
         visible = like(visible, X)
     if trace is not None:
