@@ -1,0 +1,281 @@
+"""minipeft.interop without torch: export → import is bit-exact per method and dtype, the
+files are peft's layout (names, shapes, the flat prefix table), and every input minipeft
+cannot represent is refused with an error naming the field. (Outputs against peft itself:
+tests/test_peft_crosscheck.py, slow.)"""
+import json
+import os
+import struct
+
+import numpy as onp
+import pytest
+
+import minipeft as mp
+from minipeft import tree
+from minipeft.interop import bert_names, export_peft, from_peft, import_peft, tensorfile, to_peft
+from minipeft.methods import method_class
+from minipeft.transformer import Config, init_params
+
+#: a tiny BERT (the MiniLM forks, small sizes)
+CFG = Config(d=16, h=4, N=3, d_ff=32, n_classes=2, front="text", vocab=50, max_len=64, eps=1e-12, norm="post",
+             act="gelu_erf", cls="ids", type_vocab=2, embed_ln=True, pool="mean")
+CASES = {
+    "lora-all": lambda: method_class("lora")(r=2, alpha=3.0, targets=("q", "k", "v", "o", "mlp1", "mlp2")),
+    "lora-subset": lambda: method_class("lora")(r=3, targets=("v", "mlp2"), layers=(0, 2)),
+    "lora-qv": lambda: method_class("lora")(r=2, targets=("q", "v"), layers=(0, 2)),
+    "ia3-notes": lambda: method_class("ia3")(variant="notes"),
+    "ia3-paper": lambda: method_class("ia3")(variant="paper"),
+    "prompt": lambda: method_class("prompt")(p=3, placement="peft"),
+    "prefix": lambda: method_class("prefix")(p=4, placement="peft"),
+}
+
+
+def random_params(method, dtype="float64", seed=0):
+    params = init_params(CFG, 0, dtype)
+    p = mp.attach(params, [method], CFG, seed=seed)
+    rng = onp.random.default_rng(seed)
+    return {**p, method.name: tree.map_leaves(lambda _, a: rng.standard_normal(a.shape).astype(dtype), p[method.name])}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_export_then_import_is_bit_exact(case, dtype, tmp_path):
+    method = CASES[case]()
+    p = random_params(method, dtype)
+    out = export_peft(tmp_path / "a", p, method, CFG)
+    assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors"]
+    m2, theta, notes = from_peft(out, CFG)
+    assert notes == []
+    assert {k: v for k, v in m2.options().items() if k != "alpha"} == \
+        {k: v for k, v in method.options().items() if k != "alpha"}
+    assert m2.scaling == method.scaling if hasattr(method, "scaling") else True
+    a, b = dict(tree.leaves_with_paths(p[method.name])), dict(tree.leaves_with_paths(theta))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k].dtype == a[k].dtype and onp.array_equal(a[k], b[k]), k
+    # and the same outputs once attached (θ cast to the backbone's dtype)
+    q, m3, _ = import_peft(out, init_params(CFG, 0, dtype), CFG)
+    x = onp.array([[2, 7, 9, 3], [2, 5, 3, 0]])[:, None, :] * onp.array([1, 0, 1])[None, :, None]
+    x[:, 2] = x[:, 0] > 0
+    onp.testing.assert_array_equal(mp.features(q, x, CFG, [m3]), mp.features(p, x, CFG, [method]))
+
+
+def test_layouts_are_peft_s():
+    """Tensor names and shapes as peft 0.21 saves them (probed once with peft; written here by hand)."""
+    lora = method_class("lora")(r=2, targets=("q", "mlp2"), layers=(1,))
+    conf, t = to_peft(lora, random_params(lora)["lora"], CFG)
+    assert {k: v.shape for k, v in t.items()} == {
+        "base_model.model.encoder.layer.1.attention.self.query.lora_A.weight": (2, 16),
+        "base_model.model.encoder.layer.1.attention.self.query.lora_B.weight": (16, 2),
+        "base_model.model.encoder.layer.1.output.dense.lora_A.weight": (2, 32),
+        "base_model.model.encoder.layer.1.output.dense.lora_B.weight": (16, 2)}
+    assert conf["target_modules"] == ["attention.self.query", "encoder.layer.1.output.dense"]
+    assert conf["layers_to_transform"] == [1] and conf["lora_alpha"] == 2 and conf["peft_type"] == "LORA"
+    ia3 = method_class("ia3")(variant="paper")
+    _, t = to_peft(ia3, random_params(ia3)["ia3"], CFG)
+    assert t["base_model.model.encoder.layer.0.attention.self.key.ia3_l"].shape == (16, 1)
+    assert t["base_model.model.encoder.layer.0.output.dense.ia3_l"].shape == (1, 32)
+    # the flat prefix table: row i = [P_k^1 | P_v^1 | P_k^2 | ...], a naive loop
+    pre = CASES["prefix"]()
+    th = random_params(pre)["prefix"]
+    _, t = to_peft(pre, th, CFG)
+    table = t["prompt_embeddings"]
+    assert table.shape == (4, 2 * 3 * 16)
+    for i in range(4):
+        for ell in range(3):
+            onp.testing.assert_array_equal(table[i, (2 * ell) * 16:(2 * ell + 1) * 16], th["P_k"][ell, i])
+            onp.testing.assert_array_equal(table[i, (2 * ell + 1) * 16:(2 * ell + 2) * 16], th["P_v"][ell, i])
+
+
+def test_peft_matches_by_suffix():
+    """peft's list rule (m == t or m ends with "." + t): "output.dense" catches attention.output.dense too,
+    which is why export names mlp2 by its full name."""
+    names = bert_names.modules(2)
+    hit = [m for m in names if bert_names.matches(m, ["output.dense"])]
+    assert hit == ["encoder.layer.0.attention.output.dense", "encoder.layer.0.output.dense",
+                   "encoder.layer.1.attention.output.dense", "encoder.layer.1.output.dense"]
+    mine = bert_names.export_names(("mlp2",), None, 2)
+    assert [m for m in names if bert_names.matches(m, mine)] == ["encoder.layer.0.output.dense",
+                                                                  "encoder.layer.1.output.dense"]
+    assert [m for m in names if bert_names.matches(m, ["query"], [1])] == ["encoder.layer.1.attention.self.query"]
+
+
+@pytest.mark.parametrize("name", ["ssf", "bitfit", "adaptformer", "serial-adapter", "full"])
+def test_methods_peft_lacks_are_refused_saying_so(name, tmp_path):
+    method = method_class(name)()
+    p = mp.attach(init_params(CFG, 0, "float64"), [method], CFG)
+    with pytest.raises(ValueError, match=f"method: {name} has no exact equivalent in peft"):
+        export_peft(tmp_path / "a", p, method, CFG)
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("method,field", [
+    (lambda: method_class("prompt")(p=3), "placement"),
+    (lambda: method_class("prefix")(p=3), "placement"),
+    (lambda: method_class("prefix")(p=3, reparam=True, placement="peft"), "reparam"),
+])
+def test_prompt_and_prefix_need_peft_placement(method, field, tmp_path):
+    m = method()
+    p = mp.attach(init_params(CFG, 0, "float64"), [m], CFG)
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        export_peft(tmp_path / "a", p, m, CFG)
+
+
+def test_ejected_prefix_exports_with_the_same_outputs(tmp_path):
+    m = method_class("prefix")(p=3, reparam=True, placement="peft")
+    p = mp.attach(init_params(CFG, 0, "float64"), [m], CFG, seed=3)
+    p2, m2 = m.eject(p)
+    q, m3, _ = import_peft(export_peft(tmp_path / "a", p2, m2, CFG), init_params(CFG, 0, "float64"), CFG)
+    x = onp.array([[2, 7, 9, 3]])
+    onp.testing.assert_allclose(mp.features(q, x, CFG, [m3]), mp.features(p, x, CFG, [m]), rtol=0, atol=1e-12)
+
+
+def test_write_is_atomic_and_never_replaces_other_folders(tmp_path):
+    m = CASES["ia3-notes"]()
+    p = random_params(m)
+    out = tmp_path / "a"
+    export_peft(out, p, m, CFG)
+    with pytest.raises(ValueError, match="exists; pass overwrite=True"):
+        export_peft(out, p, m, CFG)
+    p2 = random_params(m, seed=1)
+    export_peft(out, p2, m, CFG, overwrite=True)
+    onp.testing.assert_array_equal(from_peft(out, CFG)[1]["blocks"][0]["l_q"], p2["ia3"]["blocks"][0]["l_q"])
+    assert sorted(os.listdir(tmp_path)) == ["a"]  # no temp folder left
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match="not only a peft adapter's files"):
+        export_peft(other, p, m, CFG, overwrite=True)
+    assert (other / "notes.txt").read_text() == "keep"
+
+
+# ------------------------------------------------------------------ bad peft folders
+def _exported(tmp_path, case="lora-subset"):
+    m = CASES[case]()
+    return export_peft(tmp_path / "a", random_params(m), m, CFG)
+
+
+def _edit(out, **fields):
+    path = os.path.join(out, "adapter_config.json")
+    conf = json.load(open(path))
+    conf.update(fields)
+    json.dump(conf, open(path, "w"))
+
+
+@pytest.mark.parametrize("fields,match", [
+    ({"fan_in_fan_out": True}, "field fan_in_fan_out"),
+    ({"use_dora": True}, "field use_dora"),
+    ({"use_rslora": True}, "field use_rslora"),
+    ({"rank_pattern": {"query": 8}}, "field rank_pattern"),
+    ({"alpha_pattern": {"value": 2}}, "field alpha_pattern"),
+    ({"bias": "all"}, "field bias"),
+    ({"init_lora_weights": "pissa"}, "field init_lora_weights"),
+    ({"modules_to_save": ["classifier"]}, "field modules_to_save"),
+    ({"peft_type": "LOHA"}, "field peft_type"),
+    ({"task_type": "SEQ_CLS"}, "field task_type"),
+    ({"base_model_name_or_path": "bert-base-uncased"}, "field base_model_name_or_path"),
+    ({"target_modules": ["query", "pooler.dense"]}, "adapts module pooler.dense, which minipeft has no projection"),
+    ({"target_modules": ["dense"], "layers_to_transform": None}, "adapts module .*attention.output.dense|pooler"),
+    ({"target_modules": "all-linear"}, "all-linear"),
+    ({"target_modules": ["LayerNorm"]}, "adapts module encoder.layer.0.attention.output.LayerNorm"),
+    ({"target_modules": ["nothing_here"]}, "matches no module"),
+    ({"r": 0}, "field r"),
+    ({"lora_alpha": -1}, "field lora_alpha"),
+    ({"some_new_field": {"x": 1}}, "field some_new_field .* not one minipeft knows"),
+])
+def test_lora_fields_minipeft_cannot_represent_are_refused(fields, match, tmp_path):
+    out = _exported(tmp_path)
+    _edit(out, **fields)
+    with pytest.raises(ValueError, match=match):
+        from_peft(out, CFG)
+
+
+def test_dropout_and_a_local_base_path_are_accepted(tmp_path):
+    out = _exported(tmp_path)
+    _edit(out, lora_dropout=0.1, base_model_name_or_path="/somewhere/all-MiniLM-L6-v2")
+    _, _, notes = from_peft(out, CFG)
+    assert any("lora_dropout" in n for n in notes)
+    _edit(out, base_model_name_or_path="bert-base-uncased")
+    from_peft(out, CFG, other_base=True)  # the sizes are still checked
+
+
+def test_other_sizes_and_missing_tensors_are_refused(tmp_path):
+    out = _exported(tmp_path, "lora-qv")
+    small = Config(**{**CFG.to_dict(), "d": 8, "h": 2})
+    with pytest.raises(ValueError, match="shape .*expected"):
+        from_peft(out, small)
+    _edit(out, layers_to_transform=[0, 1, 2])  # the file holds layers 0 and 2 only
+    with pytest.raises(ValueError, match="missing tensor base_model.model.encoder.layer.1"):
+        from_peft(out, CFG)
+    _edit(out, layers_to_transform=[0])
+    with pytest.raises(ValueError, match="unexpected tensor base_model.model.encoder.layer.2"):
+        from_peft(out, CFG)
+    _edit(out, target_modules=["encoder.layer.0.attention.self.query", "encoder.layer.1.attention.self.value"],
+          layers_to_transform=None)
+    with pytest.raises(ValueError, match="field target_modules: the adapted projections differ between blocks"):
+        from_peft(out, CFG)
+
+
+def test_ia3_and_prompt_fields_are_checked(tmp_path):
+    out = _exported(tmp_path, "ia3-notes")
+    _edit(out, target_modules=["query", "key", "value", "attention.output.dense"])
+    with pytest.raises(ValueError, match="target_modules / feedforward_modules"):
+        from_peft(out, CFG)
+    os.rename(out, tmp_path / "b")
+    out = _exported(tmp_path, "prompt")
+    _edit(out, token_dim=32)
+    with pytest.raises(ValueError, match="field token_dim"):
+        from_peft(out, CFG)
+    _edit(out, token_dim=16, num_virtual_tokens=4)
+    with pytest.raises(ValueError, match="tensor prompt_embeddings: shape"):
+        from_peft(out, CFG)
+
+
+def test_missing_files_and_pickles(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        from_peft(tmp_path / "nope", CFG)
+    out = _exported(tmp_path)
+    os.rename(os.path.join(out, "adapter_model.safetensors"), os.path.join(out, "adapter_model.bin"))
+    with pytest.raises(FileNotFoundError, match="never a pickled .bin"):
+        from_peft(out, CFG)
+
+
+# ------------------------------------------------------------------ the bounded reader
+def _raw(tmp_path, header: bytes, data: bytes = b"", n=None):
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header) if n is None else n) + header + data)
+    return path
+
+
+def test_safetensors_reader_checks_the_header_before_reading(tmp_path):
+    with pytest.raises(ValueError, match="header length"):
+        tensorfile.read_header(_raw(tmp_path, b"{}", n=1 << 40))
+    with pytest.raises(ValueError, match="not valid JSON"):
+        tensorfile.read_header(_raw(tmp_path, b"{nope"))
+    h = json.dumps({"a": {"dtype": "F32", "shape": [1 << 30, 1 << 30], "data_offsets": [0, 8]}}).encode()
+    with pytest.raises(ValueError, match="needs .* bytes, its offsets span 8"):
+        tensorfile.read_header(_raw(tmp_path, h, b"\0" * 8))
+    h = json.dumps({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    with pytest.raises(ValueError, match="past the"):
+        tensorfile.read_header(_raw(tmp_path, h, b"\0" * 8))
+    h = json.dumps({"a": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}}).encode()
+    with pytest.raises(ValueError, match="dtype 'I64'"):
+        tensorfile.read_header(_raw(tmp_path, h, b"\0" * 8))
+    h = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                    "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}).encode()
+    with pytest.raises(ValueError, match="overlap"):
+        tensorfile.read_header(_raw(tmp_path, h, b"\0" * 12))
+    h = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    path = _raw(tmp_path, h, onp.array([1.0, onp.nan], "<f4").tobytes())
+    with pytest.raises(ValueError, match="NaN"):
+        tensorfile.read_tensors(path, {"a": (2,)})
+
+
+def test_bf16_and_f16_are_widened_exactly(tmp_path):
+    x = onp.array([1.5, -2.25, 3e-3], onp.float32)
+    bf = (x.view(onp.uint32) >> 16).astype("<u2")  # truncation to bfloat16
+    h = json.dumps({"a": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]},
+                    "b": {"dtype": "F16", "shape": [3], "data_offsets": [6, 12]}}).encode()
+    path = _raw(tmp_path, h, bf.tobytes() + x.astype("<f2").tobytes())
+    got = tensorfile.read_tensors(path, {"a": (3,), "b": (3,)})
+    onp.testing.assert_array_equal(got["a"], (bf.astype(onp.uint32) << 16).view(onp.float32))
+    onp.testing.assert_array_equal(got["b"], x.astype(onp.float16).astype(onp.float32))
