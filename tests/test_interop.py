@@ -279,3 +279,47 @@ def test_bf16_and_f16_are_widened_exactly(tmp_path):
     got = tensorfile.read_tensors(path, {"a": (3,), "b": (3,)})
     onp.testing.assert_array_equal(got["a"], (bf.astype(onp.uint32) << 16).view(onp.float32))
     onp.testing.assert_array_equal(got["b"], x.astype(onp.float16).astype(onp.float32))
+
+
+# ------------------------------------------------------------------ the CLI, on the real MiniLM
+def test_cli_export_then_import_round_trips_a_minilm_adapter(minilm, tmp_path, capsys):
+    from minipeft import io
+    from minipeft.adapters import save_adapter
+    from minipeft.cli import main
+
+    params, cfg, _ = minilm("float32")
+    m = method_class("lora")(r=2, targets=("q", "mlp2"), layers=(1, 4))
+    p = mp.attach(params, [m], cfg, seed=0)
+    rng = onp.random.default_rng(0)
+    p["lora"] = tree.map_leaves(lambda _, a: rng.standard_normal(a.shape).astype(a.dtype), p["lora"])
+    save_adapter(tmp_path / "a.npz", p, [m], cfg, train_head=False)
+    assert main(["export", str(tmp_path / "a.npz"), "--to", "peft", "--out", str(tmp_path / "peft")]) == 0
+    assert main(["import", str(tmp_path / "peft"), "--out", str(tmp_path / "b.npz"), "--n-classes", "3",
+                 "--pool", "pooler"]) == 0
+    a, _ = io.load_tree(tmp_path / "a.npz")
+    b, meta = io.load_tree(tmp_path / "b.npz")
+    assert meta["methods"] == [{"type": "lora", "options": m.options()}] and meta["source"] == "peft"
+    for (pa, x), (pb, y) in zip(tree.leaves_with_paths(a), tree.leaves_with_paths(b)):
+        assert pa == pb and x.dtype == y.dtype and onp.array_equal(x, y)
+    assert main(["export", str(tmp_path / "a.npz"), "--out", str(tmp_path / "peft")]) == 2  # exists
+    assert "exists; pass overwrite=True" in capsys.readouterr().err
+
+
+def test_cli_train_takes_peft_spellings_and_points_unknown_flags_to_the_method_help(capsys):
+    from minipeft.cli import build_parser, main
+
+    args = build_parser("lora").parse_args(["train", "--method", "lora", "--lora-alpha", "2",
+                                            "--target-modules", "query", "value", "--layers-to-transform", "1"])
+    assert (args.opt_alpha, args.opt_targets, args.opt_layers) == (2.0, ["query", "value"], [1])
+    from minipeft.interop.rosetta import targets_from_peft
+    assert targets_from_peft(["query", "attention.self.value", "intermediate.dense", "mlp2"]) == ("q", "v", "mlp1", "mlp2")
+    with pytest.raises(ValueError, match="'output.dense' is ambiguous"):
+        targets_from_peft(["output.dense"])
+    args = build_parser("prefix").parse_args(["train", "--method", "prefix", "--num-virtual-tokens", "4",
+                                              "--prefix-projection", "true"])
+    assert (args.opt_p, args.opt_reparam) == (4, True)
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--method", "lora", "--lora-dropout", "0.1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "lora_dropout has no minipeft option" in err and "minipeft train --method lora --help" in err
