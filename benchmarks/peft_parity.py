@@ -208,10 +208,22 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--methods", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
+    ap.add_argument("--out", default=None, help="also write the table to this markdown file")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    print("| direction | method | dtype | max abs Δ last hidden (real rows) | max abs Δ pooled | max abs Δ merged weights |")
-    print("|---|---|---|---|---|---|")
+    lines = []
+
+    def emit(line):
+        print(line, flush=True)
+        lines.append(line)
+
+    import peft
+    import transformers
+    emit(f"minipeft vs HF peft {peft.__version__} (transformers {transformers.__version__}, torch {torch.__version__}) "
+         f"on all-MiniLM-L6-v2, {len(SENTENCES)} sentences padded to one length; written by "
+         f"`python benchmarks/peft_parity.py`\n")
+    emit("| direction | method | dtype | max abs Δ last hidden (real rows) | max abs Δ pooled | max abs Δ merged weights |")
+    emit("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for dtype in args.dtypes:
             model, loaded = bert(torch, dtype), load(dtype)
@@ -219,8 +231,11 @@ def main(argv=None):
                 for name in args.methods:
                     r = fn(torch, name, dtype, model, loaded, folder)
                     merge = f"{r['merge']:.2e}" if "merge" in r else "n/a"
-                    print(f"| minipeft {'→' if direction == 'export' else '←'} peft | {name} | {dtype} | "
-                          f"{r['hidden']:.2e} | {r['pooled']:.2e} | {merge} |", flush=True)
+                    emit(f"| minipeft {'→' if direction == 'export' else '←'} peft | {name} | {dtype} | "
+                         f"{r['hidden']:.2e} | {r['pooled']:.2e} | {merge} |")
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

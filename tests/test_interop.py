@@ -323,3 +323,16 @@ def test_cli_train_takes_peft_spellings_and_points_unknown_flags_to_the_method_h
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1
     assert "lora_dropout has no minipeft option" in err and "minipeft train --method lora --help" in err
+
+
+def test_readme_rosetta_table_is_the_generated_one():
+    from pathlib import Path
+
+    from minipeft.interop.rosetta import ROSETTA, markdown
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = text.split("<!-- rosetta:begin -->\n")[1].split("\n<!-- rosetta:end -->")[0]
+    assert block == markdown()
+    # every option of each exportable method has a row
+    for name, rows in ROSETTA.items():
+        import dataclasses
+        assert {f.name for f in dataclasses.fields(method_class(name))} == set(rows), name

@@ -75,3 +75,20 @@ def targets_from_peft(values) -> tuple:
                              "attention.output.dense); say mlp2 (encoder.layer.ℓ.output.dense) or o")
         out.append(PEFT_TARGETS.get(v, v))
     return tuple(out)
+
+
+def markdown() -> str:
+    """The Rosetta table as markdown (the README's copy is this function's output; a test compares)."""
+    lines = ["| method | minipeft option | peft 0.21 field | notes |", "|---|---|---|---|"]
+    for m, rows in ROSETTA.items():
+        for opt, (field, note) in rows.items():
+            lines.append(f"| {m} | `{opt}` | {f'`{field}`' if field else '—'} | {note} |")
+    lines.append("| all | (the head) | — | not exported: task_type FEATURE_EXTRACTION has no head; "
+                 "`minipeft import` gives a new frozen head |")
+    for field, why in PEFT_ONLY.items():
+        lines.append(f"| lora | — | `{field}` | {why} |")
+    from .peft import NO_PEFT_EQUIVALENT
+
+    for m, why in NO_PEFT_EQUIVALENT.items():
+        lines.append(f"| {m} | (the method) | — | export refused: {why} |")
+    return "\n".join(lines)
