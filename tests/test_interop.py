@@ -336,3 +336,76 @@ def test_readme_rosetta_table_is_the_generated_one():
     for name, rows in ROSETTA.items():
         import dataclasses
         assert {f.name for f in dataclasses.fields(method_class(name))} == set(rows), name
+
+
+# ------------------------------------------------------------------ placement="peft" in the forward
+def _naive_peft_bert(params, x, cfg, prompt=None, prefix=None):
+    """peft's conventions on BertModel written out per sentence, padding dropped: a prompt P joins
+    the word embeddings in front (positions 0..p-1, type 0, LN_emb; real tokens from p); a prefix
+    (P_k, P_v) is prepended to every block's keys/values and shifts the real positions by p.
+    Returns (last hidden state rows, CLS-row (row 0) of the output) per sentence."""
+    from minipeft.nn import reference as R
+    from minipeft.nn.attention import attention_composed
+    e, out = params["embed"], []
+    for ids, types, mask in x:
+        n = int(mask.sum())
+        rows = e["W_tok"][ids[:n]] + e["W_type"][types[:n]]
+        k, off = 0, 0
+        if prompt is not None:
+            k = prompt.shape[0]
+            rows = onp.concatenate([prompt + e["W_type"][0], rows])
+        if prefix is not None:
+            off = prefix[0].shape[1]
+        Z = R.layer_norm((rows + e["pos"][off:off + k + n])[None], e["ln"]["gamma"], e["ln"]["beta"], cfg.eps)
+        for ell, bp in enumerate(params["blocks"]):
+            a, m = bp["attn"], bp["mlp"]
+            pre = None if prefix is None else (prefix[0][ell], prefix[1][ell])
+            att = attention_composed(Z @ a["W_q"].T + a["b_q"], Z @ a["W_k"].T + a["b_k"], Z @ a["W_v"].T + a["b_v"],
+                                     cfg.h, prefix=pre)
+            Z = R.layer_norm(Z + att @ a["W_o"].T + a["b_o"], bp["ln1"]["gamma"], bp["ln1"]["beta"], cfg.eps)
+            H = R.gelu_erf(Z @ m["W_1"].T + m["b_1"])
+            Z = R.layer_norm(Z + H @ m["W_2"].T + m["b_2"], bp["ln2"]["gamma"], bp["ln2"]["beta"], cfg.eps)
+        out.append(Z[0])
+    return out
+
+
+def _padded_batch():
+    ids = onp.array([[1, 5, 6, 7, 8, 2], [1, 9, 2, 0, 0, 0]])
+    mask = (onp.arange(6)[None] < onp.array([[6], [3]])).astype(int)
+    return onp.stack([ids, onp.zeros_like(ids), mask], axis=1)
+
+
+@pytest.mark.parametrize("kind", ["prompt", "prefix"])
+def test_peft_placement_matches_the_conventions_written_out(kind):
+    rng = onp.random.default_rng(0)
+    params = init_params(CFG, 0, "float64")
+    params = tree.map_leaves(lambda path, a: a + 0.2 * rng.standard_normal(a.shape), params)
+    m = CASES[kind]()
+    p = random_params(m)
+    p = {**params, m.name: p[m.name]}
+    x = _padded_batch()
+    trace = {}
+    cls_cfg = Config(**{**CFG.to_dict(), "pool": "cls"})
+    row0 = mp.features(p, x, cls_cfg, [m], trace=trace)
+    want = _naive_peft_bert(p, x, CFG, prompt=p["prompt"]["P"] if kind == "prompt" else None,
+                            prefix=(p["prefix"]["P_k"], p["prefix"]["P_v"]) if kind == "prefix" else None)
+    front = m.p if kind == "prompt" else 0
+    for b, Zb in enumerate(want):
+        onp.testing.assert_allclose(trace["hidden"][-1][b, :Zb.shape[0]], Zb, rtol=0, atol=1e-12)
+        onp.testing.assert_allclose(row0[b], Zb[0], rtol=0, atol=1e-12)  # row 0: the first prompt (prompt)
+        n = int(x[b, 2].sum())
+        mean = mp.features(p, x, CFG, [m])[b]  # mean over the real tokens only, prompts skipped
+        onp.testing.assert_allclose(mean, Zb[front:front + n].mean(axis=0), rtol=0, atol=1e-12)
+    from minipeft.methods.layout import token_rows
+    if kind == "prompt":
+        assert token_rows([m], 5) == {"prompt": slice(0, 3), "cls": slice(3, 4), "input": slice(4, 9)}
+
+
+def test_placement_is_checked():
+    with pytest.raises(ValueError, match="placement must be one of"):
+        method_class("prompt")(placement="before")
+    with pytest.raises(ValueError, match="placement must be one of"):
+        method_class("prefix")(placement="x")
+    with pytest.raises(ValueError, match="positions"):  # p + n past the position table
+        m = method_class("prefix")(p=60, placement="peft")
+        mp.features(mp.attach(init_params(CFG, 0, "float64"), [m], CFG), onp.ones((1, 10), int), CFG, [m])
