@@ -61,6 +61,7 @@ def bert(torch, dtype):
 
 
 def inputs(torch, tok):
+    """(minipeft's encoded batch (B, 3, n), BertModel's input_ids and attention_mask) of SENTENCES."""
     e = tok.encode(SENTENCES)
     return e, {"input_ids": torch.tensor(e.ids), "attention_mask": torch.tensor(e.mask)}
 
@@ -89,6 +90,7 @@ def minipeft_outputs(params, cfg, methods, e):
 
 
 def peft_outputs(torch, pm, inp):
+    """(last_hidden_state (B, T, d), pooler_output (B, d)) of the peft model, as NumPy."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r = pm(**inp)

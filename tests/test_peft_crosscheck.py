@@ -83,3 +83,18 @@ def test_merge_changes_the_weights():
     p = P.random_theta(method, params, cfg)
     merged = method.merge(p)
     assert onp.abs(merged["blocks"][0]["attn"]["W_q"] - params["blocks"][0]["attn"]["W_q"]).max() > 1e-4
+
+
+def test_the_scale_path_example_runs_and_agrees_at_every_step():
+    """examples/peft_scale_path.py end to end: every max |Δ| it prints is within float32's bound."""
+    import os
+    import re
+    import subprocess
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "MINIPEFT_PROGRESS": "0"}
+    r = subprocess.run([sys.executable, "-W", "ignore", str(root / "examples" / "peft_scale_path.py")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    deltas = [float(v) for v in re.findall(r"max \|Δ\|[^0-9]*([0-9.]+e[-+][0-9]+)", r.stdout)]
+    assert len(deltas) == 6, r.stdout  # step 0, three peft steps, merged vs unmerged, merged vs peft
+    assert max(deltas) <= 1e-5, r.stdout

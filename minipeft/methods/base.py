@@ -11,7 +11,7 @@ subclasses it, sets the fields it needs and overrides the parts it uses. In shor
 - ``on_<seam>(self, theta_m, value, **ctx)`` for each seam it fills (the seams:
   ``transformer.SEAMS``; signatures in transformer/forward.py); ``prepare`` turns θ_m
   into what the hooks read, once per forward pass;
-- ``trains_backbone(path)``, ``n_params(cfg)``, ``suggested_lr``, ``prompt_seam``,
+- ``trains_backbone(path)``, ``n_params(cfg)``, ``suggested_lr``, ``prompt_seam``, ``position_offset``,
   ``hook_points(n_layers)``, ``merge(params)`` / ``unmerge(params, theta)``,
   ``options()`` / ``from_options(dict)``.
 """
