@@ -409,3 +409,21 @@ def test_placement_is_checked():
     with pytest.raises(ValueError, match="positions"):  # p + n past the position table
         m = method_class("prefix")(p=60, placement="peft")
         mp.features(mp.attach(init_params(CFG, 0, "float64"), [m], CFG), onp.ones((1, 10), int), CFG, [m])
+
+
+def test_peft_placed_prompts_train_and_refuse_a_mix_with_after_cls_prompts():
+    """∂L/∂P_e through the "inputs" seam (and LN_emb) against finite differences; a peft-placed
+    prompt beside an after-[CLS] prompt is refused (its rows would land among the front rows)."""
+    from conftest import theta_vec_fn
+    cfg = Config(**{**CFG.to_dict(), "pool": "cls"})
+    m = method_class("prompt")(p=2, placement="peft")
+    params = mp.attach(init_params(cfg, 0, "float64"), [m], cfg, seed=2)
+    vec, f, g = theta_vec_fn(params, [m], _padded_batch(), onp.array([0, 1]), cfg, train_head=False)
+    rng = onp.random.default_rng(0)
+    for _ in range(3):
+        u = rng.standard_normal(vec.shape)
+        assert onp.isclose(g @ u, (f(vec + 1e-6 * u) - f(vec - 1e-6 * u)) / 2e-6, rtol=1e-5, atol=1e-8)
+    other = method_class("prompt")(p=2, name="after")
+    p2 = mp.attach(params, [other], cfg)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        mp.features(p2, _padded_batch(), cfg, [m, other])

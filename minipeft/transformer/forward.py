@@ -327,13 +327,19 @@ def _check_methods(params, methods):
     """The invariants of a list of active methods, checked before any computation: distinct
     names, θ attached where a hook reads it, and at most one method whose prompts replace
     rows at every block's input (``prompt_seam == "layer_in"``, VPT-Deep: a second one would
-    overwrite the first's rows)."""
+    overwrite the first's rows), and no prompts in front of [CLS] ("inputs") together with
+    prompts inserted after row 0."""
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"methods: each active method needs its own name, got {names}")
     deep = [m.name for m in methods if m.prompt_seam == "layer_in"]
     if len(deep) > 1:
         raise ValueError(f"methods: at most one VPT-Deep (prompt_seam 'layer_in') can be active, got {deep}")
+    front = [m.name for m in methods if m.prompt_seam == "inputs"]
+    after = [m.name for m in methods if m.prompt_seam in ("tokens", "layer_in")]
+    if front and after:  # rows "after row 0" would land among the rows in front of [CLS]
+        raise ValueError(f"methods: prompts in front of [CLS] (placement='peft': {front}) cannot be combined with "
+                         f"prompts inserted after row 0 ({after})")
     for m in methods:
         if m.needs_params and m.name not in params:
             raise ValueError(f"methods: params has no entry {m.name!r} for method {type(m).__name__}; "
