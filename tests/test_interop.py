@@ -427,3 +427,17 @@ def test_peft_placed_prompts_train_and_refuse_a_mix_with_after_cls_prompts():
     p2 = mp.attach(params, [other], cfg)
     with pytest.raises(ValueError, match="cannot be combined"):
         mp.features(p2, _padded_batch(), cfg, [m, other])
+
+
+def test_a_prefix_table_under_its_in_model_name_is_read(tmp_path):
+    """prompt_encoder.default.embedding.weight (the parameter inside a PeftModel) is read like
+    prompt_embeddings (the name peft saves)."""
+    m = CASES["prefix"]()
+    p = random_params(m)
+    out = export_peft(tmp_path / "a", p, m, CFG)
+    f = os.path.join(out, "adapter_model.safetensors")
+    t = tensorfile.read_tensors(f, {"prompt_embeddings": (4, 96)})
+    with open(f, "wb") as fh:
+        tensorfile.write(fh, {"prompt_encoder.default.embedding.weight": t["prompt_embeddings"]})
+    _, theta, _ = from_peft(out, CFG)
+    onp.testing.assert_array_equal(theta["P_v"], p["prefix"]["P_v"])

@@ -449,16 +449,27 @@ def from_peft(folder, cfg, *, other_base: bool = False):
     for k, want in (("token_dim", d), ("num_layers", N), ("num_attention_heads", cfg.h),
                     ("num_transformer_submodules", 1)):
         _field(path, conf, k, lambda v, w=want: v in (None, w), f"{k} = {want} (this model's size)")
+    key = _prompt_key(weights)
     if ptype == "PROMPT_TUNING":
-        P = tensorfile.read_tensors(weights, {"prompt_embeddings": (p, d)})["prompt_embeddings"]
+        P = tensorfile.read_tensors(weights, {key: (p, d)})[key]
         return PromptTuning(p=p, placement="peft"), {"P": P}, notes
     _field(path, conf, "prefix_projection", lambda v: v in (None, False, True), "true or false")
     if conf.get("prefix_projection"):
         notes.append("prefix_projection: peft saved the table its MLP makes; imported as that plain table")
-    table = tensorfile.read_tensors(weights, {"prompt_embeddings": (p, 2 * N * d)})["prompt_embeddings"]
+    table = tensorfile.read_tensors(weights, {key: (p, 2 * N * d)})[key]
     P = onp.transpose(table.reshape(p, N, 2, d), (1, 2, 0, 3))  # (N, 2, p, d)
     theta = {"P_k": onp.ascontiguousarray(P[:, 0]), "P_v": onp.ascontiguousarray(P[:, 1])}
     return PrefixTuning(p=p, placement="peft"), theta, notes
+
+
+#: the name peft saves a prompt/prefix table under, and the parameter's name inside a PeftModel
+PROMPT_KEYS = ("prompt_embeddings", "prompt_encoder.default.embedding.weight")
+
+
+def _prompt_key(weights) -> str:
+    """The table's tensor name in the file: peft's saved name, or the in-model parameter name."""
+    names = set(tensorfile.read_header(weights))
+    return PROMPT_KEYS[1] if PROMPT_KEYS[1] in names and PROMPT_KEYS[0] not in names else PROMPT_KEYS[0]
 
 
 def import_peft(folder, params, cfg, *, other_base: bool = False):
