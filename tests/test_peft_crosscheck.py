@@ -98,3 +98,44 @@ def test_the_scale_path_example_runs_and_agrees_at_every_step():
     deltas = [float(v) for v in re.findall(r"max \|Δ\|[^0-9]*([0-9.]+e[-+][0-9]+)", r.stdout)]
     assert len(deltas) == 6, r.stdout  # step 0, three peft steps, merged vs unmerged, merged vs peft
     assert max(deltas) <= 1e-5, r.stdout
+
+
+@pytest.mark.parametrize("name", ["lora", "ia3-paper"])
+def test_peft_adapts_exactly_the_exported_modules(name, tmp_path):
+    """peft matches target names by suffix; the exported names reach exactly minipeft's projections
+    (an extra (IA)³ on attention.output.dense would start at ones and so hide from the outputs)."""
+    import peft
+    from minipeft.interop import export_peft
+    model, (params, cfg, _) = models("float32")
+    method = P.CASES[name]()
+    out = export_peft(tmp_path / "a", P.random_theta(method, params, cfg), method, cfg)
+    pm = peft.PeftModel.from_pretrained(P.copy.deepcopy(model), str(out))
+    key = "lora_A" if name == "lora" else "ia3_l"
+    got = {n.split(".base_model.model.")[-1].replace("base_model.model.", "").split(f".{key}")[0]
+           for n, _ in pm.named_parameters() if key in n}
+    if name == "lora":
+        want = {bert_names.module_name(ell, t) for ell in method.layers for t in method.targets}
+    else:
+        want = {bert_names.module_name(ell, t) for ell in range(cfg.N) for t in ("k", "v", "mlp2")}
+    assert got == want
+
+
+def test_a_peft_adapter_for_another_bert_is_refused(tmp_path):
+    import peft
+    import transformers
+    from minipeft.interop import from_peft
+    tiny = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                                   intermediate_size=32, max_position_embeddings=64)
+    pm = peft.get_peft_model(transformers.BertModel(tiny), peft.LoraConfig(r=2, target_modules=["query"],
+                                                                           task_type="FEATURE_EXTRACTION"))
+    pm.save_pretrained(tmp_path / "tiny")
+    _, (_, cfg, _) = models("float32")
+    with pytest.raises(ValueError, match="missing tensor base_model.model.encoder.layer.2"):  # N = 2, not 6
+        from_peft(tmp_path / "tiny", cfg)
+    tiny6 = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=6, num_attention_heads=4,
+                                    intermediate_size=32, max_position_embeddings=64)
+    pm = peft.get_peft_model(transformers.BertModel(tiny6), peft.LoraConfig(r=2, target_modules=["query"],
+                                                                            task_type="FEATURE_EXTRACTION"))
+    pm.save_pretrained(tmp_path / "tiny6")
+    with pytest.raises(ValueError, match=r"lora_A.weight: shape \(2, 16\), expected \(2, 384\)"):
+        from_peft(tmp_path / "tiny6", cfg)
