@@ -132,11 +132,14 @@ def embed(params, x, cfg: Config, lead=None, offset: int = 0):
     if offset + k + Z.shape[1] > p["pos"].shape[0]:
         raise ValueError(f"x: {k} leading rows + {Z.shape[1]} tokens from position {offset} need "
                          f"{offset + k + Z.shape[1]} positions, the table has {p['pos'].shape[0]}")
-    if cfg.type_vocab:
-        Z = Z + (p["W_type"][types] if types is not None else p["W_type"][0])  # type 0 when x has no types
     if k:
-        Z = np.concatenate([lead + p["W_type"][0] if cfg.type_vocab else lead, Z], axis=1)  # (B, k + n, d)
+        Z = np.concatenate([lead, Z], axis=1)  # (B, k + n_cls + n, d)
     Z = Z + p["pos"][offset: offset + Z.shape[1]]
+    if cfg.type_vocab:
+        W = p["W_type"][types] if types is not None else p["W_type"][0]  # type 0 when x has no types
+        if k:  # the rows in front take type 0
+            W = np.concatenate([p["W_type"][0] + np.zeros_like(Z[:, :k]), W + np.zeros_like(Z[:, k:])], axis=1)
+        Z = Z + W
     if cfg.embed_ln:
         Z = layer_norm(Z, p["ln"]["gamma"], p["ln"]["beta"], cfg.eps)
     return Z
