@@ -97,7 +97,17 @@ def _method_flags(parser, name):
             kw["type"] = typ
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
-        group.add_argument("--" + f.name.replace("_", "-"), **kw)
+        aliases = [a for a, opt in _peft_aliases(name).items() if opt == f.name]  # peft's spellings
+        if aliases:
+            kw["help"] += f" (peft: {', '.join(aliases)})"
+        group.add_argument("--" + f.name.replace("_", "-"), *aliases, **kw)
+
+
+def _peft_aliases(method: str) -> dict:
+    """{peft's flag spelling: option} for ``method`` (interop.rosetta.ALIASES)."""
+    from .interop.rosetta import ALIASES
+
+    return ALIASES.get(method, {})
 
 
 def build_parser(method: str | None = None):
@@ -170,6 +180,30 @@ def build_parser(method: str | None = None):
                    help="task to evaluate on (default: the one in the file's record)")
     s.add_argument("--other-backbone", action="store_true",
                    help="an adapter: allow one trained on another backbone of the same config (with a warning)")
+
+    s = sub.add_parser("export", help="write a MiniLM adapter as an HF peft adapter folder (LoRA, IA3, prompt, prefix)",
+                       description="Writes DIR with adapter_config.json and adapter_model.safetensors in peft 0.21's "
+                                   "names and layouts, loadable by peft.PeftModel.from_pretrained(BertModel, DIR); "
+                                   "written to a temp folder and renamed. The head is not exported.")
+    s.add_argument("adapter", help="adapter file (.npz) of one method on all-MiniLM-L6-v2")
+    s.add_argument("--to", default="peft", choices=("peft",), help="format to write (default: peft)")
+    s.add_argument("--out", required=True, help="folder to write")
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it holds only a peft adapter's files")
+    s.add_argument("--other-backbone", action="store_true",
+                   help="load an adapter trained on another backbone of the same config (with a warning)")
+
+    s = sub.add_parser("import", help="read an HF peft adapter folder (LoRA, IA3, prompt, prefix) as a minipeft adapter",
+                       description="Reads DIR (adapter_config.json + adapter_model.safetensors; never a pickled .bin) "
+                                   "onto all-MiniLM-L6-v2 and saves a minipeft adapter file; refuses, naming the field, "
+                                   "what minipeft cannot represent.")
+    s.add_argument("folder", help="peft adapter folder")
+    s.add_argument("--out", required=True, help="adapter file (.npz) to write")
+    s.add_argument("--n-classes", type=_int_at_least(1), default=2,
+                   help="classes of the (new, frozen) head recorded with it (default: 2)")
+    s.add_argument("--pool", default="mean", choices=("mean", "cls", "pooler"),
+                   help="what the head reads (default: mean; a peft feature-extraction adapter has no head)")
+    s.add_argument("--other-base", action="store_true",
+                   help="import although base_model_name_or_path names another model (sizes still checked)")
 
     exercises_command.add_parser(sub)
     chat.add_parser(sub, _positive_float, _int_at_least, _seed)
@@ -248,8 +282,12 @@ def _cmd_train(args):
     from .train import NonFiniteError, evaluate, fit
     from .transformer import new_head
 
-    method = method_class(args.method).from_options(
-        {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not dataclasses.MISSING})
+    options = {k[4:]: v for k, v in vars(args).items() if k.startswith("opt_") and v is not dataclasses.MISSING}
+    if args.method == "lora" and "targets" in options:  # peft's module names accepted (--target-modules query value)
+        from .interop.rosetta import targets_from_peft
+
+        options["targets"] = targets_from_peft(options["targets"])
+    method = method_class(args.method).from_options(options)
     cfg = DEFAULT_CONFIG
     _dry_attach([method], cfg)
     out = _check_out(args.out if args.out is not None else f"minipeft-{args.method}-{args.task}.npz",
@@ -287,6 +325,52 @@ def _cmd_train(args):
     print(f"final train loss {hist['loss'][-1]:.4f}; val acc {val['acc']:.3f}; test acc {test['acc']:.3f}")
     save_adapter(out, params, [method], cfg, train_head=train_head, extra={**record, "test_acc": test["acc"]})
     print(f"adapter saved: {out}")
+
+
+def _cmd_export(args):
+    from . import tree
+    from .adapters import load_adapter, read_adapter
+    from .interop import export_peft
+    from .io import load_tree, read_record
+    from .models import minilm
+
+    meta = read_record(args.adapter)
+    conf = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    n = meta.get("n_classes") if isinstance(meta.get("n_classes"), int) else 2
+    cfg = minilm.config_from_file(minilm.model_dir(), n, conf.get("pool", "mean"))
+    adapter = read_adapter(args.adapter, cfg)  # every record field checked against the MiniLM config
+    if len(adapter.methods) != 1:
+        raise ValueError(f"{args.adapter}: holds {len(adapter.methods)} methods; a peft folder holds one adapter")
+    arrays, _ = load_tree(args.adapter)  # bounded; only to keep θ's dtype
+    leaf = next(a for _, a in tree.leaves_with_paths(arrays))
+    backbone, cfg, _ = minilm.load(n_classes=n, pool=cfg.pool, dtype=leaf.dtype.name)
+    params, methods, meta = load_adapter(adapter, backbone, cfg, other_backbone=args.other_backbone)
+    out = export_peft(args.out, params, methods[0], cfg, overwrite=args.overwrite)
+    print(f"exported {meta['methods'][0]['type']} ({leaf.dtype.name}) to {out}: adapter_config.json, "
+          f"adapter_model.safetensors (peft: PeftModel.from_pretrained(BertModel, {out!r}))")
+    if meta.get("train_head"):
+        print(f"note: the trained head ({n} classes) is not exported (peft's feature-extraction model has none)")
+
+
+def _cmd_import(args):
+    from . import tree
+    from .adapters import save_adapter
+    from .interop.peft import from_peft
+    from .models import minilm
+    from .transformer import new_head
+
+    out = _check_out(args.out)
+    cfg = minilm.config_from_file(minilm.model_dir(), args.n_classes, args.pool)
+    method, theta, notes = from_peft(args.folder, cfg, other_base=args.other_base)  # before loading the model
+    dtype = next(a for _, a in tree.leaves_with_paths(theta)).dtype.name
+    backbone, cfg, _ = minilm.load(n_classes=args.n_classes, pool=args.pool, dtype=dtype)
+    params = {**new_head(backbone, args.n_classes), method.name: theta}
+    save_adapter(out, params, [method], cfg, train_head=False, extra={"source": "peft", "peft_folder":
+                                                                      os.path.abspath(args.folder)})
+    for note in notes:
+        print(f"note: {note}")
+    print(f"imported {type(method).__name__} {json.dumps(method.options())} ({dtype}) from {args.folder}")
+    print(f"adapter saved: {out} (head: new, frozen, {args.n_classes} classes)")
 
 
 def _task_of(meta, flag_task, path):
@@ -408,6 +492,26 @@ def _method_of(argv) -> str | None:
     return known.method if known.method in REGISTRY else None
 
 
+def _unknown_flags(argv, unknown):
+    """Exit 2 with one line for flags no parser knows; for ``train``, where the method's own flags
+    are listed (``minipeft train --method NAME --help``) and what a peft spelling without a
+    minipeft counterpart means."""
+    msg = f"minipeft: error: unrecognized arguments: {' '.join(unknown)}"
+    if argv and argv[0] == "train":
+        from .interop.rosetta import PEFT_ONLY
+
+        name = _method_of(argv) or "NAME"
+        for u in unknown:
+            field = u.split("=")[0].lstrip("-").replace("-", "_")
+            if field in PEFT_ONLY:
+                msg += f"; peft's {field} has no minipeft option ({PEFT_ONLY[field]})"
+        msg += f"; a method's options are listed by `minipeft train --method {name} --help`"
+    else:
+        msg += " (see minipeft --help)"
+    print(msg, file=sys.stderr)
+    sys.exit(2)
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -427,7 +531,10 @@ def main(argv=None) -> int:
     from .train import NonFiniteError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(_method_of(argv)).parse_args(argv)
+    parser = build_parser(_method_of(argv))
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        _unknown_flags(argv, unknown)
     main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
     old_term = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     old_show = warnings.showwarning
@@ -436,7 +543,7 @@ def main(argv=None) -> int:
         runtime.apply()  # BLAS threads and allocator for the whole command (minipeft/runtime.py)
         rc = {"pretrain": _cmd_pretrain, "info": _cmd_info, "train": _cmd_train, "merge": _cmd_merge,
          "evaluate": _cmd_evaluate, "tour": _cmd_tour, "exercises": exercises_command.run,
-         "chat": chat.run}[args.command](args)
+         "chat": chat.run, "export": _cmd_export, "import": _cmd_import}[args.command](args)
     except NonFiniteError as e:
         print(f"minipeft: error: {_one_line(e)}", file=sys.stderr)
         return 3

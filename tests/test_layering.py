@@ -23,7 +23,7 @@ RANK = {
     "methods": 5,
     "train": 6, "generate": 6,
     "adapters": 7, "pretrained": 7,
-    "tour": 8, "exercises": 8, "chat": 8,
+    "tour": 8, "exercises": 8, "chat": 8, "interop": 8,
     "cli": 9, "chapter": 9, "__init__": 10, "__main__": 10,
 }
 

@@ -11,7 +11,7 @@ subclasses it, sets the fields it needs and overrides the parts it uses. In shor
 - ``on_<seam>(self, theta_m, value, **ctx)`` for each seam it fills (the seams:
   ``transformer.SEAMS``; signatures in transformer/forward.py); ``prepare`` turns θ_m
   into what the hooks read, once per forward pass;
-- ``trains_backbone(path)``, ``n_params(cfg)``, ``suggested_lr``, ``prompt_seam``,
+- ``trains_backbone(path)``, ``n_params(cfg)``, ``suggested_lr``, ``prompt_seam``, ``position_offset``,
   ``hook_points(n_layers)``, ``merge(params)`` / ``unmerge(params, theta)``,
   ``options()`` / ``from_options(dict)``.
 """
@@ -49,6 +49,8 @@ class Method:
     #: ("tokens": after CLS, before block 1; "layer_in": at every block's input, at most one
     #: such method; "kv": prefix keys/values); None for every other method. ``layout`` reads it.
     prompt_seam = None
+    #: how far the real tokens' position ids shift (peft's prefix tuning on BERT: p); forward sums it
+    position_offset = 0
 
     def __post_init__(self):
         """Run by the dataclass after ``__init__``: checks ``name`` (``validate.method_name``)

@@ -48,14 +48,19 @@ def token_rows(methods, n_input: int) -> dict:
     method inserts right after CLS, so the last one listed sits first; VPT-Deep inserts
     at the input of block 1, after them all, so it always sits at rows 1..p (and
     trace["hidden"][0], taken before block 1, lacks its rows). At most one VPT-Deep
-    (the forward pass refuses two). n_input: the rows after row 0 that are input tokens:
+    (the forward pass refuses two). Prompts with placement="peft" ("inputs" seam) sit in
+    front of CLS, the last listed first. n_input: the rows after row 0 that are input tokens:
     m patches (cfg.n_patches) for vision; for text the batch's length n with a learned x₀
     (cfg.cls == "learned"), n − 1 when row 0 is the tokenizer's [CLS] (cfg.cls == "ids").
     """
     deep = _at(methods, "layer_in")
     if len(deep) > 1:
         raise ValueError(f"methods: at most one VPT-Deep can be active, got {[m.name for m in deep]}")
-    rows, start = {"cls": slice(0, 1)}, 1
+    rows, start = {}, 0
+    for m in _at(methods, "inputs")[::-1]:  # placement="peft" prompts: in front of CLS
+        rows[m.name] = slice(start, start + m.p)
+        start += m.p
+    rows["cls"], start = slice(start, start + 1), start + 1
     for m in deep + _at(methods, "tokens")[::-1]:
         rows[m.name] = slice(start, start + m.p)
         start += m.p

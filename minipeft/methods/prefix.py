@@ -34,7 +34,7 @@ import autograd.numpy as np
 import numpy as onp
 
 from ..nn import linear, merge_heads, prepend, softmax, split_heads
-from ..validate import boolean, scale, shape, width
+from ..validate import boolean, one_of, scale, shape, width
 from .base import Method
 from .layout import P_MAX, check_length
 
@@ -57,6 +57,10 @@ class PrefixTuning(Method):
     its group of query heads (as peft's prefix tuning with num_key_value_heads). On a RoPE
     model the prefix joins K after the rotation and gets none; it is visible to every query
     (causal or not), and at generation time it is the KV cache's first p rows.
+
+    ``placement="peft"``: the real tokens' position ids start at p (``position_offset``),
+    which is what BertModel does when peft passes the prefix as a key/value cache of
+    length p; the keys and values themselves are the same.
     """
 
     p: int = field(default=8, metadata={"help": f"prefix length p, 1..{P_MAX}"})
@@ -65,9 +69,17 @@ class PrefixTuning(Method):
     reparam: bool = field(default=False, metadata={"help": "P = MLP(P'), the paper's reparameterisation"})
     d_prime: int = field(default=16, metadata={"help": "reparam: width d' of P'"})
     hidden: int = field(default=64, metadata={"help": "reparam: hidden width of the MLP"})
+    placement: str = field(default="minipeft", metadata={
+        "help": "minipeft: the real tokens keep positions 0..n-1; peft: they take p..p+n-1, as BertModel does "
+                "under peft's prefix tuning (a key/value cache of length p)", "choices": ("minipeft", "peft")})
     name: str = "prefix"
 
     prompt_seam = "kv"
+
+    @property
+    def position_offset(self) -> int:
+        """p with placement="peft" (BertModel offsets positions by the cache length), else 0."""
+        return self.p if self.placement == "peft" else 0
 
     @property
     def suggested_lr(self) -> float:
@@ -82,6 +94,7 @@ class PrefixTuning(Method):
         object.__setattr__(self, "reparam", boolean("reparam", self.reparam))
         object.__setattr__(self, "d_prime", width("d_prime", self.d_prime, numpy_ints=True))
         object.__setattr__(self, "hidden", width("hidden", self.hidden, numpy_ints=True))
+        one_of("placement", self.placement, ("minipeft", "peft"))
 
     # -------------------------------------------------------------------- θ
     def init(self, cfg, params, rng) -> dict:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as onp
 
+from ..nn import prepend
 from ..transformer import token_embedding
 from ..validate import is_int, one_of, scale, shape
 from .base import Method
@@ -29,6 +30,9 @@ from ..nn import prepend
 from .layout import P_MAX, check_length, insert_after_cls
 
 INITS = ("uniform", "vocab", "text")
+#: where P_e goes: "minipeft" right after CLS, no position, after LN_emb; "peft" HF peft's
+#: convention: before [CLS], through BertEmbeddings (positions 0..p-1, type 0, LN_emb)
+PLACEMENTS = ("minipeft", "peft")
 
 
 # ---------------------------------------------------------------------- the method
@@ -61,6 +65,13 @@ class PromptTuning(Method):
     prompt before the prompt text, as the paper's [P_e; X_e]; with RoPE the prompt rows get
     no rotation and the text keeps positions 0..n-1 (transformer/forward.py); the causal
     mask lets every text row read all of P_e.
+
+    ``placement="peft"`` reproduces peft's convention exactly (what ``minipeft.interop``
+    exports to and imports from): P_e fills the "inputs" seam, joining the word
+    embeddings in front, Z₀ = LN_emb([P_e; W_tok[ids]] + pos[0 : p+n] + W_type[0]) (B, p+n, d):
+    the prompts take positions 0..p-1, the real tokens p..p+n-1, and row 0 ("cls",
+    "pooler" pooling) is the first prompt, as in peft's PeftModelForFeatureExtraction.
+    (peft also drops token-type ids; minipeft keeps them: equal for single sentences.)
     """
 
     p: int = field(default=8, metadata={"help": f"prompt length p, 1..{P_MAX}"})
@@ -69,16 +80,24 @@ class PromptTuning(Method):
     scale: float = field(default=0.5, metadata={"help": "init_from='uniform': P_e ~ U[-scale, scale]"})
     init_tokens: tuple = field(default=(), metadata={"help": "init_from='text': token ids whose embeddings start P_e "
                                                              "(repeated/trimmed to p)", "item_type": int})
+    placement: str = field(default="minipeft", metadata={
+        "help": "minipeft: P_e after CLS, no position; peft: before [CLS], through the embeddings with positions "
+                "0..p-1 (HF peft's convention)", "choices": PLACEMENTS})
     name: str = "prompt"
 
     #: the CLI's default lr (best validation accuracy of 3e-3..1e-1 on digits, 10 epochs, pretrained backbone)
     suggested_lr = 3e-2
-    prompt_seam = "tokens"
+
+    @property
+    def prompt_seam(self) -> str:
+        """"tokens" (after CLS), or "inputs" (in front of the word embeddings) for placement="peft"."""
+        return "inputs" if self.placement == "peft" else "tokens"
 
     def check_options(self):
         """Validate and normalise the options (called by ``Method.__post_init__``)."""
         object.__setattr__(self, "p", check_length(self.p))
         one_of("init_from", self.init_from, INITS)
+        one_of("placement", self.placement, PLACEMENTS)
         scale("scale", self.scale, positive=True)
         toks = self.init_tokens
         if isinstance(toks, (str, bytes)) or not isinstance(toks, (tuple, list)):
@@ -109,11 +128,24 @@ class PromptTuning(Method):
         return {"P": token_embedding(params, onp.asarray(idx), cfg)}  # (p, d), a copy
 
     def on_tokens(self, theta, Z, cfg):
-        """[x₀; E₀] (B, 1+n, d) -> [x₀; P_e; E₀] (B, 1+p+n, d)."""
+        """[x₀; E₀] (B, 1+n, d) -> [x₀; P_e; E₀] (B, 1+p+n, d) (placement="peft": Z unchanged)."""
+        if self.placement == "peft":
+            return Z
         shape(f"{self.name}.P", theta["P"], (self.p, cfg.d), " (p, d)")
         if cfg.cls == "no_cls":  # a decoder: [P_e; E₀] (B, p+n, d)
             return prepend(theta["P"], Z)
         return insert_after_cls(theta["P"], Z)
+
+    def on_inputs(self, theta, L, cfg):
+        """placement="peft": L (B, k, d) -> [P_e; L] (B, p+k, d), rows that join the word
+        embeddings in front (then positions, type 0 and LN_emb: ``transformer.embed``)."""
+        if self.placement != "peft":
+            return L
+        if cfg.front != "text":
+            raise ValueError("placement: 'peft' puts P_e in front of the word embeddings of a text model "
+                             "(front='text'); a vision model allows placement='minipeft'")
+        shape(f"{self.name}.P", theta["P"], (self.p, cfg.d), " (p, d)")
+        return prepend(theta["P"], L)
 
     def n_params(self, cfg) -> int:
         """p·d."""

@@ -33,6 +33,10 @@ for every method but reparameterised prefix tuning, whose MLP makes its table th
 ``SEAMS`` below is the one list of seams; ``methods.Method`` derives its hooks from it.
 
     seam        value (shape)                          ctx                 who uses it
+    inputs      rows joining the word embeddings in    cfg                 prompt tuning,
+                front (B, k, d), k = 0 at first: they                      placement="peft"
+                get positions 0..k-1, W_type[0], LN_emb
+                (text only; peft's inputs_embeds)
     tokens      Z₀ = [x₀; E₀]  (B, 1+n, d)             cfg                 prompt tuning, VPT-Shallow
                 (BERT, cls="ids": E₀ (B, n, d), row 0 the [CLS] token)
     layer_in    X_{ℓ-1}  (B, T, d) entering block ℓ    layer, cfg          VPT-Deep
@@ -65,7 +69,12 @@ hides padded keys (weight exactly 0) in every block; rows a tokens-seam method i
 (prompts, which sit right after row 0) and prefix keys are always visible. Padded rows
 are computed but never read: "mean" pooling averages the real input tokens only.
 Positions: the real tokens keep ids 0..n-1 (the table is added in ``embed``, before the
-"tokens" seam), whatever prompts or prefixes a method adds.
+"tokens" seam), whatever prompts or prefixes a method adds — unless a method says otherwise
+(HF peft's conventions, ``placement="peft"``): rows the "inputs" seam puts in front take
+positions 0..k-1 and the real tokens k..k+n-1; a method's ``position_offset`` (prefix
+tuning's p) shifts every position by that much. Rows the "inputs" seam added are visible
+keys, and "mean" pooling skips them; "cls"/"pooler" read row 0, which is then the first
+such row (as BertModel's pooler does under peft's prompt tuning).
 
 On a decoder (Llama) the same choice, stated: with RoPE the real tokens keep rotary
 positions 0..n-1; rows a method adds carry no rotary position (rotation 0): prompt rows
@@ -93,7 +102,7 @@ from .inputs import check_batch, text_parts
 from .schema import LINEARS, anchor
 
 #: the seams, in the order a forward pass meets them; a method fills seam s with ``on_<s>``
-SEAMS = ("tokens", "layer_in", "linear", "kv", "ff_hidden", "mlp", "after")
+SEAMS = ("inputs", "tokens", "layer_in", "linear", "kv", "ff_hidden", "mlp", "after")
 
 
 def prepared(params, methods, cfg: Config) -> dict:
@@ -127,12 +136,16 @@ def patchify(images, patch):
     return np.reshape(x, (B, (H // patch) * (W // patch), C * patch * patch))
 
 
-def embed(params, x, cfg: Config):
-    """Z₀, the rows entering block 1.  -> (B, n_cls + n, d).
+def embed(params, x, cfg: Config, lead=None, offset: int = 0):
+    """Z₀, the rows entering block 1.  -> (B, k + n_cls + n, d).
 
         vision  Z₀ = [x₀; Embed(I_j)] + pos
-        text    Z₀ = [x₀;] W_tok[ids] + pos (+ W_type[type ids])    x₀ only when cfg.cls="learned"
+        text    Z₀ = [L;] [x₀;] W_tok[ids] + pos (+ W_type[type ids])    x₀ only when cfg.cls="learned"
         then, with cfg.embed_ln, Z₀ ← LN_emb(Z₀) (BERT).
+
+    lead: None or L (B, k, d), text only: rows joining the word embeddings in front (the
+    "inputs" seam; peft's prompt tuning), with token type 0. offset: the first position id
+    (pos[offset : offset + rows] is added; peft's prefix tuning shifts by p).
     """
     p = params["embed"]
     types = None
@@ -142,10 +155,19 @@ def embed(params, x, cfg: Config):
         ids, types, _ = text_parts(x)
         E = p["W_tok"][ids]  # (B, n, d)
     Z = prepend(p["cls"][None], E) if cfg.cls == "learned" else E  # (B, n_cls + n, d)
+    k = 0 if lead is None else lead.shape[1]
+    if k:
+        Z = np.concatenate([lead, Z], axis=1)  # (B, k + n_cls + n, d)
     if cfg.pos == "learned":  # RoPE adds no table here: it turns Q and K in every block
-        Z = Z + p["pos"][: Z.shape[1]]
+        if offset + Z.shape[1] > p["pos"].shape[0]:
+            raise ValueError(f"x: {k} leading rows + {Z.shape[1] - k} tokens from position {offset} need "
+                             f"{offset + Z.shape[1]} positions, the table has {p['pos'].shape[0]}")
+        Z = Z + p["pos"][offset: offset + Z.shape[1]]
     if cfg.type_vocab:
-        Z = Z + (p["W_type"][types] if types is not None else p["W_type"][0])  # type 0 when x has no types
+        W = p["W_type"][types] if types is not None else p["W_type"][0]  # type 0 when x has no types
+        if k:  # the rows in front take type 0
+            W = np.concatenate([p["W_type"][0] + np.zeros_like(Z[:, :k]), W + np.zeros_like(Z[:, k:])], axis=1)
+        Z = Z + W
     if cfg.embed_ln:
         Z = layer_norm(Z, p["ln"]["gamma"], p["ln"]["beta"], cfg.eps)
     return Z
@@ -322,12 +344,22 @@ def hidden(params, x, cfg: Config, methods=(), trace=None, cache=None):
     x = like(check_batch(x, cfg, ref.dtype), ref)  # on the model's device
     _check_methods(params, methods)
     th = prepared(params, methods, cfg)  # once per forward pass, shared by every block
-    X = embed(params, x, cfg)
+    L = _seam(methods, th, "inputs", np.zeros_like(ref, shape=(x.shape[0], 0, cfg.d)), cfg=cfg)
+    offset = sum(m.position_offset for m in methods)  # peft's prefix tuning: positions from p
+    if (offset or L.shape[1]) and cfg.pos != "learned":
+        raise ValueError(f"placement: 'peft' (HF peft's BERT conventions) needs a learned position table, the "
+                         f"model has pos={cfg.pos!r}; use placement='minipeft' on a RoPE decoder")
+    X = embed(params, x, cfg, L if L.shape[1] else None, offset)  # (B, k + T0, d)
     T0 = X.shape[1]
     n_past = cache.n_rows if cache is not None else 0
     if not n_past:  # decoding with a cache: prompt rows are already in it
         X = _seam(methods, th, "tokens", X, cfg=cfg)  # (B, T, d), T = T0 (+ prompts)
-    visible, weights = _row_masks(x, cfg, T0, X.shape[1])  # host arrays
+    k = L.shape[1]
+    visible, weights = _row_masks(x, cfg, T0 - k, X.shape[1] - k)  # host arrays
+    if k:  # the k rows in front of row 0 ("inputs" seam): visible keys, not pooled
+        weights = onp.concatenate([onp.zeros((weights.shape[0], k)), weights], axis=1)
+        visible = None if visible is None else onp.concatenate([onp.ones((visible.shape[0], k), bool), visible],
+                                                               axis=1)
     positions = _positions(cfg, T0, X.shape[1], cache.next_pos if cache is not None else 0)
     mask = _causal(visible, X.shape[1], n_past) if cfg.causal else visible
     if mask is not None:
@@ -418,13 +450,19 @@ def _check_methods(params, methods):
     """The invariants of a list of active methods, checked before any computation: distinct
     names, θ attached where a hook reads it, and at most one method whose prompts replace
     rows at every block's input (``prompt_seam == "layer_in"``, VPT-Deep: a second one would
-    overwrite the first's rows)."""
+    overwrite the first's rows), and no prompts in front of [CLS] ("inputs") together with
+    prompts inserted after row 0."""
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
         raise ValueError(f"methods: each active method needs its own name, got {names}")
     deep = [m.name for m in methods if m.prompt_seam == "layer_in"]
     if len(deep) > 1:
         raise ValueError(f"methods: at most one VPT-Deep (prompt_seam 'layer_in') can be active, got {deep}")
+    front = [m.name for m in methods if m.prompt_seam == "inputs"]
+    after = [m.name for m in methods if m.prompt_seam in ("tokens", "layer_in")]
+    if front and after:  # rows "after row 0" would land among the rows in front of [CLS]
+        raise ValueError(f"methods: prompts in front of [CLS] (placement='peft': {front}) cannot be combined with "
+                         f"prompts inserted after row 0 ({after})")
     for m in methods:
         if m.needs_params and m.name not in params:
             raise ValueError(f"methods: params has no entry {m.name!r} for method {type(m).__name__}; "
