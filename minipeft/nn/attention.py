@@ -89,6 +89,10 @@ def attention_weights(Q, K, h, mask=None):
     # exercise attention [3 pts] "Transformer": A = softmax(Q Kᵀ / sqrt(d_h) + M) per head, (B, h, T, S), plain NumPy (M: −∞ on hidden keys)
     scale = 1.0 / math.sqrt(Q.shape[-1] // h)
     S = onp.matmul(_heads(Q, h), _heads(K, h).transpose(0, 1, 3, 2))  # (B, h, T, S)
+    if mask is not None and mask.ndim == 3:  # a per-query (causal) mask, (B or 1, T, S): M added whole
+        S *= scale
+        S += key_bias(mask, S.dtype)  # (B or 1, 1, T, S), broadcast over heads
+        return _softmax(S, inplace=True)  # A in S's buffer
     bias = None if mask is None else key_bias(mask, S.dtype)[:, 0, 0]  # M: (B, S), one row per batch element
     return _softmax(S, inplace=True, scale=scale, bias=bias)  # A in S's buffer: softmax(scale · S + M)
     # end exercise
