@@ -66,3 +66,14 @@ def test_greedy_generation_with_the_cache_equals_without_on_the_real_model(smol,
     a = generate(params, ids, cfg, max_new_tokens=6, stop=tok.eos_id)
     b = generate(params, ids, cfg, max_new_tokens=6, stop=tok.eos_id, use_cache=False)
     assert a == b and len(a) >= 1
+
+
+def test_the_4bit_base_gives_the_fixtures_logits(ref):
+    """The linears kept as Q4_1 blocks and the table as Q8_0 (smollm2.load(quantized=True)):
+    the same numbers on use, so the same logits as transformers' dense model, ≤ 1e-4."""
+    from minipeft.models import smollm2
+    params, hp, _ = smollm2.load(dtype="float32", quantized=True)
+    cfg = llama.config_of(hp)
+    for k in (0, 2):
+        logits = mp.forward(params, ref[f"ids_{k}"][None], cfg)[0]
+        assert onp.abs(logits - ref[f"logits32_{k}"]).max() <= 1e-4

@@ -93,6 +93,7 @@ import numpy as onp
 
 from ..backend import like, to_host
 from ..nn import attention, gelu, gelu_erf, layer_norm, linear, prepend
+from ..nn import quant
 from ..nn.gqa import repeat_kv
 from ..nn.rmsnorm import rms_norm
 from ..nn.rope import rope
@@ -124,8 +125,9 @@ def _proj(methods, thetas, bp, x, layer, name, cfg):
     """y = x Wᵀ + b for projection ``name`` of block params ``bp``, then the "linear" seam.
     (B, T, d_in) -> (B, T, d_out)."""
     mod, W, b = LINEARS[name]  # a bias-free model (cfg.bias=False) has no b (a merged SSF may add one)
-    return _seam(methods, thetas, "linear", linear(x, bp[mod][W], bp[mod].get(b)), x=x, layer=layer, name=name,
-                 cfg=cfg)
+    Wm = bp[mod][W]
+    lin = quant.linear if quant.is_quantized(Wm) else linear  # a frozen 4-bit W stays in its blocks
+    return _seam(methods, thetas, "linear", lin(x, Wm, bp[mod].get(b)), x=x, layer=layer, name=name, cfg=cfg)
 
 
 def patchify(images, patch):
@@ -153,7 +155,7 @@ def embed(params, x, cfg: Config, lead=None, offset: int = 0):
         E = linear(patchify(x, cfg.patch), p["W"], p["b"])  # (B, m, d)
     else:
         ids, types, _ = text_parts(x)
-        E = p["W_tok"][ids]  # (B, n, d)
+        E = _rows(params, ids)  # (B, n, d)
     Z = prepend(p["cls"][None], E) if cfg.cls == "learned" else E  # (B, n_cls + n, d)
     k = 0 if lead is None else lead.shape[1]
     if k:
@@ -173,11 +175,17 @@ def embed(params, x, cfg: Config, lead=None, offset: int = 0):
     return Z
 
 
+def _rows(params, ids):
+    """W_tok[ids], dequantizing only those rows when W_tok is block-quantized.  (...) -> (..., d)."""
+    W = params["embed"]["W_tok"]
+    return quant.embedding_rows(W, to_host(ids), anchor(params).dtype) if quant.is_quantized(W) else W[ids]
+
+
 def token_embedding(params, ids, cfg: Config):
     """The row the tokens seam sees for token t with no position: W_tok[t] (+ W_type[0]),
     then LN_emb when cfg.embed_ln.  ids (k,) int -> (k, d). (Prompt tuning's word init.)"""
     p = params["embed"]
-    E = p["W_tok"][ids]  # (k, d)
+    E = _rows(params, ids)  # (k, d)
     if cfg.type_vocab:
         E = E + p["W_type"][0]
     if cfg.embed_ln:
@@ -394,7 +402,7 @@ def lm_head(params, H):
     """The tied LM head: logits = H W_tokᵀ (+ b when a merged SSF on RMSNorm_f put one in
     params["head"]).  H (..., d) -> (..., vocab). Call it on the rows that need logits only."""
     b = params["head"]["b"] if "head" in params else None
-    return linear(H, params["embed"]["W_tok"], b)
+    return quant.linear(H, params["embed"]["W_tok"], b)  # W_tok a float array, or Q8_0 blocks
 
 
 def forward(params, x, cfg: Config, methods=(), trace=None):

@@ -75,9 +75,13 @@ def linear_path(layer: int, name: str) -> tuple:
 
 def anchor(params):
     """The leaf whose dtype and device are the model's: embed.pos, or the token table
-    (embed.W_tok; vision embed.W) in a model without a position table (pos='rope')."""
+    (embed.W_tok; vision embed.W) in a model without a position table (pos='rope'), or the
+    final norm's gain when the token table is block-quantized (nn/quant.py: no dtype)."""
     e = params["embed"]
-    return e["pos"] if "pos" in e else e.get("W_tok", e.get("W"))
+    if "pos" in e:
+        return e["pos"]
+    W = e.get("W_tok", e.get("W"))
+    return W if hasattr(W, "dtype") else params["ln_f"]["gamma"]
 
 
 def ln_path(layer, name: str) -> tuple:
