@@ -49,6 +49,14 @@ def thread_policy() -> str:
     return f"BLAS limited to {runtime.threads()} thread(s) for the whole chapter (minipeft.runtime, set by setup)"
 
 
+def load_1min():
+    """The machine's 1-minute load average (``os.getloadavg``), None where the OS has none."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):  # pragma: no cover - not on every OS
+        return None
+
+
 def quick_mode() -> bool:
     """True when $CHAPTER_QUICK is set to anything but '', '0', 'false', 'no'."""
     return os.environ.get("CHAPTER_QUICK", "") not in ("", "0", "false", "no")
@@ -95,6 +103,10 @@ class Chapter:
     #: every over_seeds arm's training losses: label -> one history["loss"] list per seed
     histories: dict = field(default_factory=dict, repr=False, compare=False)
     started: float = field(default_factory=time.perf_counter, repr=False, compare=False)
+    #: this process's CPU time (user + system, ``time.process_time``) when the chapter started
+    cpu_started: float = field(default_factory=time.process_time, repr=False, compare=False)
+    #: the machine's 1-minute load average, sampled at the start, after every arm and at the end
+    loads: list = field(default_factory=lambda: [load_1min()], repr=False, compare=False)
 
     def with_new_head(self, seed: int = 0, task: Task | None = None) -> dict:
         """The backbone with a fresh head for ``task``: W ~ N(0, 0.01²) (C, d), b = 0 (C,)."""
@@ -138,6 +150,7 @@ class Chapter:
             trained.append(params)
             losses.append(hist["loss"])
         self.histories[label] = losses
+        self.loads.append(load_1min())
         n = count_trainable(trained[0], [method], train_head=True)
         self.record(label, accs, trainable=n, lr=lr, epochs=epochs, **info)
         return accs, trained
@@ -190,6 +203,18 @@ class Chapter:
         """The names of the figures saved so far, sorted."""
         return sorted(self.saved)
 
+    def timing(self) -> dict:
+        """What the chapter cost since setup: wall and CPU seconds (this process, user +
+        system; on an idle machine with one BLAS thread cpu_s ≈ wall_s, on a loaded one
+        wall_s grows and cpu_s does not) and the 1-minute load average sampled at the
+        start, after every arm and now (min, mean, max, the number of samples)."""
+        self.loads.append(load_1min())
+        got = [v for v in self.loads if v is not None]
+        load = ({"min": round(min(got), 2), "mean": round(sum(got) / len(got), 2), "max": round(max(got), 2),
+                 "samples": len(got)} if got else None)
+        return {"wall_s": round(time.perf_counter() - self.started, 1),
+                "cpu_s": round(time.process_time() - self.cpu_started, 1), "load_1min": load}
+
     def results_path(self) -> Path:
         """Where ``finish`` writes: results_dir / NN_name.json (NN_name.quick.json in quick mode)."""
         return self.results_dir / f"{self.name}{'.quick' if self.quick else ''}.json"
@@ -204,6 +229,7 @@ class Chapter:
                "backbone": {"id": verdict.backbone_id(self.backbone), "n_params": self.cfg.n_params,
                             "pretrain_test_acc": self.info.get("test_acc")},
                "wall_s": round(time.perf_counter() - self.started, 1),
+               "timing": self.timing(),
                "arms": self.arms, "claims": self.claims, "checks": self.checks, "measurements": self.measured}
         path = self.results_path()
         verdict.write_results(path, rec)

@@ -203,6 +203,10 @@ def test_chapter_seeds_verdicts_and_results_file(tiny_backbone, tmp_path, monkey
     assert res["quick"] and res["claims"][0]["values_a"] == lo and res["claims"][0]["values_b"] == lp
     assert res["claims"][0]["verdict"] == rec["verdict"] and res["arms"]["LoRA r=2"]["trainable"] == 2 * 2 * 2 * (16 + 16) + 170
     assert res["environment"]["thread_policy"] and len(res["backbone"]["id"]) == 16
+    t = res["timing"]  # measured since setup: wall and CPU seconds, the load sampled at start, per arm, at the end
+    assert 0 < t["cpu_s"] and 0 < t["wall_s"] <= res["wall_s"] + 0.1
+    assert t["load_1min"] is None or (t["load_1min"]["samples"] == 4
+                                      and t["load_1min"]["min"] <= t["load_1min"]["mean"] <= t["load_1min"]["max"])
     with pytest.raises(ValueError, match="one per seed"):
         ch.record("x", [0.1])
 
