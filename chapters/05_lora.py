@@ -32,8 +32,9 @@
 # minipeft's merge.
 #
 # Budget: 3 epochs of Adam on the 1,000 `digits` training images for 6 models and 5 seeds,
-# plus a few forward passes (about two minutes on a 2-core CPU; fewer epochs than
-# `minipeft tour`, to fit five seeds).
+# plus a few forward passes (fewer epochs than `minipeft tour`, to fit five seeds; its
+# measured wall and CPU time at full budget are in the runs table of
+# `chapters/README.md`).
 
 # %%
 import inspect

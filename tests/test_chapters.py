@@ -35,7 +35,7 @@ FIGURES = {
     "05_lora.py": ["05_lora.png"],
     "06_scale_shift.py": ["06_scale_shift.png"],
     "07_summary.py": ["07_accuracy_vs_trainable.png", "07_forgetting.png"],
-    "08_why_peft.py": ["08_why_peft.png"],
+    "08_why_peft.py": ["08_why_peft.png", "08_forgetting.png"],
 }
 MERGEABLE = {"lora", "bitfit", "ia3", "ssf"}
 
