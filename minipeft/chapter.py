@@ -263,6 +263,52 @@ def plot_arms(ax, arms: dict, labels, x=None, **kw):
     return ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], capsize=4, **{"marker": "o", **kw})
 
 
+def label_points(ax, points, fontsize: int = 9, gap: float = 4.0):
+    """Write each label next to its point without covering another label, a marker or an
+    error bar: for each (label, x, y, (lo, hi)) of ``points`` (data coordinates; lo..hi the
+    point's error bar), the first of the candidate spots (right, left, above-right,
+    below-right, above-left, below-left, then further out) inside the axes whose text box
+    touches nothing drawn so far (nor the legend). Returns the Text objects. Draws the
+    figure once to measure the text: lay the figure out first."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    taken = []  # (x0, y0, x1, y1) in pixels: error bars, markers, then placed labels
+    for _, x, y, (lo, hi) in points:
+        (px, plo), (_, phi) = to_px((x, lo)), to_px((x, hi))
+        (_, py) = to_px((x, y))
+        taken.append((px - 5, min(plo, phi) - 2, px + 5, max(plo, phi) + 2))
+        taken.append((px - 6, py - 6, px + 6, py + 6))
+    if ax.get_legend() is not None:
+        e = ax.get_legend().get_window_extent(renderer)
+        taken.append((e.x0, e.y0, e.x1, e.y1))
+    inside = ax.get_window_extent(renderer)
+    texts = []
+    for label, x, y, _ in points:
+        px, py = to_px((x, y))
+        t = ax.text(x, y, label, fontsize=fontsize, va="center", ha="left")
+        w, h = (lambda e: (e.width, e.height))(t.get_window_extent(renderer))
+        spots = [(dx * k, dy * k) for k in (1, 2, 3, 4)
+                 for dx, dy in ((gap + 6, 0), (-gap - 6 - w, 0), (gap, h), (gap, -h), (-gap - w, h), (-gap - w, -h))]
+        for dx, dy in spots:
+            box = (px + dx, py + dy - h / 2, px + dx + w, py + dy + h / 2)
+            fits = inside.x0 <= box[0] and box[2] <= inside.x1 and inside.y0 <= box[1] and box[3] <= inside.y1
+            if fits and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken):
+                break
+        else:  # nowhere free: the first spot
+            dx, dy = spots[0]
+            box = (px + dx, py + dy - h / 2, px + dx + w, py + dy + h / 2)
+        back = ax.transData.inverted().transform
+        t.set_position(back((px + dx, py + dy)))
+        if abs(dy) > h / 2 or abs(dx) > 2 * (gap + 6) + w:  # moved away from the point: a thin leader line
+            ax.annotate("", (x, y), xytext=back((px + dx + (0 if dx > 0 else w), py + dy)),
+                        arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
+        taken.append(box)
+        texts.append(t)
+    return texts
+
+
 def acc_limits(arms: dict, labels, pad: float = 0.05):
     """y-limits for an accuracy axis showing every interval of ``labels``, within [0, 1]."""
     lo = min(arms[k]["ci"][0] for k in labels)

@@ -159,6 +159,35 @@ def test_chapter_setup_train_and_save(tiny_backbone, tmp_path, monkeypatch):
         nb.with_new_head()
 
 
+def test_label_points_overlap_no_label_marker_or_bar_and_stay_inside():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from minipeft.chapter import label_points
+
+    rng = onp.random.default_rng(0)
+    pts = [(f"method-{i}", float(x), float(y), (float(y) - 0.02, float(y) + 0.02))
+           for i, (x, y) in enumerate(zip(10 ** rng.uniform(-0.5, 2, 12), rng.uniform(0.6, 0.8, 12)))]
+    pts += [("twin", pts[0][1], pts[0][2] + 0.01, (pts[0][2] - 0.01, pts[0][2] + 0.03))]  # nearly on top of another
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for _, x, y, (lo, hi) in pts:
+        ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], marker="o", ls="none")
+    ax.set(xscale="log", xlim=(0.2, 300), ylim=(0.5, 0.9))
+    fig.tight_layout()
+    texts = label_points(ax, pts)
+    r = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(r) for t in texts]
+    inside = ax.get_window_extent(r)
+    assert [t.get_text() for t in texts] == [p[0] for p in pts]
+    for i, b in enumerate(boxes):
+        assert inside.x0 <= b.x0 and b.x1 <= inside.x1 and inside.y0 <= b.y0 and b.y1 <= inside.y1
+        assert not any(b.overlaps(c) for c in boxes[:i]), pts[i][0]
+        for _, x, y, (lo, hi) in pts:  # no label over a marker or an error bar (each drawn as a thin box)
+            (px, plo), (_, phi) = ax.transData.transform((x, lo)), ax.transData.transform((x, hi))
+            assert not (b.x0 < px + 4 and px - 4 < b.x1 and b.y0 < phi and plo < b.y1), (pts[i][0], x, y)
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_chapter_is_a_percent_script(path, tmp_path):
     py_compile.compile(str(path), cfile=str(tmp_path / "c.pyc"), doraise=True)
