@@ -131,14 +131,11 @@ _ = ch.save(fig, "07_accuracy_vs_trainable.png")
 
 # %%
 mnist = mp.load_task("mnist")
-refit_data = (mnist.train[0][:1000], mnist.train[1][:1000])
 pre_acc = mp.evaluate(backbone, mnist.test, cfg)["acc"]
 
 
-def refit_head(params, seed):
-    p = mp.new_head(params, mnist.n_classes, seed=seed)
-    p, _ = mp.fit(p, refit_data, cfg, [mp.LinearProbe()], epochs=ch.epochs(2), lr=1e-2, seed=seed, progress=False)
-    return mp.evaluate(p, mnist.test, cfg)["acc"]
+def refit_head(params, seed):  # a fresh mnist head on the first 1,000 mnist training images (minipeft/chapter.py)
+    return ch.refit_head(params, mnist, seed, n_train=1000, epochs=ch.epochs(2))
 
 
 ft_orig, ft_refit, pre_refit, lora_orig, identical = [], [], [], [], []

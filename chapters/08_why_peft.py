@@ -160,15 +160,11 @@ _ = ch.save(fig, "08_why_peft.png")
 
 # %%
 mnist = mp.load_task("mnist")
-refit_data = (mnist.train[0][:1000], mnist.train[1][:1000])
-refit_data = refit_data if not ch.quick else (refit_data[0][:128], refit_data[1][:128])
 pre_acc = mp.evaluate(ch.backbone, mnist.test, cfg)["acc"]
 
 
-def refit_head(params, seed):
-    p = mp.new_head(params, mnist.n_classes, seed=seed)
-    p, _ = mp.fit(p, refit_data, cfg, [mp.LinearProbe()], epochs=EPOCHS, lr=1e-2, seed=seed, progress=False)
-    return mp.evaluate(p, mnist.test, cfg)["acc"]
+def refit_head(params, seed):  # a fresh mnist head on the first 1,000 mnist training images (minipeft/chapter.py)
+    return ch.refit_head(params, mnist, seed, n_train=128 if ch.quick else 1000, epochs=EPOCHS)
 
 
 ch.record("pretrained model, mnist", [pre_acc] * len(ch.seeds), metric="mnist test accuracy")

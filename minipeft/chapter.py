@@ -37,7 +37,7 @@ from pathlib import Path
 
 from . import pretrained, runtime, verdict
 from .data import Task, load_task
-from .methods import attach, count_trainable
+from .methods import LinearProbe, attach, count_trainable
 from .train import evaluate, fit
 from .transformer import Config, new_head
 
@@ -135,6 +135,17 @@ class Chapter:
         params, hist = fit(params, self.train_split(task), self.cfg, [method], epochs=epochs, lr=lr, seed=seed,
                            progress=False)
         return params, hist, evaluate(params, task.test, self.cfg, [method])["acc"]
+
+    def refit_head(self, params, task: Task, seed: int, n_train: int, epochs: int) -> float:
+        """Test accuracy on ``task`` of ``params``' backbone with a refitted head: a fresh head
+        (W ~ N(0, 0.01²), b = 0, drawn from ``seed``) trained alone (the linear probe, Adam lr
+        10⁻², batch 64, the seed's data order) on the first ``n_train`` training images for
+        ``epochs`` epochs. What a forgetting measurement uses to ask whether the features
+        still hold the task, apart from the old head's alignment."""
+        p = new_head(params, task.n_classes, seed=seed)
+        data = (task.train[0][:n_train], task.train[1][:n_train])
+        p, _ = fit(p, data, self.cfg, [LinearProbe()], epochs=epochs, lr=1e-2, seed=seed, progress=False)
+        return evaluate(p, task.test, self.cfg)["acc"]
 
     def over_seeds(self, label: str, method, lr: float, epochs: int, task: Task | None = None, **info):
         """Train ``method`` once per seed of ``ch.seeds``; record the arm ``label``.
