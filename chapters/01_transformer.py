@@ -22,8 +22,8 @@
 # Every PEFT method of the notes starts from such a model, frozen. This chapter looks at
 # the one minipeft uses: a small pre-LN vision transformer pretrained on MNIST digits.
 #
-# Budget: no training here, only forward passes (a few seconds on a laptop CPU), so no
-# seeds either: every claim of this chapter is exact, printed as a `check:` line.
+# Budget: no training here, only forward passes (the time it took is in the runs table of
+# `chapters/README.md`), so no seeds either: every claim of this chapter is exact, printed as a `check:` line.
 
 # %%
 from dataclasses import dataclass

@@ -31,8 +31,9 @@
 #    notes' "prompts directly steer the model's internal attention dynamics".
 #
 # Budget: 4 epochs of Adam (batch 64) on the 1,000 `digits` training images, for each of
-# 4 models and 5 seeds (fewer epochs than `minipeft tour`, to fit five seeds in about two
-# minutes on a 2-core CPU).
+# 4 models and 5 seeds (fewer epochs than `minipeft tour`, to fit five seeds in the budget
+# of about three minutes of CPU; its measured wall and CPU time at full budget are in the
+# runs table of `chapters/README.md`).
 
 # %%
 import inspect

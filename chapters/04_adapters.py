@@ -31,7 +31,8 @@
 # And exactly: s = 0 is the linear probe, bit for bit.
 #
 # Budget: 3 epochs of Adam on the 1,000 `digits` training images for 6 models and 5 seeds
-# (about two minutes on a 2-core CPU). An earlier version swept a second learning rate
+# (its measured wall and CPU time at full budget are in the runs table of
+# `chapters/README.md`). An earlier version swept a second learning rate
 # (10⁻³); to fit five seeds, only the suggested 10⁻² is run here.
 
 # %%

@@ -30,7 +30,8 @@
 # And exactly (to float32 rounding): every merge gives the original architecture.
 #
 # Budget: 3 epochs of Adam on the 1,000 `digits` training images for 7 models and 5 seeds
-# (about two and a half minutes on a 2-core CPU; fewer epochs than `minipeft tour`).
+# (fewer epochs than `minipeft tour`; its measured wall and CPU time at full budget are in
+# the runs table of `chapters/README.md`).
 
 # %%
 import inspect
@@ -66,6 +67,29 @@ def run(label, m, lr):
     print(f"{label:26s} {m.n_params(cfg):5,} numbers (+ head 650)  test acc {a['mean']:.3f} "
           f"[{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]")
     return trained
+
+
+def attention_1_by_hand(params, m, q_out, k_out, ln1_out=lambda x: x):
+    """Block 1's attention weights A_1 in plain float64 NumPy, from the frozen arrays and
+    method ``m``'s vectors: x = ln1_out(LN₁(X₀)), Q = q_out(x W_qᵀ + b_q), K = k_out(x W_kᵀ + b_k),
+    per head softmax(Q Kᵀ / sqrt(d_h)). Returns (A_1 by hand, minipeft's traced A_1), (B, h, T, T) each."""
+    tr = {}
+    mp.forward(params, X_test[:8], cfg, [m], trace=tr)
+    bp = {k: {n: np.asarray(v, dtype=np.float64) for n, v in d.items()} for k, d in params["blocks"][0].items()
+          if k in ("ln1", "attn")}
+    X0 = np.asarray(tr["hidden"][0], dtype=np.float64)  # (B, T, d): the input of block 1
+    mu, var = X0.mean(-1, keepdims=True), X0.var(-1, keepdims=True)
+    x = ln1_out((X0 - mu) / np.sqrt(var + cfg.eps) * bp["ln1"]["gamma"] + bp["ln1"]["beta"])
+    Q = q_out(x @ bp["attn"]["W_q"].T + bp["attn"]["b_q"])
+    K = k_out(x @ bp["attn"]["W_k"].T + bp["attn"]["b_k"])
+    B, T, d = Q.shape
+    d_h = d // cfg.h
+    A = np.zeros((B, cfg.h, T, T))
+    for hd in range(cfg.h):  # one head at a time: its d_h columns of Q and K
+        S = Q[..., hd * d_h:(hd + 1) * d_h] @ np.swapaxes(K[..., hd * d_h:(hd + 1) * d_h], 1, 2) / np.sqrt(d_h)
+        E = np.exp(S - S.max(-1, keepdims=True))
+        A[:, hd] = E / E.sum(-1, keepdims=True)
+    return A, np.asarray(tr["attn"][0], dtype=np.float64)
 
 # %% [markdown]
 # ## The family (equations.md, "Scale and shift")
@@ -107,11 +131,30 @@ ch.compare("b_q and b_1 carry most of the gain: they beat the other biases", "Bi
 #
 # All l start at 1 (step 0 = the backbone). Merge: l ⊙ (x Wᵀ + b) = x (diag(l) W)ᵀ + l ⊙ b
 # folds l_q, l_k, l_v into their projections; l_ff folds into the columns of W₂.
+#
+# The two hooks that are (IA)³, from `minipeft/methods/ia3.py`: `on_linear` rescales a
+# projection's output, `on_ff_hidden` the MLP's hidden activation.
 
 # %%
+print(inspect.getsource(IA3.on_linear))
+print(inspect.getsource(IA3.on_ff_hidden))
+ia3_trained = {}
 for label, m in (("(IA)³ notes: l_q l_k l_v", IA3(variant="notes")),
                  ("(IA)³ paper: l_k l_v l_ff", IA3(variant="paper"))):
-    run(label, m, IA3.suggested_lr)
+    ia3_trained[label] = run(label, m, IA3.suggested_lr)
+
+# %% [markdown]
+# One adapted layer by hand: block 1's attention weights of the trained notes-variant
+# model (seed 0), softmax((l_q ⊙ Q)(l_k ⊙ K)ᵀ / sqrt(d_h)) per head in NumPy, against the
+# weights minipeft's forward pass traced.
+
+# %%
+m_ia3, prm = IA3(variant="notes"), ia3_trained["(IA)³ notes: l_q l_k l_v"][0]
+l1 = {k: np.asarray(v, dtype=np.float64) for k, v in prm[m_ia3.name]["blocks"][0].items()}
+A_hand, A_mp = attention_1_by_hand(prm, m_ia3, lambda Q: l1["l_q"] * Q, lambda K: l1["l_k"] * K)
+gap = float(np.abs(A_hand - A_mp).max())
+ch.check("(IA)³ notes: block 1's attention weights by hand in NumPy equal minipeft's (float32 rounding)",
+         gap < 1e-5, f"max abs Δ A_1 = {gap:.1e}; mean abs(l_q − 1) = {np.abs(l1['l_q'] - 1).mean():.3f}")
 ch.compare("(IA)³: the paper's placement beats the notes'", "(IA)³ paper: l_k l_v l_ff", "(IA)³ notes: l_q l_k l_v",
            source="(IA)³ paper (T0-3B)")
 
@@ -127,10 +170,30 @@ ch.compare("(IA)³: the paper's placement beats the notes'", "(IA)³ paper: l_k 
 #
 # and after a LayerNorm: γ'_LN = γ ⊙ γ_LN, β'_LN = γ ⊙ β_LN + β. So the merged model has
 # exactly the original architecture: same tree of arrays, same shapes, same cost.
+#
+# The hooks that are SSF, from `minipeft/methods/ssf.py`: `on_linear` after a projection,
+# `on_after` after a LayerNorm.
 
 # %%
+print(inspect.getsource(SSF.on_linear))
+print(inspect.getsource(SSF.on_after))
 ssf = SSF()
 ssf_trained = run("SSF, all placements", ssf, SSF.suggested_lr)
+
+# %% [markdown]
+# By hand again, for SSF's seed-0 model: x = γ_ln1 ⊙ LN₁(X₀) + β_ln1, then
+# Q = γ_q ⊙ (x W_qᵀ + b_q) + β_q and K likewise, block 1's attention weights in NumPy
+# against minipeft's.
+
+# %%
+g1 = {k: {n: np.asarray(v, dtype=np.float64) for n, v in gb.items()}
+      for k, gb in ssf_trained[0][ssf.name]["blocks"][0].items()}
+A_hand, A_mp = attention_1_by_hand(ssf_trained[0], ssf, lambda Q: g1["q"]["gamma"] * Q + g1["q"]["beta"],
+                                   lambda K: g1["k"]["gamma"] * K + g1["k"]["beta"],
+                                   lambda x: g1["ln1"]["gamma"] * x + g1["ln1"]["beta"])
+gap = float(np.abs(A_hand - A_mp).max())
+ch.check("SSF: block 1's attention weights by hand in NumPy equal minipeft's (float32 rounding)", gap < 1e-5,
+         f"max abs Δ A_1 = {gap:.1e}")
 ch.compare("SSF beats BitFit", "SSF, all placements", "BitFit, all biases", source="SSF paper (ViT-B/16)")
 merged, _ = merge_methods(ssf_trained[0], [ssf])
 print("merged params keys:", sorted(merged), "vs backbone:", sorted(head_params))

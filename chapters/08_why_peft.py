@@ -14,7 +14,8 @@
 # Notes, *Introduction*: full fine-tuning updates every parameter, which means "high
 # computational cost", "memory requirements" for gradients and optimizer states, "storage
 # costs" (a full copy of the model per task) and the risk of catastrophic forgetting
-# (measured in chapter 7). PEFT trains a small θ while the backbone φ stays frozen.
+# (chapter 7 after `digits`; here after the two other downstream tasks). PEFT trains a
+# small θ while the backbone φ stays frozen.
 #
 # This chapter measures those costs for every method of the tour, on the pretrained
 # backbone, for one training step of batch 64 on `digits`:
@@ -30,9 +31,16 @@
 # - **bytes on disk per task**: the adapter file `minipeft train` saves (θ only), against
 #   the whole model that full fine-tuning must store per task.
 #
-# All deterministic counts and bytes (no seeds: no training here). Scale: on a ViT-B/16
+# All deterministic counts and bytes (no seeds: no training for them). Scale: on a ViT-B/16
 # (86 M numbers) or a billion-parameter LM the same ratios decide whether a model fits in
 # memory at all; here everything is small.
+#
+# Then forgetting, decided over 5 seeds (paired, the rule of `chapters/README.md`) after
+# full fine-tuning on `mnist-rot` and on `mnist-invert` (chapter 7 does `digits`): for each
+# task, (1) the pretraining task's accuracy with the original mnist head put back is below
+# the pretrained model's, and (2) a refitted mnist head on the fine-tuned features is below
+# the same refit on the pretrained features. Budget: 2 epochs of full fine-tuning (the
+# tour's recipe, lr 10⁻³) on each task's 600 training images; refits as in chapter 7.
 
 # %%
 import tempfile
@@ -44,13 +52,16 @@ import numpy as np
 
 import minipeft as mp
 from minipeft.adapters import save_adapter
-from minipeft.chapter import setup
+from minipeft.chapter import plot_arms, setup
 from minipeft.methods import REGISTRY, method_class
+from minipeft.methods.lora import LoRA
 from minipeft.train import adam_init
 
 # one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures), the backbone, `digits`
 ch = setup(globals().get("__file__"), name="08_why_peft")
 cfg, task = ch.cfg, ch.task
+EPOCHS = ch.epochs(2)
+ch.budget["epochs"] = EPOCHS
 xb, yb = task.train[0][:64], task.train[1][:64]
 
 
@@ -137,6 +148,69 @@ for ax, (key, label, unit) in zip(axes.ravel(), panels):
 fig.suptitle("What one training step and one task cost, per method (red dotted: full fine-tuning)", fontsize=11)
 _ = ch.save(fig, "08_why_peft.png")
 
+# %% [markdown]
+# ## Forgetting after each of the other downstream tasks
+#
+# Full fine-tuning writes every backbone weight; LoRA writes none (chapter 5 checks W₀ bit
+# for bit). For each task and seed: full fine-tuning, then on `mnist` (the pretraining
+# task) the original head put back, and a refitted head (a linear probe on the first 1,000
+# mnist training images, 2 epochs, the seed's head init and data order) on the fine-tuned
+# and on the pretrained backbone. LoRA r = 4 on the same task, adapter removed, for
+# comparison: its backbone must be the pretrained one, bit for bit.
+
+# %%
+mnist = mp.load_task("mnist")
+pre_acc = mp.evaluate(ch.backbone, mnist.test, cfg)["acc"]
+
+
+def refit_head(params, seed):  # a fresh mnist head on the first 1,000 mnist training images (minipeft/chapter.py)
+    return ch.refit_head(params, mnist, seed, n_train=128 if ch.quick else 1000, epochs=EPOCHS)
+
+
+ch.record("pretrained model, mnist", [pre_acc] * len(ch.seeds), metric="mnist test accuracy")
+ch.record("pretrained, refitted head", [refit_head(ch.backbone, s) for s in ch.seeds], metric="mnist test accuracy")
+FORGET_TASKS = ("mnist-rot", "mnist-invert")
+identical = []
+for name in FORGET_TASKS:
+    t = mp.load_task(name)
+    _, full_ft = ch.over_seeds(f"full FT on {name}", method_class("full")(), 1e-3, EPOCHS, task=t)
+    _, lora_ft = ch.over_seeds(f"LoRA r=4 on {name}", LoRA(r=4), LoRA.suggested_lr, EPOCHS, task=t)
+    ch.record(f"full FT on {name}, original head", [mp.evaluate({**p, "head": ch.backbone["head"]}, mnist.test,
+                                                                cfg)["acc"] for p in full_ft],
+              metric="mnist test accuracy")
+    ch.record(f"full FT on {name}, refitted head", [refit_head(p, s) for s, p in zip(ch.seeds, full_ft)],
+              metric="mnist test accuracy")
+    for p in lora_ft:
+        removed = {**{k: v for k, v in p.items() if k != "lora"}, "head": ch.backbone["head"]}
+        identical.append(all(np.array_equal(a, mp.tree.get(ch.backbone, path))
+                             for path, a in mp.tree.leaves_with_paths(removed)))
+    for label in (f"full FT on {name}", f"LoRA r=4 on {name}", f"full FT on {name}, original head",
+                  f"full FT on {name}, refitted head"):
+        a = ch.arms[label]
+        print(f"{label:38s} {a['metric']:20s} {a['mean']:.3f} [{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]")
+    ch.compare(f"full fine-tuning on {name} forgets mnist (original head)", f"full FT on {name}, original head",
+               "pretrained model, mnist", direction="<", source="notes (introduction)")
+    ch.compare(f"full fine-tuning on {name}: the features lost mnist information (refitted head)",
+               f"full FT on {name}, refitted head", "pretrained, refitted head", direction="<",
+               source="notes (introduction)")
+print(f"pretrained: mnist test acc {pre_acc:.3f} (own head)")
+ch.check("LoRA, adapter removed after each task: the backbone is the pretrained one, bit for bit",
+         all(identical), f"{sum(identical)} of {len(identical)} trained models")
+
+# %%
+fig, ax = plt.subplots(figsize=(9, 4.2))
+groups = [("pretrained model, mnist", "pretrained, refitted head")] + [
+    (f"full FT on {n}, original head", f"full FT on {n}, refitted head") for n in FORGET_TASKS]
+for j, kind in enumerate(("original head", "refitted head")):
+    plot_arms(ax, ch.arms, [g[j] for g in groups], x=np.arange(len(groups)) + (j - 0.5) * 0.2, ls="none",
+              color=f"C{j}", label=kind)
+ax.set(xticks=range(len(groups)), xticklabels=["pretrained"] + [f"after full FT\non {n}" for n in FORGET_TASKS],
+       xlim=(-0.5, len(groups) - 0.5), ylim=(0, 1.0), ylabel="mnist test accuracy",
+       title=f"Forgetting the pretraining task ({EPOCHS} epochs of full FT; mean, 95 % CI, {len(ch.seeds)} seeds)")
+ax.legend(title="mnist head", loc="lower left")
+ax.grid(axis="y", alpha=0.3)
+_ = ch.save(fig, "08_forgetting.png")
+
 # %%
 ch.finish()
 
@@ -152,4 +226,7 @@ ch.finish()
 # - The activation memory of a step does not scale with |θ|: the backward pass still runs
 #   through the whole frozen network, and longer sequences (prompts) cost more. PEFT saves
 #   optimizer and gradient memory and storage, not the forward/backward computation.
-# - Forgetting, the notes' other cost of full fine-tuning, is measured in chapter 7.
+# - Forgetting, the notes' other cost of full fine-tuning: the verdicts above say, for each
+#   task, whether full fine-tuning lost the pretraining task with its old head and in its
+#   features (chapter 7 does the same after `digits`); LoRA's backbone, with the adapter
+#   removed, is the pretrained one bit for bit.

@@ -45,13 +45,17 @@ def _blas(env):
 def render_chapters(results: list) -> str:
     """The runs, verdicts, arms and checks tables (markdown) of all results files."""
     out = ["Runs (one line per results file):", "",
-           "| chapter | date (UTC) | seeds | epochs | wall s (after setup) | load (1 min, at the end) | BLAS (threads) | backbone id |",
-           "|---|---|---:|---:|---:|---:|---|---|"]
+           "| chapter | date (UTC) | seeds | epochs | wall s (after setup) | CPU s | load (1 min) while it ran: "
+           "mean (min–max) | BLAS (threads) | backbone id |",
+           "|---|---|---:|---:|---:|---:|---|---|---|"]
     for r in results:
-        env, b = r["environment"], r["budget"]
-        load = "—" if env.get("load_1min") is None else f"{env['load_1min']:.2f}"
+        env, b, t = r["environment"], r["budget"], r.get("timing") or {}
+        ld = t.get("load_1min")
+        load = (f"{ld['mean']:.2f} ({ld['min']:.2f}–{ld['max']:.2f})" if ld else
+                "—" if env.get("load_1min") is None else f"{env['load_1min']:.2f} (at the end only)")
+        cpu = "—" if t.get("cpu_s") is None else f"{t['cpu_s']:.0f}"
         out.append(f"| {r['chapter']} | {env['date']} | {len(b['seeds'])} | {b.get('epochs', '—')} | "
-                   f"{r['wall_s']:.0f} | {load} | {_blas(env)} | `{r['backbone']['id']}` |")
+                   f"{r['wall_s']:.0f} | {cpu} | {load} | {_blas(env)} | `{r['backbone']['id']}` |")
     out += ["", "Verdicts (Δ = A − B per seed; reproduced / refuted: the paired-t 95 % interval excludes 0 on the "
                 "claimed / the opposite side; inconclusive: it contains 0, with the effect the run could detect at "
                 "80 % power):", "",

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from . import pretrained, runtime, verdict
 from .data import Task, load_task
-from .methods import attach, count_trainable
+from .methods import LinearProbe, attach, count_trainable
 from .train import evaluate, fit
 from .transformer import Config, new_head
 
@@ -47,6 +47,14 @@ QUICK_TRAIN = 128
 def thread_policy() -> str:
     """The chapter's thread policy in words (minipeft.runtime: $MINIPEFT_THREADS, default 1)."""
     return f"BLAS limited to {runtime.threads()} thread(s) for the whole chapter (minipeft.runtime, set by setup)"
+
+
+def load_1min():
+    """The machine's 1-minute load average (``os.getloadavg``), None where the OS has none."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):  # pragma: no cover - not on every OS
+        return None
 
 
 def quick_mode() -> bool:
@@ -95,6 +103,10 @@ class Chapter:
     #: every over_seeds arm's training losses: label -> one history["loss"] list per seed
     histories: dict = field(default_factory=dict, repr=False, compare=False)
     started: float = field(default_factory=time.perf_counter, repr=False, compare=False)
+    #: this process's CPU time (user + system, ``time.process_time``) when the chapter started
+    cpu_started: float = field(default_factory=time.process_time, repr=False, compare=False)
+    #: the machine's 1-minute load average, sampled at the start, after every arm and at the end
+    loads: list = field(default_factory=lambda: [load_1min()], repr=False, compare=False)
 
     def with_new_head(self, seed: int = 0, task: Task | None = None) -> dict:
         """The backbone with a fresh head for ``task``: W ~ N(0, 0.01²) (C, d), b = 0 (C,)."""
@@ -124,6 +136,17 @@ class Chapter:
                            progress=False)
         return params, hist, evaluate(params, task.test, self.cfg, [method])["acc"]
 
+    def refit_head(self, params, task: Task, seed: int, n_train: int, epochs: int) -> float:
+        """Test accuracy on ``task`` of ``params``' backbone with a refitted head: a fresh head
+        (W ~ N(0, 0.01²), b = 0, drawn from ``seed``) trained alone (the linear probe, Adam lr
+        10⁻², batch 64, the seed's data order) on the first ``n_train`` training images for
+        ``epochs`` epochs. What a forgetting measurement uses to ask whether the features
+        still hold the task, apart from the old head's alignment."""
+        p = new_head(params, task.n_classes, seed=seed)
+        data = (task.train[0][:n_train], task.train[1][:n_train])
+        p, _ = fit(p, data, self.cfg, [LinearProbe()], epochs=epochs, lr=1e-2, seed=seed, progress=False)
+        return evaluate(p, task.test, self.cfg)["acc"]
+
     def over_seeds(self, label: str, method, lr: float, epochs: int, task: Task | None = None, **info):
         """Train ``method`` once per seed of ``ch.seeds``; record the arm ``label``.
 
@@ -138,6 +161,7 @@ class Chapter:
             trained.append(params)
             losses.append(hist["loss"])
         self.histories[label] = losses
+        self.loads.append(load_1min())
         n = count_trainable(trained[0], [method], train_head=True)
         self.record(label, accs, trainable=n, lr=lr, epochs=epochs, **info)
         return accs, trained
@@ -190,6 +214,18 @@ class Chapter:
         """The names of the figures saved so far, sorted."""
         return sorted(self.saved)
 
+    def timing(self) -> dict:
+        """What the chapter cost since setup: wall and CPU seconds (this process, user +
+        system; on an idle machine with one BLAS thread cpu_s ≈ wall_s, on a loaded one
+        wall_s grows and cpu_s does not) and the 1-minute load average sampled at the
+        start, after every arm and now (min, mean, max, the number of samples)."""
+        self.loads.append(load_1min())
+        got = [v for v in self.loads if v is not None]
+        load = ({"min": round(min(got), 2), "mean": round(sum(got) / len(got), 2), "max": round(max(got), 2),
+                 "samples": len(got)} if got else None)
+        return {"wall_s": round(time.perf_counter() - self.started, 1),
+                "cpu_s": round(time.process_time() - self.cpu_started, 1), "load_1min": load}
+
     def results_path(self) -> Path:
         """Where ``finish`` writes: results_dir / NN_name.json (NN_name.quick.json in quick mode)."""
         return self.results_dir / f"{self.name}{'.quick' if self.quick else ''}.json"
@@ -204,6 +240,7 @@ class Chapter:
                "backbone": {"id": verdict.backbone_id(self.backbone), "n_params": self.cfg.n_params,
                             "pretrain_test_acc": self.info.get("test_acc")},
                "wall_s": round(time.perf_counter() - self.started, 1),
+               "timing": self.timing(),
                "arms": self.arms, "claims": self.claims, "checks": self.checks, "measurements": self.measured}
         path = self.results_path()
         verdict.write_results(path, rec)
@@ -235,6 +272,52 @@ def plot_arms(ax, arms: dict, labels, x=None, **kw):
     lo = onp.array([arms[k]["ci"][0] for k in labels])
     hi = onp.array([arms[k]["ci"][1] for k in labels])
     return ax.errorbar(x, mean, yerr=[mean - lo, hi - mean], capsize=4, **{"marker": "o", **kw})
+
+
+def label_points(ax, points, fontsize: int = 9, gap: float = 4.0):
+    """Write each label next to its point without covering another label, a marker or an
+    error bar: for each (label, x, y, (lo, hi)) of ``points`` (data coordinates; lo..hi the
+    point's error bar), the first of the candidate spots (right, left, above-right,
+    below-right, above-left, below-left, then further out) inside the axes whose text box
+    touches nothing drawn so far (nor the legend). Returns the Text objects. Draws the
+    figure once to measure the text: lay the figure out first."""
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    to_px = ax.transData.transform
+    taken = []  # (x0, y0, x1, y1) in pixels: error bars, markers, then placed labels
+    for _, x, y, (lo, hi) in points:
+        (px, plo), (_, phi) = to_px((x, lo)), to_px((x, hi))
+        (_, py) = to_px((x, y))
+        taken.append((px - 5, min(plo, phi) - 2, px + 5, max(plo, phi) + 2))
+        taken.append((px - 6, py - 6, px + 6, py + 6))
+    if ax.get_legend() is not None:
+        e = ax.get_legend().get_window_extent(renderer)
+        taken.append((e.x0, e.y0, e.x1, e.y1))
+    inside = ax.get_window_extent(renderer)
+    texts = []
+    for label, x, y, _ in points:
+        px, py = to_px((x, y))
+        t = ax.text(x, y, label, fontsize=fontsize, va="center", ha="left")
+        w, h = (lambda e: (e.width, e.height))(t.get_window_extent(renderer))
+        spots = [(dx * k, dy * k) for k in (1, 2, 3, 4)
+                 for dx, dy in ((gap + 6, 0), (-gap - 6 - w, 0), (gap, h), (gap, -h), (-gap - w, h), (-gap - w, -h))]
+        for dx, dy in spots:
+            box = (px + dx, py + dy - h / 2, px + dx + w, py + dy + h / 2)
+            fits = inside.x0 <= box[0] and box[2] <= inside.x1 and inside.y0 <= box[1] and box[3] <= inside.y1
+            if fits and not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken):
+                break
+        else:  # nowhere free: the first spot
+            dx, dy = spots[0]
+            box = (px + dx, py + dy - h / 2, px + dx + w, py + dy + h / 2)
+        back = ax.transData.inverted().transform
+        t.set_position(back((px + dx, py + dy)))
+        if abs(dy) > h / 2 or abs(dx) > 2 * (gap + 6) + w:  # moved away from the point: a thin leader line
+            ax.annotate("", (x, y), xytext=back((px + dx + (0 if dx > 0 else w), py + dy)),
+                        arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5})
+        taken.append(box)
+        texts.append(t)
+    return texts
 
 
 def acc_limits(arms: dict, labels, pad: float = 0.05):

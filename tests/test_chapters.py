@@ -35,7 +35,7 @@ FIGURES = {
     "05_lora.py": ["05_lora.png"],
     "06_scale_shift.py": ["06_scale_shift.png"],
     "07_summary.py": ["07_accuracy_vs_trainable.png", "07_forgetting.png"],
-    "08_why_peft.py": ["08_why_peft.png"],
+    "08_why_peft.py": ["08_why_peft.png", "08_forgetting.png"],
     "09_minilm.py": ["09_minilm.png"],
 }
 MERGEABLE = {"lora", "bitfit", "ia3", "ssf"}
@@ -160,6 +160,35 @@ def test_chapter_setup_train_and_save(tiny_backbone, tmp_path, monkeypatch):
         nb.with_new_head()
 
 
+def test_label_points_overlap_no_label_marker_or_bar_and_stay_inside():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from minipeft.chapter import label_points
+
+    rng = onp.random.default_rng(0)
+    pts = [(f"method-{i}", float(x), float(y), (float(y) - 0.02, float(y) + 0.02))
+           for i, (x, y) in enumerate(zip(10 ** rng.uniform(-0.5, 2, 12), rng.uniform(0.6, 0.8, 12)))]
+    pts += [("twin", pts[0][1], pts[0][2] + 0.01, (pts[0][2] - 0.01, pts[0][2] + 0.03))]  # nearly on top of another
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for _, x, y, (lo, hi) in pts:
+        ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], marker="o", ls="none")
+    ax.set(xscale="log", xlim=(0.2, 300), ylim=(0.5, 0.9))
+    fig.tight_layout()
+    texts = label_points(ax, pts)
+    r = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(r) for t in texts]
+    inside = ax.get_window_extent(r)
+    assert [t.get_text() for t in texts] == [p[0] for p in pts]
+    for i, b in enumerate(boxes):
+        assert inside.x0 <= b.x0 and b.x1 <= inside.x1 and inside.y0 <= b.y0 and b.y1 <= inside.y1
+        assert not any(b.overlaps(c) for c in boxes[:i]), pts[i][0]
+        for _, x, y, (lo, hi) in pts:  # no label over a marker or an error bar (each drawn as a thin box)
+            (px, plo), (_, phi) = ax.transData.transform((x, lo)), ax.transData.transform((x, hi))
+            assert not (b.x0 < px + 4 and px - 4 < b.x1 and b.y0 < phi and plo < b.y1), (pts[i][0], x, y)
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_chapter_is_a_percent_script(path, tmp_path):
     py_compile.compile(str(path), cfile=str(tmp_path / "c.pyc"), doraise=True)
@@ -204,6 +233,10 @@ def test_chapter_seeds_verdicts_and_results_file(tiny_backbone, tmp_path, monkey
     assert res["quick"] and res["claims"][0]["values_a"] == lo and res["claims"][0]["values_b"] == lp
     assert res["claims"][0]["verdict"] == rec["verdict"] and res["arms"]["LoRA r=2"]["trainable"] == 2 * 2 * 2 * (16 + 16) + 170
     assert res["environment"]["thread_policy"] and len(res["backbone"]["id"]) == 16
+    t = res["timing"]  # measured since setup: wall and CPU seconds, the load sampled at start, per arm, at the end
+    assert 0 < t["cpu_s"] and 0 < t["wall_s"] <= res["wall_s"] + 0.1
+    assert t["load_1min"] is None or (t["load_1min"]["samples"] == 4
+                                      and t["load_1min"]["min"] <= t["load_1min"]["mean"] <= t["load_1min"]["max"])
     with pytest.raises(ValueError, match="one per seed"):
         ch.record("x", [0.1])
 

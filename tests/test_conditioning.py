@@ -23,8 +23,9 @@ from minipeft.methods.prompt import PromptTuning
 from minipeft.methods.vpt import VPTDeep, VPTShallow, vpt_bound
 
 ALL = [PromptTuning(p=3), VPTShallow(p=2), VPTDeep(p=2), PrefixTuning(p=3),
-       PrefixTuning(p=2, reparam=True, d_prime=3, hidden=5)]
-IDS = ["prompt", "vpt-shallow", "vpt-deep", "prefix", "prefix-reparam"]
+       PrefixTuning(p=2, reparam=True, d_prime=3, hidden=5),
+       PrefixTuning(p=2, reparam=True, encoder="per-layer", d_prime=3, hidden=4)]
+IDS = ["prompt", "vpt-shallow", "vpt-deep", "prefix", "prefix-reparam", "prefix-reparam-per-layer"]
 
 
 # ------------------------------------------------------------------------ helpers
@@ -64,10 +65,26 @@ def mlp_table(th, cfg):
     return P_k, P_v
 
 
+def per_layer_mlp_table(th, cfg):
+    """The layer-specific prefix encoder by hand, one row and one layer at a time: row i of
+    layer ℓ's [P_k^ℓ, P_v^ℓ] is tanh(P'_i W_1^ℓᵀ + b_1^ℓ) W_2^ℓᵀ + b_2^ℓ (2·d numbers)."""
+    p, d = th["P_prime"].shape[0], cfg.d
+    P_k, P_v = onp.zeros((cfg.N, p, d)), onp.zeros((cfg.N, p, d))
+    for lay in range(cfg.N):
+        for i in range(p):
+            h = onp.tanh(th["W_1"][lay] @ th["P_prime"][i] + th["b_1"][lay])  # (hidden,)
+            row = th["W_2"][lay] @ h + th["b_2"][lay]  # (2d,)
+            P_k[lay, i], P_v[lay, i] = row[:d], row[d:]
+    return P_k, P_v
+
+
 def reference_for(m, params, x, cfg):
     th = params[m.name]
     if isinstance(m, PrefixTuning):
-        table = mlp_table(th, cfg) if m.reparam else (th["P_k"], th["P_v"])
+        if not m.reparam:
+            table = (th["P_k"], th["P_v"])
+        else:
+            table = per_layer_mlp_table(th, cfg) if m.encoder == "per-layer" else mlp_table(th, cfg)
         return ref_forward(params, x, cfg, prefix=table)
     if isinstance(m, VPTDeep):
         return ref_forward(params, x, cfg, deep=th["P"])
@@ -331,12 +348,15 @@ def test_float32_in_every_gradient_float32(tiny_cfg, m):
 @given(cfg=vision_cfgs(), p=st.integers(1, P_MAX), d_prime=st.integers(1, 5), hidden=st.integers(1, 5))
 def test_closed_form_counts_equal_the_counted_ones(cfg, p, d_prime, hidden):
     ms = [PromptTuning(p=p), VPTShallow(p=p), VPTDeep(p=p), PrefixTuning(p=p),
-          PrefixTuning(p=p, reparam=True, d_prime=d_prime, hidden=hidden)]
+          PrefixTuning(p=p, reparam=True, d_prime=d_prime, hidden=hidden),
+          PrefixTuning(p=p, reparam=True, d_prime=d_prime, hidden=hidden, encoder="per-layer")]
     base = mp.init_params(cfg, 0)
     for m in ms:
         assert m.n_params(cfg) == mp.count_trainable(mp.attach(base, [m], cfg), [m], train_head=False)
     assert ms[0].n_params(cfg) == p * cfg.d and ms[2].n_params(cfg) == cfg.N * p * cfg.d
     assert ms[3].n_params(cfg) == 2 * cfg.N * p * cfg.d
+    # per-layer: the shared P' plus N MLPs of d' -> hidden -> 2d
+    assert ms[5].n_params(cfg) == p * d_prime + cfg.N * (hidden * d_prime + hidden + 2 * cfg.d * hidden + 2 * cfg.d)
     together = [ms[0], ms[2], dataclasses.replace(ms[4], name="prefix_mlp")]
     q = mp.attach(base, together, cfg)
     head = cfg.n_classes * (cfg.d + 1)
@@ -402,7 +422,8 @@ def test_prompt_tuning_on_the_text_front(text_cfg):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_adapters_round_trip_bit_exactly_and_resume(tmp_path, tiny_cfg, dtype):
     ms = [PromptTuning(p=3), VPTShallow(p=2, name="vs"), VPTDeep(p=2), PrefixTuning(p=2),
-          PrefixTuning(p=2, reparam=True, d_prime=3, hidden=4, name="pm")]
+          PrefixTuning(p=2, reparam=True, d_prime=3, hidden=4, name="pm"),
+          PrefixTuning(p=2, reparam=True, d_prime=2, hidden=3, encoder="per-layer", name="pl")]
     backbone = mp.init_params(tiny_cfg, 0, dtype)
     params = mp.attach(mp.new_head(backbone, 4, 1), ms, tiny_cfg, 3)
     f = tmp_path / "cond.npz"
@@ -415,6 +436,7 @@ def test_adapters_round_trip_bit_exactly_and_resume(tmp_path, tiny_cfg, dtype):
     x = images(tiny_cfg, 2, dtype=dtype)
     onp.testing.assert_array_equal(mp.forward(q, x, tiny_cfg, loaded), mp.forward(params, x, tiny_cfg, ms))
     assert set(q["pm"]) == {"P_prime", "W_1", "b_1", "W_2", "b_2"}  # the MLP is kept: training can resume
+    assert q["pl"]["W_1"].shape == (tiny_cfg.N, 3, 2)  # one MLP per layer, kept too
     q2, hist = mp.fit(q, (x, onp.array([0, 3])), tiny_cfg, loaded, steps=2, progress=False)
     assert not onp.array_equal(q2["pm"]["W_1"], q["pm"]["W_1"])
 
@@ -437,19 +459,23 @@ def test_a_prefix_saved_for_another_backbone_is_refused(tmp_path, tiny_cfg):
         load_adapter(f, mp.init_params(tiny_cfg, 0), tiny_cfg)
 
 
+@pytest.mark.parametrize("encoder", ["shared", "per-layer"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_eject_gives_the_plain_table_with_identical_outputs(tiny_cfg, dtype):
-    m = PrefixTuning(p=3, reparam=True, d_prime=2, hidden=5)
+def test_eject_gives_the_plain_table_with_identical_outputs(tiny_cfg, dtype, encoder):
+    m = PrefixTuning(p=3, reparam=True, d_prime=2, hidden=5, encoder=encoder)
     params, x, _ = setup(tiny_cfg, [m], 8, dtype=dtype)
     flat, m2 = m.eject(params)
-    assert m2 == dataclasses.replace(m, reparam=False) and set(flat[m.name]) == {"P_k", "P_v"}
+    assert m2 == PrefixTuning(p=3, d_prime=2, hidden=5) and set(flat[m.name]) == {"P_k", "P_v"}
     onp.testing.assert_array_equal(mp.forward(flat, x, tiny_cfg, [m2]), mp.forward(params, x, tiny_cfg, [m]))
-    P_k, P_v = mlp_table(params[m.name], tiny_cfg)
+    P_k, P_v = (per_layer_mlp_table if encoder == "per-layer" else mlp_table)(params[m.name], tiny_cfg)
     tol = 1e-12 if dtype == "float64" else 1e-5
     onp.testing.assert_allclose(flat[m.name]["P_k"], P_k, rtol=tol, atol=tol)
     onp.testing.assert_allclose(flat[m.name]["P_v"], P_v, rtol=tol, atol=tol)
     assert mp.count_trainable(flat, [m2], train_head=False) == m2.n_params(tiny_cfg) == 2 * 2 * 3 * 16
     assert "W_1" in params[m.name]  # params untouched
+    with pytest.raises(ValueError, match=r"prefix\.W_1"):  # θ of the other encoder's shapes: named
+        dataclasses.replace(m, encoder="per-layer" if encoder == "shared" else "shared").table(
+            params[m.name], tiny_cfg.N, tiny_cfg.d)
     with pytest.raises(ValueError, match="already a plain table"):
         m2.eject(flat)
     with pytest.raises(ValueError, match="attach"):
@@ -463,6 +489,10 @@ def test_cli_flags_for_each_method():
     assert (a.opt_p, a.opt_init_from, a.opt_init_tokens) == (4, "text", [1, 2])
     a = build_parser("prefix").parse_args(["train", "--method", "prefix", "--reparam", "true", "--d-prime", "8"])
     assert a.opt_reparam is True and a.opt_d_prime == 8
+    a = build_parser("prefix").parse_args(["train", "--method", "prefix", "--reparam", "true", "--encoder", "per-layer"])
+    assert a.opt_encoder == "per-layer"
+    with pytest.raises(SystemExit):  # argparse refuses an encoder outside ENCODERS
+        build_parser("prefix").parse_args(["train", "--method", "prefix", "--encoder", "layer"])
     for name in ("vpt-shallow", "vpt-deep"):
         assert build_parser(name).parse_args(["train", "--method", name, "--p", "3"]).opt_p == 3
 
@@ -486,6 +516,8 @@ def test_cli_flags_for_each_method():
     (lambda: PrefixTuning(reparam="yes"), TypeError, "reparam must be True or False"),
     (lambda: PrefixTuning(reparam=True, d_prime=0), ValueError, "d_prime must be a positive int"),
     (lambda: PrefixTuning(reparam=True, hidden=1.5), ValueError, "hidden must be a positive int"),
+    (lambda: PrefixTuning(reparam=True, encoder="layer"), ValueError, "encoder must be one of"),
+    (lambda: PrefixTuning(encoder="per-layer"), ValueError, "encoder='per-layer' needs reparam=True"),
 ])
 def test_bad_options_name_the_field(make, err, match):
     with pytest.raises(err, match=match):
@@ -525,7 +557,8 @@ def test_theta_of_the_wrong_shape_is_a_clear_error(tiny_cfg):
 
 # ------------------------------------------------------------------ the real backbone
 @pytest.mark.slow
-@pytest.mark.parametrize("m", [PromptTuning(), VPTShallow(), VPTDeep(), PrefixTuning(), PrefixTuning(reparam=True)],
+@pytest.mark.parametrize("m", [PromptTuning(), VPTShallow(), VPTDeep(), PrefixTuning(), PrefixTuning(reparam=True),
+                               PrefixTuning(reparam=True, encoder="per-layer")],
                          ids=IDS)
 def test_each_method_trains_on_the_pretrained_backbone(m):
     from minipeft.pretrained import DEFAULT_CONFIG as cfg

@@ -123,6 +123,8 @@ def test_results_file_round_trip_and_refusals(tmp_path):
 def test_tables_have_their_format(tmp_path):
     for name, tour in (("05_lora", False), ("07_summary", True)):
         V.write_results(tmp_path / f"{name}.json", _record(name, tour))
+    timing = {"wall_s": 12.3, "cpu_s": 10.4, "load_1min": {"min": 0.5, "mean": 1.25, "max": 2.0, "samples": 3}}
+    V.write_results(tmp_path / "07_summary.json", _record("07_summary", True) | {"timing": timing})
     V.write_results(tmp_path / "05_lora.quick.json", _record("05_lora") | {"quick": True})
     results = make_tables.load_all(tmp_path)
     assert [r["chapter"] for r in results] == ["05_lora", "07_summary"]  # the quick file is skipped
@@ -135,6 +137,10 @@ def test_tables_have_their_format(tmp_path):
                for ln in rows)
     assert any(re.fullmatch(r"\| 05_lora \| \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \| 5 \| 3 \| 12 \| .* \| `0123456789abcdef` \|",
                             ln) for ln in rows)
+    # a file without "timing" (older) shows "—" for CPU; one with it, CPU s and the load while it ran
+    assert any(re.fullmatch(r"\| 05_lora \| .* \| 12 \| — \| [\d.]+ \(at the end only\) \| .*", ln) for ln in rows)
+    assert any(re.fullmatch(r"\| 07_summary \| .* \| 12 \| 10 \| 1\.25 \(0\.50–2\.00\) \| .*", ln)
+               for ln in text.splitlines())
     tour = make_tables.render_tour(results).splitlines()
     assert re.fullmatch(rf"\| LoRA r=4 \| 4,746 \| 3\.47 % \| {num} \| {ci} \| yes \|", tour[-2])
     assert re.fullmatch(rf"\| linear probe \| 650 \| 0\.47 % \| {num} \| {ci} \| — \|", tour[-1])

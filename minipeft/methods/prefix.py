@@ -15,11 +15,15 @@ the frozen attention and an attention over the prefix alone (``unified_view``):
 
 (λ per query row and head: the attention mass on the prefix columns.)
 
-Reparameterisation (the paper's fix for unstable training): P = MLP_θ(P'), with one
-shared MLP (tanh hidden layer, as in the paper's code) from a shorter P' ∈ R^{p×d'} to
-all layers' keys and values at once:
+Reparameterisation (the paper's fix for unstable training): P = MLP_θ(P'), a small
+prefix encoder (tanh hidden layer, as in the paper's code) from a shorter P' ∈ R^{p×d'}.
+The notes: the encoder "can be shared across layers or remain layer-specific" (``encoder``):
 
+    shared (one MLP makes all layers' keys and values at once):
     [P_k^1, P_v^1, …, P_k^N, P_v^N] (row i) = tanh(P'_i W_1ᵀ + b_1) W_2ᵀ + b_2 ∈ R^{2·N·d}
+
+    per-layer (one MLP per layer ℓ, all reading the same P'):
+    [P_k^ℓ, P_v^ℓ] (row i) = tanh(P'_i W_1^ℓᵀ + b_1^ℓ) W_2^ℓᵀ + b_2^ℓ ∈ R^{2·d}
 
 ``eject`` evaluates the MLP once and returns the plain table (identical outputs). A saved
 reparameterised prefix keeps P' and the MLP, so training can resume from the file.
@@ -39,6 +43,10 @@ from .base import Method
 from .layout import P_MAX, check_length
 
 
+#: the prefix encoders of the reparameterisation (the notes: "shared across layers or layer-specific")
+ENCODERS = ("shared", "per-layer")
+
+
 @dataclass(frozen=True)
 class PrefixTuning(Method):
     """Prefix tuning (Li & Liang 2021): K' = [P_k^ℓ; K], V' = [P_v^ℓ; V] at every layer ℓ.
@@ -48,9 +56,13 @@ class PrefixTuning(Method):
     ~ N(0, init_std²): 2·N·p·d numbers. θ (reparam=True) = {"P_prime": (p, d'), "W_1":
     (hidden, d'), "b_1": (hidden,), "W_2": (2·N·d, hidden), "b_2": (2·N·d,)}: P' ~ N(0, 1),
     W_1 ~ N(0, 1/d'), W_2 ~ N(0, init_std²/hidden), biases 0; p·d' + hidden·(d' + 1) +
-    2·N·d·(hidden + 1) numbers (P's entries then start with std ≈ 0.6·init_std). Plus the
-    head when it trains. The MLP trains more numbers than the table it makes (34,496 vs
-    4,096 for p = 8 on the pretrained backbone); ``eject`` keeps only the table.
+    2·N·d·(hidden + 1) numbers (P's entries then start with std ≈ 0.6·init_std).
+    θ (reparam=True, encoder="per-layer"): the same P' (p, d') and one MLP per layer,
+    stacked: "W_1": (N, hidden, d'), "b_1": (N, hidden), "W_2": (N, 2·d, hidden), "b_2":
+    (N, 2·d), drawn as above: p·d' + N·(hidden·(d' + 1) + 2·d·(hidden + 1)) numbers. Plus
+    the head when it trains. Either encoder trains more numbers than the table it makes
+    (34,496 vs 4,096 for p = 8 on the pretrained backbone, shared); ``eject`` keeps only
+    the table.
 
     With grouped-query attention (cfg.n_kv < h, Llama) K and V are d_kv = n_kv·d_h wide, so
     every d above is d_kv: P_k, P_v (N, p, d_kv), one prefix per key/value head, shared by
@@ -72,6 +84,8 @@ class PrefixTuning(Method):
     placement: str = field(default="minipeft", metadata={
         "help": "minipeft: the real tokens keep positions 0..n-1; peft: they take p..p+n-1, as BertModel does "
                 "under peft's prefix tuning (a key/value cache of length p)", "choices": ("minipeft", "peft")})
+    encoder: str = field(default="shared", metadata={
+        "help": "reparam: one MLP shared across layers, or one per layer", "choices": ENCODERS})
     name: str = "prefix"
 
     prompt_seam = "kv"
@@ -84,7 +98,8 @@ class PrefixTuning(Method):
     @property
     def suggested_lr(self) -> float:
         """The CLI's default lr: 3e-2 for the plain table, 1e-2 through the MLP (best
-        validation accuracy of 3e-3..1e-1 on digits, 10 epochs, pretrained backbone)."""
+        validation accuracy of 3e-3..1e-1 on digits, 10 epochs, pretrained backbone, with
+        the shared encoder; the per-layer encoder uses the same rate, not tuned apart)."""
         return 1e-2 if self.reparam else 3e-2
 
     def check_options(self):
@@ -95,6 +110,10 @@ class PrefixTuning(Method):
         object.__setattr__(self, "d_prime", width("d_prime", self.d_prime, numpy_ints=True))
         object.__setattr__(self, "hidden", width("hidden", self.hidden, numpy_ints=True))
         one_of("placement", self.placement, ("minipeft", "peft"))
+        one_of("encoder", self.encoder, ENCODERS)
+        if self.encoder != "shared" and not self.reparam:
+            raise ValueError(f"encoder={self.encoder!r} needs reparam=True (the plain table has no encoder); "
+                             "use encoder='shared' (the default) with reparam=False")
 
     # -------------------------------------------------------------------- θ
     def init(self, cfg, params, rng) -> dict:
@@ -105,6 +124,11 @@ class PrefixTuning(Method):
                      "P_v": rng.standard_normal((N, p, d)) * self.init_std}
         else:
             dp, hd = self.d_prime, self.hidden
+            if self.encoder == "per-layer":  # one MLP per layer, stacked on a leading axis of N
+                return {"P_prime": rng.standard_normal((p, dp)),
+                        "W_1": rng.standard_normal((N, hd, dp)) / math.sqrt(dp), "b_1": onp.zeros((N, hd)),
+                        "W_2": rng.standard_normal((N, 2 * d, hd)) * (self.init_std / math.sqrt(hd)),
+                        "b_2": onp.zeros((N, 2 * d))}
             theta = {"P_prime": rng.standard_normal((p, dp)),
                      "W_1": rng.standard_normal((hd, dp)) / math.sqrt(dp), "b_1": onp.zeros(hd),
                      "W_2": rng.standard_normal((2 * N * d, hd)) * (self.init_std / math.sqrt(hd)),
@@ -123,6 +147,14 @@ class PrefixTuning(Method):
                 shape(f"{self.name}.{k}", theta[k], (N, p, d), hint)
             return theta["P_k"], theta["P_v"]
         dp, hd = self.d_prime, self.hidden
+        if self.encoder == "per-layer":
+            for k, want in (("P_prime", (p, dp)), ("W_1", (N, hd, dp)), ("b_1", (N, hd)),
+                            ("W_2", (N, 2 * d, hd)), ("b_2", (N, 2 * d))):
+                shape(f"{self.name}.{k}", theta[k], want, hint)
+            W_1t, W_2t = np.transpose(theta["W_1"], (0, 2, 1)), np.transpose(theta["W_2"], (0, 2, 1))
+            H = np.tanh(np.matmul(theta["P_prime"], W_1t) + theta["b_1"][:, None, :])  # (N, p, hidden)
+            P = np.matmul(H, W_2t) + theta["b_2"][:, None, :]  # (N, p, 2·d)
+            return P[..., :d], P[..., d:]  # (N, p, d) each
         for k, want in (("P_prime", (p, dp)), ("W_1", (hd, dp)), ("b_1", (hd,)),
                         ("W_2", (2 * N * d, hd)), ("b_2", (2 * N * d,))):
             shape(f"{self.name}.{k}", theta[k], want, hint)
@@ -146,16 +178,20 @@ class PrefixTuning(Method):
         # end exercise
 
     def n_params(self, cfg) -> int:
-        """2·N·p·d, or p·d' + hidden·(d' + 1) + 2·N·d·(hidden + 1) when reparameterised."""
+        """2·N·p·d; reparameterised, p·d' + hidden·(d' + 1) + 2·N·d·(hidden + 1) (shared)
+        or p·d' + N·(hidden·(d' + 1) + 2·d·(hidden + 1)) (per-layer)."""
         if not self.reparam:
             return 2 * cfg.N * self.p * cfg.d_kv
+        if self.encoder == "per-layer":
+            return self.p * self.d_prime + cfg.N * (self.hidden * (self.d_prime + 1) + 2 * cfg.d_kv * (self.hidden + 1))
         two_nd = 2 * cfg.N * cfg.d_kv
         return self.p * self.d_prime + self.hidden * (self.d_prime + 1) + two_nd * (self.hidden + 1)
 
     def eject(self, params):
         """Drop the reparameterisation: returns (params', method') with method' the plain
-        table (reparam=False) and params'[name] = {"P_k", "P_v"} = MLP_θ(P'), computed once,
-        so forward gives identical outputs. N and d are read from the backbone in params.
+        table (reparam=False, encoder="shared") and params'[name] = {"P_k", "P_v"} = MLP_θ(P')
+        (either encoder), computed once, so forward gives identical outputs. N and d are read
+        from the backbone in params.
         """
         if not self.reparam:
             raise ValueError(f"eject: prefix {self.name!r} is already a plain table (reparam=False)")
@@ -163,7 +199,7 @@ class PrefixTuning(Method):
             raise ValueError(f"eject: params has no entry {self.name!r}; attach the method first")
         d, N = params["blocks"][0]["attn"]["W_k"].shape[0], len(params["blocks"])  # d_kv
         P_k, P_v = self.table(params[self.name], N, d)
-        return {**params, self.name: {"P_k": P_k, "P_v": P_v}}, dataclasses.replace(self, reparam=False)
+        return {**params, self.name: {"P_k": P_k, "P_v": P_v}}, dataclasses.replace(self, reparam=False, encoder="shared")
 
 
 def unified_view(Q, K, V, P_k, P_v, h):
