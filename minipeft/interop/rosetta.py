@@ -43,6 +43,8 @@ ROSETTA = {
                     "(eject first); import of prefix_projection=true reads the table peft saved"),
         "hidden": ("encoder_hidden_size", "the MLP's hidden width; default minipeft 64, peft token_dim"),
         "d_prime": (None, "width of P'; peft's P' has width token_dim = d"),
+        "encoder": (None, "'shared' is peft's one MLP for every layer; 'per-layer' (one MLP per layer) has no "
+                    "peft field: eject to the table before export"),
         "init_std": (None, "init only"),
         "placement": (None, "'peft': real tokens at positions p..p+n−1, as BertModel with a key/value cache of "
                       "length p; export needs it; default 'minipeft' (positions 0..n−1)"),
