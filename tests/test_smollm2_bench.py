@@ -44,3 +44,9 @@ def test_quick_run_checks_agreement_with_torch_and_peft(tmp_path):
     assert [r["step"].split()[0] for r in res["speed"]] == ["lora", "prompt"]
     assert all(r["agreement"] <= 1e-3 for r in res["speed"])
     assert "minipeft / torch" in stdout
+
+
+def test_readme_block_is_the_results_file():
+    run = subprocess.run([sys.executable, str(SCRIPT), "--readme", "--check"], capture_output=True, text=True,
+                         timeout=120, cwd=str(ROOT))
+    assert run.returncode == 0, run.stderr[-2000:]
