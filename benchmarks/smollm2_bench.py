@@ -173,6 +173,8 @@ def torch_loss(torch, logits, ids, targets):
 
 
 def torch_step(torch, trainable, loss_fn, lr=1e-4):
+    """(step, grads) closures of torch.optim.Adam on the tensors ``trainable`` for loss_fn() -> L:
+    step = zero the gradients, L.backward(), opt.step(); grads = L.backward() alone, returns L."""
     opt = torch.optim.Adam(trainable, lr=lr)
 
     def grads():
@@ -319,6 +321,7 @@ def worker(spec):
 
 
 def fresh(quick, B, n, steps, lr):
+    """[float32 base, 4-bit base]: each ``worker``'s dict, each run in a new interpreter."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
                MINIPEFT_PROGRESS="0")
     out = []
