@@ -16,7 +16,7 @@ matrix-vector products with a ones vector, several times faster than ``sum(-1)``
 short rows; elementwise chains update one buffer in place, because every fresh
 temporary costs page faults on first touch; ``layer_norm`` and ``gelu`` hand x̂, 1/σ and
 tanh(·) from the forward to their VJPs instead of recomputing them (``_Stash``);
-softmax, LayerNorm and both GELUs walk the array in row blocks of about ``_BLOCK`` numbers,
+softmax and both GELUs walk the array in row blocks of about ``_BLOCK`` numbers,
 each block going through the whole chain (statistics, then the update that reads them)
 while it is in cache, so the array is read from memory once rather than once per step
 (benchmarks/kernel_bench.py measures them against PyTorch's).
@@ -178,7 +178,7 @@ def layer_norm(x, gamma, beta, eps=1e-5):
     y = _empty(x)
     y2 = y.reshape(x2.shape)  # a view of y
     stats = []  # (rows, x̂, 1/σ) of each row block, handed to the VJP
-    for sl in _row_blocks(x2):  # statistics and affine map of a block while it is in cache
+    for sl in _ln_blocks(x2):
         xhat, rstd = _ln_stats(x2[sl], eps)
         onp.multiply(xhat, gamma, out=y2[sl])
         y2[sl] += beta
@@ -189,7 +189,15 @@ def layer_norm(x, gamma, beta, eps=1e-5):
 def _ln_block_stats(x, eps):
     """[(rows, x̂, 1/σ)] of ``layer_norm``'s row blocks, recomputed (the forward's were not handed over)."""
     x2 = x.reshape(-1, x.shape[-1])
-    return [(sl,) + _ln_stats(x2[sl], eps) for sl in _row_blocks(x2)]
+    return [(sl,) + _ln_stats(x2[sl], eps) for sl in _ln_blocks(x2)]
+
+
+def _ln_blocks(x2):
+    """LayerNorm's row blocks: one, the whole (M, d) array. Its chain is short (two row
+    statistics, the normalisation, γ and β), and blocks of ``_BLOCK`` numbers measured slower
+    than one pass at MiniLM's sizes (benchmarks/kernel_bench.py); the VJP still computes all
+    three gradients in one pass."""
+    return [slice(0, x2.shape[0])]
 
 
 def _ln_vjp(argnums, ans, args, kwargs):
@@ -209,9 +217,9 @@ def _ln_vjp(argnums, ans, args, kwargs):
         dx2 = None if dx is None else dx.reshape(-1, d)
         dgamma = dbeta = None
         for sl, xhat, rstd in stats:
-            gb = g2[sl]
-            t = gb * xhat  # g ⊙ x̂ (block)
+            gb, t = g2[sl], None
             if 1 in argnums:
+                t = gb * xhat  # g ⊙ x̂ (block), its buffer reused below
                 part = _col_sum(t)  # Σ_rows g ⊙ x̂
                 dgamma = part if dgamma is None else dgamma + part
             if 2 in argnums:
@@ -219,7 +227,8 @@ def _ln_vjp(argnums, ans, args, kwargs):
                 dbeta = part if dbeta is None else dbeta + part
             if dx2 is not None:
                 gx = onp.multiply(gb, gamma, out=dx2[sl])  # ĝ
-                onp.multiply(xhat, _row_dot(gx, xhat) * (1.0 / d), out=t)  # x̂ ⊙ mean(ĝ ⊙ x̂)
+                c = _row_dot(gx, xhat) * (1.0 / d)
+                t = xhat * c if t is None else onp.multiply(xhat, c, out=t)  # x̂ ⊙ mean(ĝ ⊙ x̂)
                 t += _row_sum(gx) * (1.0 / d)  # + mean(ĝ)
                 gx -= t
                 gx *= rstd
@@ -391,14 +400,20 @@ def _softmax(z, inplace=False, scale=None, bias=None):
         onp.exp(eb, out=eb)
         eb /= _row_sum(eb)
 
+    B = 1 if bias is None else z.shape[0]
+    z3, e3 = z.reshape(B, -1, n), e.reshape(B, -1, n)  # (B, R, n): the rows of each batch element; e3 a view
+    b3 = None if bias is None else bias[:, None, :]  # (B, 1, n)
     if type(z) is not onp.ndarray:  # a device array: one kernel per step over everything
-        rows(z, e, None if bias is None else bias.reshape((bias.shape[0],) + (1,) * (z.ndim - 2) + (n,)))
+        rows(z3, e3, b3)
         return e
-    groups = [(z, e, None)] if bias is None else [(z[b], e[b], bias[b]) for b in range(z.shape[0])]
-    for zg, eg, bg in groups:
-        z2, e2 = zg.reshape(-1, n), eg.reshape(-1, n)  # (rows, n); e2 a view of e
-        for sl in _row_blocks(z2):
-            rows(z2[sl], e2[sl], bg)
+    R, per = z3.shape[1], max(1, _BLOCK // max(n, 1))  # rows per batch element, rows per block
+    if R >= per:  # blocks of rows within each batch element
+        for b in range(B):
+            for sl in _blocks(R, False, per):
+                rows(z3[b, sl], e3[b, sl], None if b3 is None else b3[b])
+    else:  # blocks of whole batch elements
+        for sl in _blocks(B, False, max(1, per // R)):
+            rows(z3[sl], e3[sl], None if b3 is None else b3[sl])
     return e
 
 
