@@ -9,9 +9,13 @@ import importlib
 import tracemalloc
 import weakref
 
+import autograd.numpy.numpy_vjps as av
 import numpy as onp
 import pytest
+from autograd.core import vspace
 from autograd.extend import defvjp, defvjp_argnums
+from autograd.numpy.numpy_boxes import ArrayBox
+from autograd.util import func
 
 import minipeft as mp
 from minipeft import tree
@@ -21,6 +25,7 @@ from conftest import images, randomize
 
 P = importlib.import_module("minipeft.nn.primitives")
 A = importlib.import_module("minipeft.nn.attention")
+V = importlib.import_module("minipeft.nn.autograd_vjps")
 rng = onp.random.default_rng(0)
 
 
@@ -108,10 +113,22 @@ def _holding_x_maker(ans, x, W, b=None):
     return lambda g: (g.reshape(-1, g.shape[-1]) @ W).reshape(x.shape)
 
 
+def _whole_array_gelu_maker(ans, x):
+    """gelu's VJP as it was: GELU'(x) formed when the VJP is built, held until the backward pass."""
+    dydx = P._gelu_derivative(x, P._gelu_tanh(x))
+    return lambda g: g * dydx
+
+
+def _stock_getitem_maker(ans, A, idx):
+    """autograd's own VJP of A[idx]: the closure refers to A."""
+    return lambda g: av.untake(g, idx, vspace(A))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_memory_fix_changes_no_bit_of_the_losses(tiny_cfg, dtype):
-    """A few LoRA and full fine-tuning steps with the x-holding dX VJP and with the current one:
-    the same losses, bit for bit."""
+    """A few LoRA and full fine-tuning steps with the closures that held more (dX holding x,
+    GELU' formed in the forward, indexing holding its input) and with the current ones: the
+    same losses, bit for bit."""
     LoRA = mp.method_class("lora")
 
     cfg = tiny_cfg
@@ -119,8 +136,10 @@ def test_the_memory_fix_changes_no_bit_of_the_losses(tiny_cfg, dtype):
     x, y = images(cfg, 12, dtype=dtype), onp.arange(12) % cfg.n_classes
     runs = {}
     for variant in ("current", "holding x"):
-        if variant == "holding x":
+        if variant == "holding x":  # and the other closures as they were: whole-array GELU', stock indexing
             defvjp(P.linear, _holding_x_maker, P._linear_vjp_W, P._linear_vjp_b)
+            defvjp(P.gelu, _whole_array_gelu_maker)
+            defvjp(func(ArrayBox.__getitem__), _stock_getitem_maker)
         try:
             for kind, methods in (("lora", [LoRA()]), ("full", [])):
                 p = mp.attach(params, methods, cfg, 0) if methods else params
@@ -129,6 +148,8 @@ def test_the_memory_fix_changes_no_bit_of_the_losses(tiny_cfg, dtype):
                 runs[variant, kind] = onp.array(h["loss"])
         finally:
             defvjp(P.linear, P._linear_vjp_x, P._linear_vjp_W, P._linear_vjp_b)
+            defvjp(P.gelu, P._gelu_vjp)
+            defvjp(func(ArrayBox.__getitem__), V._getitem_vjp)
     for kind in ("lora", "full"):
         a, b = runs["current", kind], runs["holding x", kind]
         assert a.tobytes() == b.tobytes(), (kind, a, b)
@@ -193,3 +214,93 @@ def test_no_backward_work_below_the_lowest_trainable_parameter(tiny_cfg):
     assert made == {"dX": 6, "ln": 2, "attn": 1}, made
     gB = [leaf for path, leaf in tree.leaves_with_paths(g["lora"]) if path[-1] == "B"]  # B = 0 at init, so dA = 0
     assert gB and all(float(abs(leaf).max()) > 0 for leaf in gB)
+
+
+def test_indexing_and_reshape_keep_only_the_shape_of_their_input():
+    """pool's X[:, 0] (the CLS row) and a reshape of a traced array: their VJPs need X's shape,
+    not X (autograd's own closures held X itself: LN_f's whole (B, T, d) output until the
+    backward pass). The gradients are unchanged: g scattered into zeros of X's shape."""
+    import autograd.numpy as anp
+
+    def row(th):
+        X = th["u0"] * 2.0
+        return X[:, 0] * 2.0, [X._value]  # (a product: the view X[:, 0] itself would hold X's buffer)
+
+    def flat(th):
+        X = th["u0"] * 2.0
+        return anp.reshape(X, (4, 24)) * 2.0, [X._value]
+
+    assert _retained_after_forward(row) == [False]
+    assert _retained_after_forward(flat) == [False]
+    u = rng.standard_normal((4, 3, 8))
+    _, g = value_and_grad(lambda th: (th["u"][:, 0] ** 2).sum(), {"u": u})
+    want = onp.zeros_like(u)
+    want[:, 0] = 2 * u[:, 0]
+    assert onp.array_equal(g["u"], want)
+
+
+def test_gelu_forward_makes_one_buffer_of_its_inputs_size():
+    """A traced gelu ends its forward with x and y only: its VJP holds x and recomputes tanh(·)
+    block by block in the backward (the forward used to make t and y, and the VJP turned t into
+    GELU'(x): three buffers of x's size at the peak of a step whose W₁, W₂ are frozen)."""
+    x0 = rng.standard_normal((256, 64 * P._BLOCK // 256 + 3)).astype("float32")  # 64 blocks and a bit
+    grown = {}
+
+    def f(th):
+        x = th["u"] * 1.0
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            y = P.gelu(x)
+            grown["peak"] = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        return y.sum()
+
+    _, g = value_and_grad(f, {"u": x0})
+    assert grown["peak"] <= 1.25 * x0.nbytes, (grown["peak"], x0.nbytes)  # y, and no second buffer
+    t = P._gelu_tanh(x0)
+    assert onp.array_equal(g["u"], P._gelu_derivative(x0, t))  # the same bits as a whole-array pass (× g = 1)
+
+
+def test_the_backward_pass_drops_a_nodes_cotangents_before_the_next_vjp():
+    """a = w(u) feeds two nodes, so its cotangent is a sum of two pieces; when a's VJP runs, the
+    piece the last node returned is dead (value_and_grad once kept it through the next VJP)."""
+    from autograd.extend import primitive
+
+    seen = {}
+
+    @primitive
+    def spy(a):
+        return a * 3.0
+
+    @primitive
+    def w(u):
+        return u * 2.0
+
+    def spy_vjp(ans, a):
+        def vjp(g):
+            piece = g * 3.0
+            seen["piece"] = weakref.ref(piece)
+            return piece
+        return vjp
+
+    def w_vjp(ans, u):
+        def vjp(g):
+            gc.collect()
+            seen["alive"] = seen["piece"]() is not None
+            return g * 2.0
+        return vjp
+
+    defvjp(spy, spy_vjp)
+    defvjp(w, w_vjp)
+    u = rng.standard_normal((5, 7))
+
+    def f(th):
+        a = w(th["u"])
+        return (spy(a) + a).sum()  # ∂/∂a = 3 + 1
+
+    _, g = value_and_grad(f, {"u": u})
+    assert seen["alive"] is False
+    assert onp.array_equal(g["u"], onp.full_like(u, 8.0))
