@@ -26,6 +26,8 @@ from conftest import images, randomize
 P = importlib.import_module("minipeft.nn.primitives")
 A = importlib.import_module("minipeft.nn.attention")
 V = importlib.import_module("minipeft.nn.autograd_vjps")
+FF = importlib.import_module("minipeft.nn.ff")
+FWD = importlib.import_module("minipeft.transformer.forward")
 rng = onp.random.default_rng(0)
 
 
@@ -113,12 +115,6 @@ def _holding_x_maker(ans, x, W, b=None):
     return lambda g: (g.reshape(-1, g.shape[-1]) @ W).reshape(x.shape)
 
 
-def _whole_array_gelu_maker(ans, x):
-    """gelu's VJP as it was: GELU'(x) formed when the VJP is built, held until the backward pass."""
-    dydx = P._gelu_derivative(x, P._gelu_tanh(x))
-    return lambda g: g * dydx
-
-
 def _stock_getitem_maker(ans, A, idx):
     """autograd's own VJP of A[idx]: the closure refers to A."""
     return lambda g: av.untake(g, idx, vspace(A))
@@ -127,8 +123,8 @@ def _stock_getitem_maker(ans, A, idx):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_memory_fix_changes_no_bit_of_the_losses(tiny_cfg, dtype):
     """A few LoRA and full fine-tuning steps with the closures that held more (dX holding x,
-    GELU' formed in the forward, indexing holding its input) and with the current ones: the
-    same losses, bit for bit."""
+    indexing holding its input, GELU and W₁ as two nodes) and with the current ones: the same
+    losses, bit for bit."""
     LoRA = mp.method_class("lora")
 
     cfg = tiny_cfg
@@ -136,10 +132,10 @@ def test_the_memory_fix_changes_no_bit_of_the_losses(tiny_cfg, dtype):
     x, y = images(cfg, 12, dtype=dtype), onp.arange(12) % cfg.n_classes
     runs = {}
     for variant in ("current", "holding x"):
-        if variant == "holding x":  # and the other closures as they were: whole-array GELU', stock indexing
+        if variant == "holding x":  # stock autograd's indexing VJP (it held its input), GELU and W₁ as two nodes
             defvjp(P.linear, _holding_x_maker, P._linear_vjp_W, P._linear_vjp_b)
-            defvjp(P.gelu, _whole_array_gelu_maker)
             defvjp(func(ArrayBox.__getitem__), _stock_getitem_maker)
+            FWD._fuse_mlp1, fuse = (lambda *a: False), FWD._fuse_mlp1  # gelu(linear(·)) as two nodes
         try:
             for kind, methods in (("lora", [LoRA()]), ("full", [])):
                 p = mp.attach(params, methods, cfg, 0) if methods else params
@@ -148,8 +144,9 @@ def test_the_memory_fix_changes_no_bit_of_the_losses(tiny_cfg, dtype):
                 runs[variant, kind] = onp.array(h["loss"])
         finally:
             defvjp(P.linear, P._linear_vjp_x, P._linear_vjp_W, P._linear_vjp_b)
-            defvjp(P.gelu, P._gelu_vjp)
             defvjp(func(ArrayBox.__getitem__), V._getitem_vjp)
+            if variant == "holding x":
+                FWD._fuse_mlp1 = fuse
     for kind in ("lora", "full"):
         a, b = runs["current", kind], runs["holding x", kind]
         assert a.tobytes() == b.tobytes(), (kind, a, b)
@@ -202,6 +199,12 @@ def test_no_backward_work_below_the_lowest_trainable_parameter(tiny_cfg):
     defvjp(P.linear, count("dX", P._linear_vjp_x), P._linear_vjp_W, P._linear_vjp_b)
     defvjp_argnums(P.layer_norm, count("ln", P._ln_vjp))
     defvjp_argnums(A.attention_weights, count("attn", A._attention_weights_vjp))
+
+    def fused(argnums, *rest):  # W₁'s dX inside the fused GELU(x W₁ᵀ + b₁) node
+        made["dX"] += 0 in argnums
+        return FF._linear_gelu_vjp(argnums, *rest)
+
+    defvjp_argnums(FF.linear_gelu, fused)
     try:
         x, y = images(cfg, 3), onp.arange(3) % cfg.n_classes
         _, g = value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, [lora]), theta)
@@ -209,6 +212,7 @@ def test_no_backward_work_below_the_lowest_trainable_parameter(tiny_cfg):
         defvjp(P.linear, P._linear_vjp_x, P._linear_vjp_W, P._linear_vjp_b)
         defvjp_argnums(P.layer_norm, P._ln_vjp)
         defvjp_argnums(A.attention_weights, A._attention_weights_vjp)
+        defvjp_argnums(FF.linear_gelu, FF._linear_gelu_vjp)
     # the last block: dX of W_o, W_1, W_2, of LoRA's B-branches on q and v (their input x Aᵀ is
     # traced), and of the head; LN₂ and LN_f (LN₁ reads the untraced X_{N-1}); one attention
     assert made == {"dX": 6, "ln": 2, "attn": 1}, made
@@ -237,31 +241,6 @@ def test_indexing_and_reshape_keep_only_the_shape_of_their_input():
     want = onp.zeros_like(u)
     want[:, 0] = 2 * u[:, 0]
     assert onp.array_equal(g["u"], want)
-
-
-def test_gelu_forward_makes_one_buffer_of_its_inputs_size():
-    """A traced gelu ends its forward with x and y only: its VJP holds x and recomputes tanh(·)
-    block by block in the backward (the forward used to make t and y, and the VJP turned t into
-    GELU'(x): three buffers of x's size at the peak of a step whose W₁, W₂ are frozen)."""
-    x0 = rng.standard_normal((256, 64 * P._BLOCK // 256 + 3)).astype("float32")  # 64 blocks and a bit
-    grown = {}
-
-    def f(th):
-        x = th["u"] * 1.0
-        gc.collect()
-        tracemalloc.start()
-        try:
-            base = tracemalloc.get_traced_memory()[0]
-            y = P.gelu(x)
-            grown["peak"] = tracemalloc.get_traced_memory()[1] - base
-        finally:
-            tracemalloc.stop()
-        return y.sum()
-
-    _, g = value_and_grad(f, {"u": x0})
-    assert grown["peak"] <= 1.25 * x0.nbytes, (grown["peak"], x0.nbytes)  # y, and no second buffer
-    t = P._gelu_tanh(x0)
-    assert onp.array_equal(g["u"], P._gelu_derivative(x0, t))  # the same bits as a whole-array pass (× g = 1)
 
 
 def test_the_backward_pass_drops_a_nodes_cotangents_before_the_next_vjp():
@@ -304,3 +283,84 @@ def test_the_backward_pass_drops_a_nodes_cotangents_before_the_next_vjp():
     _, g = value_and_grad(f, {"u": u})
     assert seen["alive"] is False
     assert onp.array_equal(g["u"], onp.full_like(u, 8.0))
+
+
+def _ff_case(dtype):
+    r = onp.random.default_rng(3)
+    x = r.standard_normal((4, 150, 32)).astype(dtype)  # 600 rows × 96 > several blocks of H
+    W = (0.2 * r.standard_normal((96, 32))).astype(dtype)
+    b = (0.1 * r.standard_normal(96)).astype(dtype)
+    G = r.standard_normal((4, 150, 96)).astype(dtype)
+    return x, W, b, G
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_linear_gelu_is_gelu_of_linear_bit_for_bit(dtype):
+    """The fused first half of the MLP against the two nodes gelu(linear(x, W, b)): value and
+    ∂/∂x, ∂/∂W, ∂/∂b identical to the bit (the same operations, blocked)."""
+    x, W, b, G = _ff_case(dtype)
+    th = {"x": x, "W": W, "b": b}
+    fused = value_and_grad(lambda t: (FF.linear_gelu(t["x"], t["W"], t["b"]) * G).sum(), th)
+    two = value_and_grad(lambda t: (P.gelu(P.linear(t["x"], t["W"], t["b"])) * G).sum(), th)
+    assert onp.asarray(fused[0]).tobytes() == onp.asarray(two[0]).tobytes()
+    for k in th:
+        assert fused[1][k].dtype == onp.dtype(dtype)
+        assert fused[1][k].tobytes() == two[1][k].tobytes(), k
+
+
+def test_linear_gelu_forward_ends_with_two_buffers_of_the_hidden_size():
+    """Traced, W frozen: the fused node's forward allocates H and GELU'(U) (plus block-sized
+    temporaries); the two nodes allocate U, tanh(·) and H (the detector works)."""
+    x, W, b, _ = _ff_case("float32")
+    x = onp.tile(x, (16, 1, 1))  # H of 9600 × 96: many blocks, so block-sized temporaries are small beside it
+    H_bytes = x.shape[0] * x.shape[1] * W.shape[0] * 4
+    peaks = {}
+
+    def measure(name, fn):
+        def f(th):
+            xt = th["x"] * 1.0
+            gc.collect()
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                out = fn(xt)
+                peaks[name] = tracemalloc.get_traced_memory()[1] - base
+            finally:
+                tracemalloc.stop()
+            return out.sum()
+        value_and_grad(f, {"x": x})
+
+    measure("fused", lambda xt: FF.linear_gelu(xt, W, b))
+    measure("two", lambda xt: P.gelu(P.linear(xt, W, b)))
+    assert peaks["fused"] <= 2.25 * H_bytes, (peaks, H_bytes)
+    assert peaks["two"] >= 2.9 * H_bytes, (peaks, H_bytes)
+
+
+def test_the_forward_fuses_mlp1_only_where_no_method_touches_it(tiny_cfg):
+    """LoRA on q, v: the fused node runs in every block of a traced forward; LoRA on mlp1, an
+    untraced forward, or exact GELU: gelu(linear(·)) as two nodes (counted by a spy)."""
+    calls = {"n": 0}
+    real = FWD.linear_gelu
+
+    def spy(*a):
+        calls["n"] += 1
+        return real(*a)
+
+    cfg = tiny_cfg
+    params = randomize(mp.init_params(cfg, 0), seed=4)
+    x, y = images(cfg, 3), onp.arange(3) % cfg.n_classes
+    FWD.linear_gelu = spy
+    try:
+        counts = {}
+        for label, lora in (("q v", mp.method_class("lora")()), ("mlp1", mp.method_class("lora")(targets=("mlp1",)))):
+            p = mp.attach(params, [lora], cfg, 0)
+            theta, phi = tree.split(p, mp.trainable([lora]))
+            calls["n"] = 0
+            value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, [lora]), theta)
+            counts[label] = calls["n"]
+        calls["n"] = 0
+        mp.forward(params, x, cfg)
+        counts["untraced"] = calls["n"]
+    finally:
+        FWD.linear_gelu = real
+    assert counts == {"q v": cfg.N, "mlp1": 0, "untraced": 0}, counts

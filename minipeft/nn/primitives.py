@@ -14,9 +14,8 @@ gradient that is actually computed needs it — the PEFT memory saving.
 Speed notes (measured by benchmarks/bench.py; one BLAS thread): row sums are BLAS
 matrix-vector products with a ones vector, several times faster than ``sum(-1)`` on
 short rows; elementwise chains update one buffer in place, because every fresh
-temporary costs page faults on first touch; ``layer_norm`` hands x̂ and 1/σ from the
-forward to its VJP instead of recomputing them (``_Stash``); ``gelu``'s VJP holds x and
-recomputes tanh(·) in cache-sized blocks (one buffer fewer at the forward's peak).
+temporary costs page faults on first touch; ``layer_norm`` and ``gelu`` hand x̂, 1/σ and
+tanh(·) from the forward to their VJPs instead of recomputing them (``_Stash``).
 """
 from __future__ import annotations
 
@@ -187,6 +186,9 @@ defvjp_argnums(layer_norm, _ln_vjp)
 
 
 # ------------------------------------------------------------------------------ gelu
+_GELU = _Stash()
+
+
 def _gelu_tanh(x):
     u = x * x  # tanh(√(2/π)(x + 0.044715 x³)), built in one buffer
     u *= x
@@ -205,11 +207,11 @@ def gelu(x):
     Any shape -> same shape.  With t = tanh(·):
         GELU'(x) = ½ (1 + t) + ½ x (1 − t²) √(2/π) (1 + 3·0.044715 x²)
     """
-    y = _gelu_tanh(x)  # t, then y in the same buffer
-    y += 1.0
+    t = _gelu_tanh(x)
+    y = t + 1.0
     y *= x
     y *= 0.5
-    return y
+    return _GELU.put(y, t)
 
 
 #: elements per block of a chunked element-wise chain: small enough that the block's
@@ -245,21 +247,12 @@ def _gelu_derivative(x, t):
     return t
 
 
-def _gelu_grad(x, g):
-    """g ⊙ GELU'(x), t = tanh(·) recomputed block by block: no temporary of x's size."""
-    out = onp.empty_like(g)
-    xf, gf, of = x.reshape(-1), g.reshape(-1), out.reshape(-1)
-    for sl in _blocks(xf.shape[0], type(x) is not onp.ndarray):
-        xb = xf[sl]
-        onp.multiply(gf[sl], _gelu_derivative(xb, _gelu_tanh(xb)), out=of[sl])
-    return out
-
-
 def _gelu_vjp(ans, x):
-    # the closure holds x, not GELU'(x): the forward then ends with two buffers of x's size
-    # (x, y) instead of three (x, y, GELU'), which is the peak of a step whose W₁, W₂ are
-    # frozen; the backward recomputes tanh, in cache-sized blocks
-    return lambda g: _gelu_grad(x, g)
+    # autograd builds this right after the forward (and only when x is traced): x and t
+    # are still in cache, so GELU'(x) is formed now and the backward is one product.
+    t = _GELU.take(ans)  # the forward's tanh buffer, no longer needed: becomes GELU'(x)
+    dydx = _gelu_derivative(x, t if t is not None else _gelu_tanh(x))
+    return lambda g: g * dydx
 
 
 defvjp(gelu, _gelu_vjp)
