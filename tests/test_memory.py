@@ -364,3 +364,31 @@ def test_the_forward_fuses_mlp1_only_where_no_method_touches_it(tiny_cfg):
     finally:
         FWD.linear_gelu = real
     assert counts == {"q v": cfg.N, "mlp1": 0, "untraced": 0}, counts
+
+
+def test_the_backward_pass_hands_a_cotangent_over_to_its_vjp():
+    """A VJP that is done with its cotangent g can free it (the fused MLP node does, before its
+    products): value_and_grad keeps no reference of its own while the VJP runs."""
+    from autograd.extend import primitive
+
+    seen = {}
+
+    @primitive
+    def double(u):
+        return u * 2.0
+
+    def maker(argnums, ans, args, kwargs):
+        def vjp(g):
+            ref = weakref.ref(g)
+            out = g * 2.0
+            del g
+            gc.collect()
+            seen["alive"] = ref() is not None
+            return (out,)
+        return vjp
+
+    defvjp_argnums(double, maker)
+    u = rng.standard_normal((5, 7))
+    _, g = value_and_grad(lambda th: (double(th["u"] * 3.0) * 1.5).sum(), {"u": u})
+    assert seen["alive"] is False
+    assert onp.array_equal(g["u"], onp.full_like(u, 9.0))

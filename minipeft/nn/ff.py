@@ -56,6 +56,7 @@ def _linear_gelu_vjp(argnums, ans, args, kwargs):
 
     def vjp(g):
         dU = g * D  # gelu's VJP
+        del g  # the backward pass hands g over: freed here, before the products below
         return tuple(f(dU) for f in vjps)
 
     return vjp

@@ -185,10 +185,12 @@ def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None, ma
             H = linear_gelu(h2, bp["mlp"]["W_1"], bp["mlp"]["b_1"])  # (B, T, d_ff)
         else:
             H = act(_proj(methods, th, bp, h2, layer, "mlp1", cfg))  # (B, T, d_ff)
+        x_norm = h2 if any(m.on_mlp is not None for m in methods) else None  # read by the "mlp" seam only
+        del h2  # so that LN₂(X') is freed now when nothing else holds it (W₁ frozen: no dW₁ = gᵀ h2)
         H = _seam(methods, th, "ff_hidden", H, layer=layer, cfg=cfg)
         M = _proj(methods, th, bp, H, layer, "mlp2", cfg)  # (B, T, d)
         M = _seam(methods, th, "after", M, layer=layer, name="mlp", cfg=cfg)
-        return _seam(methods, th, "mlp", M, x_norm=h2, x_resid=X1, layer=layer, cfg=cfg)
+        return _seam(methods, th, "mlp", M, x_norm=x_norm, x_resid=X1, layer=layer, cfg=cfg)
 
     return _residual(methods, th, params, X1, "ln2", layer, cfg, mlp)  # X_ℓ
 
