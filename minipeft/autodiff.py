@@ -7,7 +7,8 @@ measures it). Here each leaf gets its own root node, the tree handed to
 the function is a plain dict of ArrayBoxes, and the backward pass keeps the cotangent
 that reaches each root: O(P). Each node's VJP closure is dropped once it has run, so the
 activations it held are freed during the backward pass, not after it (autograd's own
-``backward_pass`` keeps them all until the end). Pinned to autograd 1.9's tracer (``trace_stack``,
+``backward_pass`` keeps them all until the end); a node's cotangent is handed to its
+VJP without a second reference, and what the VJP returns is dropped before the next runs. Pinned to autograd 1.9's tracer (``trace_stack``,
 ``new_box``, ``VJPNode.new_root``, ``toposort``, ``add_outgrads``, ``vspace``).
 """
 from __future__ import annotations
@@ -37,13 +38,15 @@ def value_and_grad(fun, theta):
     found = [None] * len(roots)
     outgrads = {end_node: (vspace(value).ones(), False)}
     for node in toposort(end_node):
-        g = outgrads.pop(node)[0]
         i = root_index.get(id(node))
         if i is not None:
-            found[i] = g
+            found[i] = outgrads.pop(node)[0]
             continue
-        ingrads, node.vjp = node.vjp(g), None  # drop the closure: its activations free as we go
+        # the cotangent is handed over, not kept here: a VJP that is done with it can free it;
+        # the closure is dropped once it has run, so its activations free as we go
+        ingrads, node.vjp = node.vjp(outgrads.pop(node)[0]), None
         for parent, ingrad in zip(node.parents, ingrads):
             outgrads[parent] = add_outgrads(outgrads.get(parent), ingrad)
+        ingrads = ingrad = None  # else this node's cotangents stay alive through the next node's VJP
     grads = {p: (g if g is not None else vspace(leaf).zeros()) for (p, leaf), g in zip(pairs, found)}
     return value, map_leaves(lambda p, _: grads[p], theta)

@@ -9,9 +9,13 @@ import importlib
 import tracemalloc
 import weakref
 
+import autograd.numpy.numpy_vjps as av
 import numpy as onp
 import pytest
+from autograd.core import vspace
 from autograd.extend import defvjp, defvjp_argnums
+from autograd.numpy.numpy_boxes import ArrayBox
+from autograd.util import func
 
 import minipeft as mp
 from minipeft import tree
@@ -21,6 +25,9 @@ from conftest import images, randomize
 
 P = importlib.import_module("minipeft.nn.primitives")
 A = importlib.import_module("minipeft.nn.attention")
+V = importlib.import_module("minipeft.nn.autograd_vjps")
+FF = importlib.import_module("minipeft.nn.ff")
+FWD = importlib.import_module("minipeft.transformer.forward")
 rng = onp.random.default_rng(0)
 
 
@@ -108,10 +115,16 @@ def _holding_x_maker(ans, x, W, b=None):
     return lambda g: (g.reshape(-1, g.shape[-1]) @ W).reshape(x.shape)
 
 
+def _stock_getitem_maker(ans, A, idx):
+    """autograd's own VJP of A[idx]: the closure refers to A."""
+    return lambda g: av.untake(g, idx, vspace(A))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_memory_fix_changes_no_bit_of_the_losses(tiny_cfg, dtype):
-    """A few LoRA and full fine-tuning steps with the x-holding dX VJP and with the current one:
-    the same losses, bit for bit."""
+    """A few LoRA and full fine-tuning steps with the closures that held more (dX holding x,
+    indexing holding its input, GELU and W₁ as two nodes) and with the current ones: the same
+    losses, bit for bit."""
     LoRA = mp.method_class("lora")
 
     cfg = tiny_cfg
@@ -119,8 +132,10 @@ def test_the_memory_fix_changes_no_bit_of_the_losses(tiny_cfg, dtype):
     x, y = images(cfg, 12, dtype=dtype), onp.arange(12) % cfg.n_classes
     runs = {}
     for variant in ("current", "holding x"):
-        if variant == "holding x":
+        if variant == "holding x":  # stock autograd's indexing VJP (it held its input), GELU and W₁ as two nodes
             defvjp(P.linear, _holding_x_maker, P._linear_vjp_W, P._linear_vjp_b)
+            defvjp(func(ArrayBox.__getitem__), _stock_getitem_maker)
+            FWD._fuse_mlp1, fuse = (lambda *a: False), FWD._fuse_mlp1  # gelu(linear(·)) as two nodes
         try:
             for kind, methods in (("lora", [LoRA()]), ("full", [])):
                 p = mp.attach(params, methods, cfg, 0) if methods else params
@@ -129,6 +144,9 @@ def test_the_memory_fix_changes_no_bit_of_the_losses(tiny_cfg, dtype):
                 runs[variant, kind] = onp.array(h["loss"])
         finally:
             defvjp(P.linear, P._linear_vjp_x, P._linear_vjp_W, P._linear_vjp_b)
+            defvjp(func(ArrayBox.__getitem__), V._getitem_vjp)
+            if variant == "holding x":
+                FWD._fuse_mlp1 = fuse
     for kind in ("lora", "full"):
         a, b = runs["current", kind], runs["holding x", kind]
         assert a.tobytes() == b.tobytes(), (kind, a, b)
@@ -181,6 +199,12 @@ def test_no_backward_work_below_the_lowest_trainable_parameter(tiny_cfg):
     defvjp(P.linear, count("dX", P._linear_vjp_x), P._linear_vjp_W, P._linear_vjp_b)
     defvjp_argnums(P.layer_norm, count("ln", P._ln_vjp))
     defvjp_argnums(A.attention_weights, count("attn", A._attention_weights_vjp))
+
+    def fused(argnums, *rest):  # W₁'s dX inside the fused GELU(x W₁ᵀ + b₁) node
+        made["dX"] += 0 in argnums
+        return FF._linear_gelu_vjp(argnums, *rest)
+
+    defvjp_argnums(FF.linear_gelu, fused)
     try:
         x, y = images(cfg, 3), onp.arange(3) % cfg.n_classes
         _, g = value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, [lora]), theta)
@@ -188,8 +212,183 @@ def test_no_backward_work_below_the_lowest_trainable_parameter(tiny_cfg):
         defvjp(P.linear, P._linear_vjp_x, P._linear_vjp_W, P._linear_vjp_b)
         defvjp_argnums(P.layer_norm, P._ln_vjp)
         defvjp_argnums(A.attention_weights, A._attention_weights_vjp)
+        defvjp_argnums(FF.linear_gelu, FF._linear_gelu_vjp)
     # the last block: dX of W_o, W_1, W_2, of LoRA's B-branches on q and v (their input x Aᵀ is
     # traced), and of the head; LN₂ and LN_f (LN₁ reads the untraced X_{N-1}); one attention
     assert made == {"dX": 6, "ln": 2, "attn": 1}, made
     gB = [leaf for path, leaf in tree.leaves_with_paths(g["lora"]) if path[-1] == "B"]  # B = 0 at init, so dA = 0
     assert gB and all(float(abs(leaf).max()) > 0 for leaf in gB)
+
+
+def test_indexing_and_reshape_keep_only_the_shape_of_their_input():
+    """pool's X[:, 0] (the CLS row) and a reshape of a traced array: their VJPs need X's shape,
+    not X (autograd's own closures held X itself: LN_f's whole (B, T, d) output until the
+    backward pass). The gradients are unchanged: g scattered into zeros of X's shape."""
+    import autograd.numpy as anp
+
+    def row(th):
+        X = th["u0"] * 2.0
+        return X[:, 0] * 2.0, [X._value]  # (a product: the view X[:, 0] itself would hold X's buffer)
+
+    def flat(th):
+        X = th["u0"] * 2.0
+        return anp.reshape(X, (4, 24)) * 2.0, [X._value]
+
+    assert _retained_after_forward(row) == [False]
+    assert _retained_after_forward(flat) == [False]
+    u = rng.standard_normal((4, 3, 8))
+    _, g = value_and_grad(lambda th: (th["u"][:, 0] ** 2).sum(), {"u": u})
+    want = onp.zeros_like(u)
+    want[:, 0] = 2 * u[:, 0]
+    assert onp.array_equal(g["u"], want)
+
+
+def test_the_backward_pass_drops_a_nodes_cotangents_before_the_next_vjp():
+    """a = w(u) feeds two nodes, so its cotangent is a sum of two pieces; when a's VJP runs, the
+    piece the last node returned is dead (value_and_grad once kept it through the next VJP)."""
+    from autograd.extend import primitive
+
+    seen = {}
+
+    @primitive
+    def spy(a):
+        return a * 3.0
+
+    @primitive
+    def w(u):
+        return u * 2.0
+
+    def spy_vjp(ans, a):
+        def vjp(g):
+            piece = g * 3.0
+            seen["piece"] = weakref.ref(piece)
+            return piece
+        return vjp
+
+    def w_vjp(ans, u):
+        def vjp(g):
+            gc.collect()
+            seen["alive"] = seen["piece"]() is not None
+            return g * 2.0
+        return vjp
+
+    defvjp(spy, spy_vjp)
+    defvjp(w, w_vjp)
+    u = rng.standard_normal((5, 7))
+
+    def f(th):
+        a = w(th["u"])
+        return (spy(a) + a).sum()  # ∂/∂a = 3 + 1
+
+    _, g = value_and_grad(f, {"u": u})
+    assert seen["alive"] is False
+    assert onp.array_equal(g["u"], onp.full_like(u, 8.0))
+
+
+def _ff_case(dtype):
+    r = onp.random.default_rng(3)
+    x = r.standard_normal((4, 150, 32)).astype(dtype)  # 600 rows × 96 > several blocks of H
+    W = (0.2 * r.standard_normal((96, 32))).astype(dtype)
+    b = (0.1 * r.standard_normal(96)).astype(dtype)
+    G = r.standard_normal((4, 150, 96)).astype(dtype)
+    return x, W, b, G
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_linear_gelu_is_gelu_of_linear_bit_for_bit(dtype):
+    """The fused first half of the MLP against the two nodes gelu(linear(x, W, b)): value and
+    ∂/∂x, ∂/∂W, ∂/∂b identical to the bit (the same operations, blocked)."""
+    x, W, b, G = _ff_case(dtype)
+    th = {"x": x, "W": W, "b": b}
+    fused = value_and_grad(lambda t: (FF.linear_gelu(t["x"], t["W"], t["b"]) * G).sum(), th)
+    two = value_and_grad(lambda t: (P.gelu(P.linear(t["x"], t["W"], t["b"])) * G).sum(), th)
+    assert onp.asarray(fused[0]).tobytes() == onp.asarray(two[0]).tobytes()
+    for k in th:
+        assert fused[1][k].dtype == onp.dtype(dtype)
+        assert fused[1][k].tobytes() == two[1][k].tobytes(), k
+
+
+def test_linear_gelu_forward_ends_with_two_buffers_of_the_hidden_size():
+    """Traced, W frozen: the fused node's forward allocates H and GELU'(U) (plus block-sized
+    temporaries); the two nodes allocate U, tanh(·) and H (the detector works)."""
+    x, W, b, _ = _ff_case("float32")
+    x = onp.tile(x, (16, 1, 1))  # H of 9600 × 96: many blocks, so block-sized temporaries are small beside it
+    H_bytes = x.shape[0] * x.shape[1] * W.shape[0] * 4
+    peaks = {}
+
+    def measure(name, fn):
+        def f(th):
+            xt = th["x"] * 1.0
+            gc.collect()
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                out = fn(xt)
+                peaks[name] = tracemalloc.get_traced_memory()[1] - base
+            finally:
+                tracemalloc.stop()
+            return out.sum()
+        value_and_grad(f, {"x": x})
+
+    measure("fused", lambda xt: FF.linear_gelu(xt, W, b))
+    measure("two", lambda xt: P.gelu(P.linear(xt, W, b)))
+    assert peaks["fused"] <= 2.25 * H_bytes, (peaks, H_bytes)
+    assert peaks["two"] >= 2.9 * H_bytes, (peaks, H_bytes)
+
+
+def test_the_forward_fuses_mlp1_only_where_no_method_touches_it(tiny_cfg):
+    """LoRA on q, v: the fused node runs in every block of a traced forward; LoRA on mlp1, an
+    untraced forward, or exact GELU: gelu(linear(·)) as two nodes (counted by a spy)."""
+    calls = {"n": 0}
+    real = FWD.linear_gelu
+
+    def spy(*a):
+        calls["n"] += 1
+        return real(*a)
+
+    cfg = tiny_cfg
+    params = randomize(mp.init_params(cfg, 0), seed=4)
+    x, y = images(cfg, 3), onp.arange(3) % cfg.n_classes
+    FWD.linear_gelu = spy
+    try:
+        counts = {}
+        for label, lora in (("q v", mp.method_class("lora")()), ("mlp1", mp.method_class("lora")(targets=("mlp1",)))):
+            p = mp.attach(params, [lora], cfg, 0)
+            theta, phi = tree.split(p, mp.trainable([lora]))
+            calls["n"] = 0
+            value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, [lora]), theta)
+            counts[label] = calls["n"]
+        calls["n"] = 0
+        mp.forward(params, x, cfg)
+        counts["untraced"] = calls["n"]
+    finally:
+        FWD.linear_gelu = real
+    assert counts == {"q v": cfg.N, "mlp1": 0, "untraced": 0}, counts
+
+
+def test_the_backward_pass_hands_a_cotangent_over_to_its_vjp():
+    """A VJP that is done with its cotangent g can free it (the fused MLP node does, before its
+    products): value_and_grad keeps no reference of its own while the VJP runs."""
+    from autograd.extend import primitive
+
+    seen = {}
+
+    @primitive
+    def double(u):
+        return u * 2.0
+
+    def maker(argnums, ans, args, kwargs):
+        def vjp(g):
+            ref = weakref.ref(g)
+            out = g * 2.0
+            del g
+            gc.collect()
+            seen["alive"] = ref() is not None
+            return (out,)
+        return vjp
+
+    defvjp_argnums(double, maker)
+    u = rng.standard_normal((5, 7))
+    _, g = value_and_grad(lambda th: (double(th["u"] * 3.0) * 1.5).sum(), {"u": u})
+    assert seen["alive"] is False
+    assert onp.array_equal(g["u"], onp.full_like(u, 9.0))

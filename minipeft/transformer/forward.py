@@ -90,6 +90,7 @@ from __future__ import annotations
 
 import autograd.numpy as np
 import numpy as onp
+from autograd.tracer import isbox
 
 from ..backend import like, to_host
 from ..nn import attention, gelu, gelu_erf, layer_norm, linear, prepend
@@ -98,6 +99,7 @@ from ..nn.gqa import repeat_kv
 from ..nn.rmsnorm import rms_norm
 from ..nn.rope import rope
 from ..nn.swiglu import swiglu
+from ..nn.ff import linear_gelu
 from .config import Config
 from .inputs import check_batch, text_parts
 from .schema import LINEARS, anchor
@@ -262,14 +264,31 @@ def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None, ma
     def mlp(h2):
         if cfg.act == "swiglu":  # SiLU(h W_gᵀ) ⊙ h W_1ᵀ (gate, up)
             H = swiglu(_proj(methods, th, bp, h2, layer, "gate", cfg), _proj(methods, th, bp, h2, layer, "mlp1", cfg))
+        elif _fuse_mlp1(methods, bp, h2, layer, cfg):  # the same numbers as one node (nn/ff.py)
+            H = linear_gelu(h2, bp["mlp"]["W_1"], bp["mlp"]["b_1"])  # (B, T, d_ff)
         else:
             H = act(_proj(methods, th, bp, h2, layer, "mlp1", cfg))  # (B, T, d_ff)
+        x_norm = h2 if any(m.on_mlp is not None for m in methods) else None  # read by the "mlp" seam only
+        del h2  # so that LN₂(X') is freed now when nothing else holds it (W₁ frozen: no dW₁ = gᵀ h2)
         H = _seam(methods, th, "ff_hidden", H, layer=layer, cfg=cfg)
         M = _proj(methods, th, bp, H, layer, "mlp2", cfg)  # (B, T, d)
         M = _seam(methods, th, "after", M, layer=layer, name="mlp", cfg=cfg)
-        return _seam(methods, th, "mlp", M, x_norm=h2, x_resid=X1, layer=layer, cfg=cfg)
+        return _seam(methods, th, "mlp", M, x_norm=x_norm, x_resid=X1, layer=layer, cfg=cfg)
 
     return _residual(methods, th, params, X1, "ln2", layer, cfg, mlp)  # X_ℓ
+
+
+def _fuse_mlp1(methods, bp, h2, layer, cfg: Config) -> bool:
+    """Whether GELU(h2 W₁ᵀ + b₁) may run as the one node ``linear_gelu``: tanh GELU, no
+    method touching mlp1's "linear" seam in this block, and something traced (the fused
+    node forms GELU' for the backward pass, wasted work in a forward pass alone)."""
+    if cfg.act != "gelu_tanh" or not cfg.bias or LINEARS["mlp1"] != ("mlp", "W_1", "b_1"):
+        return False
+    if quant.is_quantized(bp["mlp"]["W_1"]):  # a 4-bit base goes through quant.linear
+        return False
+    if not (isbox(h2) or isbox(bp["mlp"]["W_1"]) or isbox(bp["mlp"]["b_1"])):
+        return False
+    return not any(("linear", layer, "mlp1") in m.hook_points(cfg.N) for m in methods)
 
 
 def _row_masks(x, cfg: Config, T0: int, T: int):
