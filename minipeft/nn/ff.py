@@ -24,6 +24,10 @@ from .primitives import _blocks, _gelu_derivative, _gelu_tanh, _linear_vjp_W, _l
 _SLOT = [None, None]  # (H, GELU'(U)) of the last forward, taken by the VJP maker built for that H
 
 
+#: numbers per block here: half of primitives' _BLOCK, as each block makes a few block-sized temporaries
+_FF_BLOCK = 1 << 15
+
+
 @primitive
 def linear_gelu(x, W, b):
     """H = GELU(x Wᵀ + b), tanh form, with GELU'(x Wᵀ + b) kept for the backward pass.
@@ -34,7 +38,7 @@ def linear_gelu(x, W, b):
     H = linear.fun(x, W, b)  # U, this node's own buffer: becomes H block by block
     D = onp.empty_like(H)  # GELU'(U)
     Hf, Df = H.reshape(-1), D.reshape(-1)
-    for sl in _blocks(Hf.shape[0], type(H) is not onp.ndarray):
+    for sl in _blocks(Hf.shape[0], type(H) is not onp.ndarray, _FF_BLOCK):
         u = Hf[sl]
         t = _gelu_tanh(u)
         y = t + 1.0  # as gelu: ½ u (1 + t)
