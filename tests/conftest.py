@@ -149,6 +149,25 @@ def minilm():
     return get
 
 
+_SMOLLM2 = {}
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """``smollm2(dtype, quantized=False)`` -> (params, hp, tokenizer) of SmolLM2-135M-Instruct
+    (models.smollm2.load of the installed GGUF), loaded once per (dtype, quantized) per session,
+    lazily: the 98 MB file is parsed once and each variant built once. Shared: never modify it."""
+    from minipeft.models import smollm2 as S
+
+    def get(dtype="float32", quantized=False):
+        key = (dtype, quantized)
+        if key not in _SMOLLM2:
+            _SMOLLM2[key] = S.load(dtype=dtype, quantized=quantized)
+        return _SMOLLM2[key]
+
+    return get
+
+
 #: a one-block backbone that pretrains in about a second (the backbone-cache tests)
 TINY_BACKBONE = mp.Config(d=8, h=2, N=1, d_ff=8)
 

@@ -31,8 +31,10 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def smol():
-    return llama.load_smollm2("float32")
+def smol(smollm2):
+    """(params, cfg, tokenizer) as ``llama.load_smollm2("float32")``, from conftest's shared load."""
+    params, hp, tok = smollm2("float32")
+    return params, llama.config_of(hp), tok
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +43,16 @@ def ref():
         return {k: f[k] for k in f.files}
 
 
-def test_config_is_smollm2(smol):
+def test_config_is_smollm2(smol, smollm2, monkeypatch):
     _, cfg, _ = smol
     import dataclasses
     assert abs(cfg.eps - 1e-5) < 1e-12  # the file's float32 ε
     assert dataclasses.replace(cfg, eps=1e-5) == llama.config(**llama.SMOLLM2_135M)
+    # load_smollm2 = smollm2.load + config_of (the session's load stands in for the file read)
+    from minipeft.models import smollm2 as S
+    monkeypatch.setattr(S, "load", lambda dtype=None: smollm2(dtype))
+    params, cfg2, tok = llama.load_smollm2("float32")
+    assert params is smol[0] and tok is smol[2] and cfg2 == cfg
 
 
 @pytest.mark.parametrize("k", [0, 1, 2])
@@ -68,11 +75,10 @@ def test_greedy_generation_with_the_cache_equals_without_on_the_real_model(smol,
     assert a == b and len(a) >= 1
 
 
-def test_the_4bit_base_gives_the_fixtures_logits(ref):
+def test_the_4bit_base_gives_the_fixtures_logits(smollm2, ref):
     """The linears kept as Q4_1 blocks and the table as Q8_0 (smollm2.load(quantized=True)):
     the same numbers on use, so the same logits as transformers' dense model, ≤ 1e-4."""
-    from minipeft.models import smollm2
-    params, hp, _ = smollm2.load(dtype="float32", quantized=True)
+    params, hp, _ = smollm2("float32", quantized=True)
     cfg = llama.config_of(hp)
     for k in (0, 2):
         logits = mp.forward(params, ref[f"ids_{k}"][None], cfg)[0]
