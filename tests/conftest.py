@@ -11,6 +11,7 @@ settings.register_profile("minipeft", deadline=None, print_blob=True, max_exampl
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minipeft"))
 
 import minipeft as mp  # noqa: E402
+from minipeft.models import gguf_read  # noqa: E402
 import reference  # noqa: E402
 
 #: The tests' tiny models (their numbers are in reference.py): a 2-layer ViT on 8×8 images
@@ -149,6 +150,16 @@ def minilm():
     return get
 
 
+def _have_smollm2() -> bool:
+    try:
+        gguf_read.model_path()
+        return True
+    except ImportError:
+        return False
+
+
+#: mark for the tests of the real SmolLM2 file: skipped when its package is missing
+needs_smollm2 = pytest.mark.skipif(not _have_smollm2(), reason=f"the model package is missing: {gguf_read.INSTALL}")
 _SMOLLM2 = {}
 
 
@@ -166,6 +177,15 @@ def smollm2():
         return _SMOLLM2[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def smollm2_ref():
+    """{name: array} of tests/fixtures/smollm2_reference.npz, transformers' numbers for the real
+    SmolLM2 file (tests/fixtures/make_smollm2_fixture.py)."""
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "smollm2_reference.npz")
+    with onp.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
 
 
 #: a one-block backbone that pretrains in about a second (the backbone-cache tests)

@@ -3,24 +3,15 @@ W_q/W_k/W_v rows in Hugging Face's layout and the token table against the stored
 transformers' GGUF loader, the Q4_1-block base against the float one, and the tokenizer and
 chat template against the fixture's ids (tests/fixtures/make_smollm2_fixture.py) and the
 file's own Jinja template. The 98 MB file is read once per test session (conftest.smollm2)."""
-import os
-
 import numpy as onp
 import pytest
 
-from minipeft.models import gguf_read as G
 from minipeft.nn import quant as Q
 
+from conftest import needs_smollm2
 from digit_pieces import space_before_number
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "smollm2_reference.npz")
-
-try:
-    G.model_path()
-    HAVE_MODEL = True
-except ImportError:
-    HAVE_MODEL = False
-pytestmark = pytest.mark.skipif(not HAVE_MODEL, reason=f"the model package is missing: {G.INSTALL}")
+pytestmark = needs_smollm2
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +23,8 @@ def model(smollm2):
 
 
 @pytest.fixture(scope="module")
-def ref():
-    with onp.load(FIXTURE, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+def ref(smollm2_ref):
+    return smollm2_ref
 
 
 def test_sizes_from_the_metadata(model):

@@ -3,23 +3,16 @@ hidden rows against the fixture transformers made from the same GGUF file
 (tests/fixtures/make_smollm2_fixture.py), float32, max |Δ| ≤ 1e-4; and greedy generation
 with the KV cache equal to recomputing the sequence, on the real model. Skipped when the
 model package is missing."""
-import os
-
 import numpy as onp
 import pytest
 
 import minipeft as mp
 from minipeft.generate import generate
-from minipeft.models import gguf_read as G
 from minipeft.models import llama
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "smollm2_reference.npz")
-try:
-    G.model_path()
-    HAVE_MODEL = True
-except ImportError:
-    HAVE_MODEL = False
-pytestmark = pytest.mark.skipif(not HAVE_MODEL, reason=f"the model package is missing: {G.INSTALL}")
+from conftest import needs_smollm2
+
+pytestmark = needs_smollm2
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -38,9 +31,8 @@ def smol(smollm2):
 
 
 @pytest.fixture(scope="module")
-def ref():
-    with onp.load(FIXTURE, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+def ref(smollm2_ref):
+    return smollm2_ref
 
 
 def test_config_is_smollm2(smol, smollm2, monkeypatch):
