@@ -108,11 +108,7 @@ def main():
     torch.set_num_threads(1)
     from minipeft import runtime
     runtime.apply()
-    lines = []
-
-    def out(line=""):
-        print(line, flush=True)
-        lines.append(line)
+    out = measure.Report()  # prints each line and keeps it for --out
 
     out(f"float32, batch {BATCH}, one thread; torch {torch.__version__}, numpy {onp.__version__}; "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {measure.load_line('at the start')}")
@@ -136,8 +132,7 @@ def main():
     out()
     out(measure.load_line("at the end"))
     if a.out:
-        Path(a.out).write_text("# `python benchmarks/kernel_bench.py` (generated)\n\n" + "\n".join(lines) + "\n")
-        print(f"wrote {a.out}")
+        out.write(a.out, "kernel_bench.py")
 
 
 if __name__ == "__main__":

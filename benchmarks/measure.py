@@ -165,3 +165,22 @@ def load_line(when):
     n = os.cpu_count() or 1
     note = "; above the core count: other processes shared the CPU" if a > n else ""
     return f"load average {when} {a:.1f} / {b:.1f} / {c:.1f} (1 / 5 / 15 min) on {n} cores{note}"
+
+
+# ---------------------------------------------------------------------- generated tables
+class Report:
+    """The lines of a benchmark's report: ``out(line)`` prints one as it comes and keeps it;
+    ``out.write(path, script)`` writes them all to the markdown file ``path`` under the header
+    "# `python benchmarks/<script>` (generated)"."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __call__(self, line=""):
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def write(self, path, script):
+        from pathlib import Path
+        Path(path).write_text(f"# `python benchmarks/{script}` (generated)\n\n" + "\n".join(self.lines) + "\n")
+        print(f"wrote {path}")

@@ -272,11 +272,7 @@ def main():
         if a.out:
             Path(a.out).write_text("# (generated)\n\n" + "\n".join(lines) + "\n")
         return
-    lines = []
-
-    def out(line=""):
-        print(line, flush=True)
-        lines.append(line)
+    out = measure.Report()  # prints each line and keeps it for --out
 
     out(f"all-MiniLM-L6-v2, float32, batch {BATCH}, one thread, {platform.processor() or platform.machine()}; "
         f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
@@ -295,8 +291,7 @@ def main():
     out()
     out(measure.load_line("at the end"))
     if a.out:
-        Path(a.out).write_text("# `python benchmarks/minilm_bench.py` (generated)\n\n" + "\n".join(lines) + "\n")
-        print(f"wrote {a.out}")
+        out.write(a.out, "minilm_bench.py")
 
 
 if __name__ == "__main__":

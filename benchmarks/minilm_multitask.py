@@ -22,6 +22,7 @@ for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import math  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import warnings  # noqa: E402
 
@@ -32,6 +33,9 @@ from minipeft import adapters, io, text  # noqa: E402
 from minipeft.methods import method_class  # noqa: E402
 from minipeft.models import minilm as M  # noqa: E402
 from minipeft.transformer import new_head  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import measure  # noqa: E402
 
 BATCH = 8
 
@@ -98,11 +102,7 @@ def report(a, backbone, cfg0, lora, adapters_in_memory, rows):
                 got[name].append(mp.forward(mp.combine(theta, phi), xb, cfg, [lora]).argmax(1))
     same = all(onp.array_equal(onp.concatenate(got[n]), adapters_in_memory[n][3]) for n in a.tasks)
 
-    lines = []
-
-    def out(line=""):
-        print(line, flush=True)
-        lines.append(line)
+    out = measure.Report()  # prints each line and keeps it for --out
 
     out(f"all-MiniLM-L6-v2 ({cfg0.n_params:,} numbers in φ, loaded once), LoRA r = 8 on W_q, W_v + head; "
           f"few-shot k = {a.k} per class, {a.epochs} epochs, Adam lr 1e-3, batch {BATCH}, float32")
@@ -114,8 +114,7 @@ def report(a, backbone, cfg0, lora, adapters_in_memory, rows):
         out(f"| {name} | {C} | {ntr} | {nte} | {acc:.3f} ± {se:.3f} | {n:,} | {b_ad:,} B | {b_full:,} B | "
               f"{b_full / b_ad:.0f}× |")
     if a.out:
-        with open(a.out, "w") as f:
-            f.write("# `python benchmarks/minilm_multitask.py` (generated)\n\n" + "\n".join(lines) + "\n")
+        out.write(a.out, "minilm_multitask.py")
     if not same:
         raise SystemExit("switching adapters per batch changed the predictions")
 

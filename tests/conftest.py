@@ -11,6 +11,7 @@ settings.register_profile("minipeft", deadline=None, print_blob=True, max_exampl
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minipeft"))
 
 import minipeft as mp  # noqa: E402
+from minipeft.models import gguf_read  # noqa: E402
 import reference  # noqa: E402
 
 #: The tests' tiny models (their numbers are in reference.py): a 2-layer ViT on 8×8 images
@@ -147,6 +148,44 @@ def minilm():
         return _MINILM[dtype]
 
     return get
+
+
+def _have_smollm2() -> bool:
+    try:
+        gguf_read.model_path()
+        return True
+    except ImportError:
+        return False
+
+
+#: mark for the tests of the real SmolLM2 file: skipped when its package is missing
+needs_smollm2 = pytest.mark.skipif(not _have_smollm2(), reason=f"the model package is missing: {gguf_read.INSTALL}")
+_SMOLLM2 = {}
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """``smollm2(dtype, quantized=False)`` -> (params, hp, tokenizer) of SmolLM2-135M-Instruct
+    (models.smollm2.load of the installed GGUF), loaded once per (dtype, quantized) per session,
+    lazily: the 98 MB file is parsed once and each variant built once. Shared: never modify it."""
+    from minipeft.models import smollm2 as S
+
+    def get(dtype="float32", quantized=False):
+        key = (dtype, quantized)
+        if key not in _SMOLLM2:
+            _SMOLLM2[key] = S.load(dtype=dtype, quantized=quantized)
+        return _SMOLLM2[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def smollm2_ref():
+    """{name: array} of tests/fixtures/smollm2_reference.npz, transformers' numbers for the real
+    SmolLM2 file (tests/fixtures/make_smollm2_fixture.py)."""
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "smollm2_reference.npz")
+    with onp.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
 
 
 #: a one-block backbone that pretrains in about a second (the backbone-cache tests)

@@ -229,6 +229,35 @@ def test_prefix_keys_are_unrotated_and_visible_to_every_query():
     assert pf.n_params(CFG) == 2 * CFG.N * 3 * CFG.d_kv
 
 
+def test_layout_on_a_decoder_has_no_cls_row_and_prompts_before_the_text():
+    """token_rows / key_columns with cls="no_cls", checked on the trace: Z₀'s prompt rows are
+    P_e and its text rows W_tok[ids] (a table lookup), and the attention weights are causal
+    exactly where the layout says the text is — its own triangle (diagonal > 0, above 0), no
+    weight from the prompt rows on the later text, every query on every prefix key."""
+    from minipeft.methods.layout import key_columns, token_rows
+
+    pt, pf = PromptTuning(p=2), PrefixTuning(p=3)
+    params = attached([pt, pf])
+    n = IDS.shape[1]
+    rows, cols = token_rows([pt, pf], n, cls=CFG.cls), key_columns([pt, pf], n, cls=CFG.cls)
+    assert "cls" not in rows and "cls" not in cols
+    trace = {}
+    mp.transformer.hidden(params, IDS, CFG, [pt, pf], trace=trace)
+    Z0 = trace["hidden"][0]  # (B, p + n, d)
+    onp.testing.assert_array_equal(Z0[:, rows["prompt"]], onp.repeat(params["prompt"]["P"][None], 2, 0))
+    onp.testing.assert_array_equal(Z0[:, rows["input"]], params["embed"]["W_tok"][IDS])
+    for A in trace["attn"]:  # (B, h, T, p_prefix + T)
+        assert sorted(i for s in cols.values() for i in range(s.start, s.stop)) == list(range(A.shape[-1]))
+        text = A[:, :, rows["input"], cols["input"]]  # (B, h, n, n)
+        assert (onp.diagonal(text, axis1=2, axis2=3) > 0).all()
+        assert (text[..., onp.triu_indices(n, 1)[0], onp.triu_indices(n, 1)[1]] == 0).all()
+        assert (A[:, :, rows["prompt"], cols["input"]] == 0).all()  # prompts come before the text
+        assert (A[:, :, rows["input"], cols["prompt"]] > 0).all()
+        assert (A[:, :, :, cols["prefix"]] > 0).all()
+    with pytest.raises(ValueError, match="cls must be one of"):
+        token_rows([pt], n, cls="none")
+
+
 def test_float32_llama_stays_float32_with_lora():
     m = LoRA(r=2, targets=("q", "gate"))
     params = mp.attach(random_llama(dtype="float32"), [m], CFG, 0)

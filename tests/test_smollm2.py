@@ -2,40 +2,29 @@
 W_q/W_k/W_v rows in Hugging Face's layout and the token table against the stored fixture of
 transformers' GGUF loader, the Q4_1-block base against the float one, and the tokenizer and
 chat template against the fixture's ids (tests/fixtures/make_smollm2_fixture.py) and the
-file's own Jinja template. The 98 MB file is read once for this module (a few seconds)."""
-import os
-
+file's own Jinja template. The 98 MB file is read once per test session (conftest.smollm2)."""
 import numpy as onp
 import pytest
 
-from minipeft.models import gguf_read as G
-from minipeft.models import smollm2 as S
 from minipeft.nn import quant as Q
 
+from conftest import needs_smollm2
 from digit_pieces import space_before_number
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "smollm2_reference.npz")
-
-try:
-    G.model_path()
-    HAVE_MODEL = True
-except ImportError:
-    HAVE_MODEL = False
-pytestmark = pytest.mark.skipif(not HAVE_MODEL, reason=f"the model package is missing: {G.INSTALL}")
+pytestmark = needs_smollm2
 
 
 @pytest.fixture(scope="module")
-def model():
-    """(float32 φ, hp, tokenizer, Q4_1-block φ) of the real file."""
-    params, hp, tok = S.load(dtype="float32")
-    qparams, _, _ = S.load(dtype="float32", quantized=True)
+def model(smollm2):
+    """(float32 φ, hp, tokenizer, Q4_1-block φ) of the real file (conftest's session-wide load)."""
+    params, hp, tok = smollm2("float32")
+    qparams, _, _ = smollm2("float32", quantized=True)
     return params, hp, tok, qparams
 
 
 @pytest.fixture(scope="module")
-def ref():
-    with onp.load(FIXTURE, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+def ref(smollm2_ref):
+    return smollm2_ref
 
 
 def test_sizes_from_the_metadata(model):

@@ -37,8 +37,8 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def ours():
-    return S.load(dtype="float32")
+def ours(smollm2):
+    return smollm2("float32")
 
 
 @pytest.fixture(scope="module")

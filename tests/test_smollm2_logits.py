@@ -3,23 +3,16 @@ hidden rows against the fixture transformers made from the same GGUF file
 (tests/fixtures/make_smollm2_fixture.py), float32, max |Δ| ≤ 1e-4; and greedy generation
 with the KV cache equal to recomputing the sequence, on the real model. Skipped when the
 model package is missing."""
-import os
-
 import numpy as onp
 import pytest
 
 import minipeft as mp
 from minipeft.generate import generate
-from minipeft.models import gguf_read as G
 from minipeft.models import llama
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "smollm2_reference.npz")
-try:
-    G.model_path()
-    HAVE_MODEL = True
-except ImportError:
-    HAVE_MODEL = False
-pytestmark = pytest.mark.skipif(not HAVE_MODEL, reason=f"the model package is missing: {G.INSTALL}")
+from conftest import needs_smollm2
+
+pytestmark = needs_smollm2
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -31,21 +24,27 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def smol():
-    return llama.load_smollm2("float32")
+def smol(smollm2):
+    """(params, cfg, tokenizer) as ``llama.load_smollm2("float32")``, from conftest's shared load."""
+    params, hp, tok = smollm2("float32")
+    return params, llama.config_of(hp), tok
 
 
 @pytest.fixture(scope="module")
-def ref():
-    with onp.load(FIXTURE, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+def ref(smollm2_ref):
+    return smollm2_ref
 
 
-def test_config_is_smollm2(smol):
+def test_config_is_smollm2(smol, smollm2, monkeypatch):
     _, cfg, _ = smol
     import dataclasses
     assert abs(cfg.eps - 1e-5) < 1e-12  # the file's float32 ε
     assert dataclasses.replace(cfg, eps=1e-5) == llama.config(**llama.SMOLLM2_135M)
+    # load_smollm2 = smollm2.load + config_of (the session's load stands in for the file read)
+    from minipeft.models import smollm2 as S
+    monkeypatch.setattr(S, "load", lambda dtype=None: smollm2(dtype))
+    params, cfg2, tok = llama.load_smollm2("float32")
+    assert params is smol[0] and tok is smol[2] and cfg2 == cfg
 
 
 @pytest.mark.parametrize("k", [0, 1, 2])
@@ -68,11 +67,10 @@ def test_greedy_generation_with_the_cache_equals_without_on_the_real_model(smol,
     assert a == b and len(a) >= 1
 
 
-def test_the_4bit_base_gives_the_fixtures_logits(ref):
+def test_the_4bit_base_gives_the_fixtures_logits(smollm2, ref):
     """The linears kept as Q4_1 blocks and the table as Q8_0 (smollm2.load(quantized=True)):
     the same numbers on use, so the same logits as transformers' dense model, ≤ 1e-4."""
-    from minipeft.models import smollm2
-    params, hp, _ = smollm2.load(dtype="float32", quantized=True)
+    params, hp, _ = smollm2("float32", quantized=True)
     cfg = llama.config_of(hp)
     for k in (0, 2):
         logits = mp.forward(params, ref[f"ids_{k}"][None], cfg)[0]

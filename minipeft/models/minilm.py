@@ -73,15 +73,21 @@ class ModelNotInstalled(ImportError):
     """The model's package is missing; the message gives the one command that installs it."""
 
 
+def installed_file(package: str, relative: str, what: str, install: str) -> Path:
+    """<the installed package's folder>/<relative>, found with importlib's finder, never imported
+    (ModelNotInstalled naming ``what`` and the ``install`` command if it is missing)."""
+    spec = importlib.util.find_spec(package)  # finds the package without importing it
+    path = None if spec is None or not spec.submodule_search_locations else \
+        Path(list(spec.submodule_search_locations)[0]) / relative
+    if path is None or not path.is_file():
+        raise ModelNotInstalled(f"the {what} weights are not installed (package {package!r} with "
+                                f"{relative}); install them with:\n    {install}")
+    return path
+
+
 def model_dir() -> Path:
     """The installed package's ``model/`` folder (ModelNotInstalled, with INSTALL, if it is missing)."""
-    spec = importlib.util.find_spec(PACKAGE)  # finds the package without importing it
-    folder = None if spec is None or not spec.submodule_search_locations else \
-        Path(list(spec.submodule_search_locations)[0]) / "model"
-    if folder is None or not (folder / "model.safetensors").is_file():
-        raise ModelNotInstalled(f"the all-MiniLM-L6-v2 weights are not installed (package {PACKAGE!r} with "
-                                f"model/model.safetensors); install them with:\n    {INSTALL}")
-    return folder
+    return installed_file(PACKAGE, "model/model.safetensors", "all-MiniLM-L6-v2", INSTALL).parent
 
 
 def hf_to_phi(n_layers: int) -> list:
