@@ -36,6 +36,7 @@ FIGURES = {
     "06_scale_shift.py": ["06_scale_shift.png"],
     "07_summary.py": ["07_accuracy_vs_trainable.png", "07_forgetting.png"],
     "08_why_peft.py": ["08_why_peft.png"],
+    "10_smollm2.py": ["10_smollm2.png"],
 }
 MERGEABLE = {"lora", "bitfit", "ia3", "ssf"}
 
