@@ -74,7 +74,8 @@ from minipeft.methods.prefix import PrefixTuning
 from minipeft.methods.prompt import PromptTuning
 from minipeft.models import llama
 from minipeft.text.datasets import load_bbc_news
-from minipeft.transformer.lm import lm_logits
+from minipeft.transformer.forward import hidden, lm_head
+from minipeft.transformer.lm import input_rows, lm_logits
 
 # one BLAS thread, Agg figures to $CHAPTER_FIG_DIR (else chapters/figures); this chapter loads its own model
 ch = setup(globals().get("__file__"), task=None, name="10_smollm2")
@@ -140,27 +141,28 @@ print("e.g.", repr(tok.decode(X_eval[0, 0, :X_eval[0, 2].sum()])))
 # %% [markdown]
 # ## Held-out loss and accuracy from one forward pass
 #
-# Logits only at the target rows (`lm_logits(..., at=...)`, a few rows per headline, not
-# the 49,152-way head on every position).
+# One batched forward pass over the held-out headlines; the tied head only on the target
+# rows (a few per headline, not the 49,152-way head on every position).
 
 # %%
 
 
 def evaluate(p, methods=()):
-    """(loss per target token, accuracy of the greedy topic word) on the held-out headlines."""
-    total, count, right = 0.0, 0, 0
-    for r in range(EVAL):
-        t = np.nonzero(Y_eval[r])[0]  # target positions: the topic word's tokens, then <|im_end|>
-        n = int(X_eval[r, 2].sum())
-        logits = np.asarray(lm_logits(p, X_eval[r:r + 1, :, :n], cfg, methods, at=t - 1))[0]  # (k, vocab)
-        z = logits - logits.max(-1, keepdims=True)
-        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
-        target = X_eval[r, 0, t]
-        total -= float(logp[np.arange(len(t)), target].sum())
-        count += len(t)
+    """(loss per target token, accuracy of the greedy topic word) on the held-out headlines:
+    one batched forward pass, the head on the M target rows only."""
+    H, _ = hidden(p, X_eval, cfg, methods)  # (EVAL, T, d), right padding masked
+    rows = input_rows(cfg, X_eval.shape[-1], H.shape[1])
+    b, t = np.nonzero(Y_eval)  # the targets: each row's topic-word tokens, then <|im_end|>
+    logits = np.asarray(lm_head(p, H[b, rows[t - 1]]))  # (M, vocab)
+    z = logits - logits.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    target = X_eval[b, 0, t]
+    hit = logits.argmax(-1) == target
+    right = 0
+    for r in range(EVAL):  # greedy decoding writes the word iff every one of its tokens is the argmax
         word = len(word_ids[labels[TRAIN + r]])
-        right += bool((logits[:word].argmax(-1) == target[:word]).all())
-    return total / count, right / EVAL
+        right += bool(hit[b == r][:word].all())
+    return -float(logp[np.arange(len(b)), target].mean()), right / EVAL
 
 
 def generations(p, methods=(), k=4):
@@ -231,7 +233,7 @@ agree = all((g.strip() == TOPICS[labels[TRAIN + r]]) == bool(
                           at=np.nonzero(Y_eval[r])[0][:len(word_ids[labels[TRAIN + r]])] - 1))[0].argmax(-1)
      == np.array(word_ids[labels[TRAIN + r]])).all()) for r, g in enumerate(zs_gen))
 ch.check("accuracy read at the target rows = greedy generation's topic word (zero-shot, sample headlines)", agree,
-         f"{len(zs_gen)} headlines through minipeft.generate")
+         f"{len(zs_gen)} headlines, one by one through lm_logits and minipeft.generate")
 
 # %% [markdown]
 # ## The verdicts
