@@ -14,7 +14,7 @@ from . import tree
 from .backend import check_on_backend, like, module_of
 from .autodiff import value_and_grad
 from .methods.base import trainable as method_trainable
-from .nn import cross_entropy
+from .nn import cross_entropy, quant
 from .progress import bar
 from .transformer import check_batch, check_labels, forward
 from .transformer.inputs import text_parts
@@ -126,9 +126,18 @@ def first_nonfinite(tree_) -> str | None:
     return None  # pragma: no cover  (the sum was non-zero only through a non-finite entry)
 
 
+def _scales(path, leaf):
+    """A block-quantized leaf (nn/quant.py) as its float16 scales and offsets (what can be
+    non-finite in it; its 4/8-bit codes cannot), as one float32 vector; any other leaf as is."""
+    if not quant.is_quantized(leaf):
+        return leaf
+    return onp.concatenate([onp.asarray(getattr(leaf, k), onp.float32).ravel() for k in ("d", "m") if hasattr(leaf, k)])
+
+
 def check_finite_params(params, what: str = "params") -> None:
-    """ValueError naming the first leaf of ``params`` that holds a NaN or ±Inf."""
-    bad = first_nonfinite(params)
+    """ValueError naming the first leaf of ``params`` that holds a NaN or ±Inf (a quantized
+    leaf: in its block scales)."""
+    bad = first_nonfinite(tree.map_leaves(_scales, params))
     if bad is not None:
         raise ValueError(f"{what}: leaf {bad} holds NaN/Inf values; training from it cannot give a finite model")
 

@@ -57,3 +57,19 @@ def test_logits_loss_gradient_and_generation_equal_the_dequantized_model():
         onp.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     assert generate(qa, [1, 2, 3], CFG, methods, max_new_tokens=5) == generate(da, [1, 2, 3], CFG, methods,
                                                                               max_new_tokens=5)
+
+
+def test_fit_trains_lora_on_the_4bit_base_as_on_its_dequantized_twin():
+    q, deq = models()
+    m = [LoRA(r=2, targets=("q", "v"))]
+    targets = onp.ones_like(IDS)
+    runs = [mp.fit(mp.attach(p, m, CFG, 0), (IDS, targets), CFG, m, objective="lm", steps=4, lr=1e-2,
+                   batch_size=2, seed=1)[1]["loss"] for p in (q, deq)]
+    onp.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
+    assert runs[0][-1] < runs[0][0]
+    bad = dict(q, ln_f={"gamma": q["ln_f"]["gamma"]})
+    blk = bad["embed"]["W_tok"]
+    bad["embed"] = {"W_tok": type(blk)(onp.where(onp.arange(blk.d.size).reshape(blk.d.shape) == 3, onp.inf,
+                                                  blk.d).astype(blk.d.dtype), blk.qs)}
+    with pytest.raises(ValueError, match="W_tok"):
+        mp.fit(mp.attach(bad, m, CFG, 0), (IDS, targets), CFG, m, objective="lm", steps=1)
