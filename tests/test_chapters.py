@@ -37,6 +37,7 @@ FIGURES = {
     "07_summary.py": ["07_accuracy_vs_trainable.png", "07_forgetting.png"],
     "08_why_peft.py": ["08_why_peft.png", "08_forgetting.png"],
     "09_minilm.py": ["09_minilm.png"],
+    "10_smollm2.py": ["10_smollm2.png"],
 }
 MERGEABLE = {"lora", "bitfit", "ia3", "ssf"}
 
