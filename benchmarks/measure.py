@@ -184,3 +184,13 @@ class Report:
         from pathlib import Path
         Path(path).write_text(f"# `python benchmarks/{script}` (generated)\n\n" + "\n".join(self.lines) + "\n")
         print(f"wrote {path}")
+
+
+#: the real English paragraph the text benchmarks tokenize into their batches (minilm_bench, smollm2_bench)
+TEXT = ("Parameter-efficient fine-tuning adapts a large pretrained language model to a new task by "
+        "training a small number of new parameters while the pretrained weights stay frozen. Prompt "
+        "tuning learns a few input embeddings, prefix tuning learns keys and values at every layer, "
+        "adapters insert small bottleneck networks, and LoRA learns a low-rank update of the attention "
+        "projections that can be merged into the weights after training, so inference costs nothing "
+        "extra. BitFit trains only the biases, and (IA)3 learns vectors that rescale keys, values and "
+        "the feed-forward activations. Each method trades accuracy, memory and speed differently. ")

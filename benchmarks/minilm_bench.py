@@ -43,13 +43,7 @@ import measure  # noqa: E402
 BATCH, RANK, CLASSES = 8, 8, 4
 #: largest relative error ‖a − b‖ / ‖b‖ allowed per gradient leaf (float32, 6 layers)
 GRAD_RTOL = 1e-3
-TEXT = ("Parameter-efficient fine-tuning adapts a large pretrained language model to a new task by "
-        "training a small number of new parameters while the pretrained weights stay frozen. Prompt "
-        "tuning learns a few input embeddings, prefix tuning learns keys and values at every layer, "
-        "adapters insert small bottleneck networks, and LoRA learns a low-rank update of the attention "
-        "projections that can be merged into the weights after training, so inference costs nothing "
-        "extra. BitFit trains only the biases, and (IA)3 learns vectors that rescale keys, values and "
-        "the feed-forward activations. Each method trades accuracy, memory and speed differently. ")
+TEXT = measure.TEXT
 
 
 def batch(tok, n):

@@ -70,13 +70,7 @@ GRAD_RTOL = 1e-3
 LOGIT_TOL = 1e-4
 #: a random tiny Llama for --quick (d_in a multiple of 32: Q4_1 blocks)
 TINY = dict(d=64, h=4, n_kv=2, N=2, d_ff=128, vocab=256, max_len=128, eps=1e-5, rope_base=100000.0)
-TEXT = ("Parameter-efficient fine-tuning adapts a large pretrained language model to a new task by "
-        "training a small number of new parameters while the pretrained weights stay frozen. Prompt "
-        "tuning learns a few input embeddings, prefix tuning learns keys and values at every layer, "
-        "adapters insert small bottleneck networks, and LoRA learns a low-rank update of the attention "
-        "projections that can be merged into the weights after training, so inference costs nothing "
-        "extra. BitFit trains only the biases, and (IA)3 learns vectors that rescale keys, values and "
-        "the feed-forward activations. Each method trades accuracy, memory and speed differently. ")
+TEXT = measure.TEXT
 HELD_OUT = ("The weather service said that a band of heavy rain would cross the western hills during the "
             "night, bringing strong winds to the coast by morning. Farmers were advised to move animals to "
             "higher ground, and the ferry company cancelled its early crossings. Schools in the valley will "
