@@ -79,6 +79,7 @@ class GGUF:
 
     @property
     def architecture(self) -> str:
+        """The metadata's general.architecture ("llama" for SmolLM2)."""
         return self.meta["general.architecture"]
 
     @contextlib.contextmanager

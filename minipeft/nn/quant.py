@@ -64,6 +64,7 @@ class _Blocks:
 
     @property
     def shape(self) -> tuple:
+        """(d_out, d_in) of the dequantized W: rows × (blocks per row · BLOCK)."""
         return (self.qs.shape[0], self.qs.shape[1] * BLOCK)
 
     @property

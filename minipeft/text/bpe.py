@@ -126,6 +126,7 @@ class BPETokenizer:
         return self._tok.token_to_id(token)
 
     def id_to_token(self, i: int) -> str:
+        """The token string of id i (the inverse of token_to_id)."""
         return self._tok.id_to_token(int(i))
 
     def chat_text(self, messages, add_generation_prompt: bool = True) -> str:

@@ -91,10 +91,12 @@ class TextTask:
 
     @property
     def label_names(self) -> tuple:
+        """The class names, index k = label k."""
         return self.train.label_names
 
     @property
     def n_classes(self) -> int:
+        """K, the number of classes (the head's outputs)."""
         return len(self.train.label_names)
 
     def sizes(self) -> dict:
