@@ -99,7 +99,7 @@ def mp_step(case, kind, grad="value_and_grad"):
             _, g = mp.value_and_grad(objective, box["theta"])
         else:  # autograd boxing the whole dict: the O(P²) bookkeeping
             g = autograd.grad(objective)(box["theta"])
-        box["theta"], box["state"] = mp.adam_step(box["theta"], g, box["state"], lr=1e-3)
+        box["theta"], box["state"] = mp.adam_step(box["theta"], g, box["state"], lr=1e-3, inplace=True)  # as fit
 
     return step
 

@@ -69,7 +69,7 @@ def mp_step(params, cfg, methods, x, y):
 
     def step():
         _, g = grads()
-        state["theta"], state["adam"] = mp.adam_step(state["theta"], g, state["adam"], lr=1e-4)
+        state["theta"], state["adam"] = mp.adam_step(state["theta"], g, state["adam"], lr=1e-4, inplace=True)  # as fit
 
     return step, grads
 

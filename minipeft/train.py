@@ -35,49 +35,111 @@ def adam_init(theta) -> dict:
     return {"m": zeros, "v": tree.map_leaves(lambda p, a: a * 0, theta), "t": 0}
 
 
-def adam_step(theta, grads, state, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
+#: bytes of one array's block in the fused NumPy Adam loop (``_adam_leaf_blocked``): the
+#: block's g, m, v, θ, the outputs and two scratch rows stay in the CPU's cache while every
+#: update runs, so main memory sees each of g, m, v, θ read once and m, v, θ written once
+ADAM_BLOCK_BYTES = 256 << 10
+
+
+def adam_step(theta, grads, state, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, inplace=False):
     """One Adam(W) step (Kingma & Ba; decoupled decay as in AdamW):
 
         m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²,  θ ← θ − lr·(m̂ / (√v̂ + ε) + λθ)
         with m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ).
 
-    Returns (θ', state'); all trees share θ's nesting and dtype.
+    Returns (θ', state'); all trees share θ's nesting and dtype. The arithmetic is
+    ``adam_leaf_composed``'s, op for op (the same bits); on NumPy it runs in cache-sized
+    blocks of every leaf (``_adam_leaf_blocked``), one pass over memory instead of one per op.
+
+    inplace: False (the default) leaves θ, grads and state untouched: m', v', θ' are new
+    arrays. True hands the state over (``fit`` does; so may any loop that keeps only the
+    latest (θ, state)): m and v are updated in place, and θ' is written into the arrays of
+    the θ two steps back when an earlier in-place step made them (the state keeps them as
+    ``"_spare"``), so a step allocates nothing and faults no page in. θ itself is never
+    written: the caller's θ of the step before stays valid (``fit`` hands it back when
+    the update is non-finite), and so does every array the caller made. An earlier θ' or
+    state' of an in-place run must not be kept and reused.
     """
     t = state["t"] + 1
     c1, c2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+    hp = (lr, b1, b2, eps, weight_decay, 1.0 / c1, 1.0 / c2)
+    ours = inplace and _same_leaves(theta, state.get("_theta"))  # θ is the θ' of our last in-place step
+    spare = state.get("_spare") if inplace else None
+    spares = {p: a for p, a in tree.leaves_with_paths(spare)} if spare is not None else {}
 
-    def leaf(w, g, m_old, v_old):  # three new arrays (m, v, and one scratch that becomes w'), built in place
-        m = g * (1.0 - b1)
-        step = m_old * b1  # the scratch buffer
-        m += step  # m ← β₁m + (1−β₁)g
-        v = g * g
-        v *= 1.0 - b2
-        onp.multiply(v_old, b2, out=step)
-        v += step  # v ← β₂v + (1−β₂)g²
-        onp.multiply(v, 1.0 / c2, out=step)
-        step **= 0.5
-        step += eps  # √v̂ + ε
-        onp.divide(m, step, out=step)
-        step *= 1.0 / c1  # m̂ / (√v̂ + ε)
+    def leaf(p, w):
+        g, m_old, v_old = tree.get(grads, p), tree.get(state["m"], p), tree.get(state["v"], p)
+        if not _blockable(w, g, m_old, v_old):  # another backend, or mixed dtypes / layouts: the composed form
+            return adam_leaf_composed(w, g, m_old, v_old, *hp)
+        w_out = spares.get(p)
+        if w_out is None or w_out.shape != w.shape or w_out.dtype != w.dtype:
+            w_out = onp.empty_like(w)
+        m_out, v_out = (m_old, v_old) if inplace else (onp.empty_like(m_old), onp.empty_like(v_old))
+        _adam_leaf_blocked(w, g, m_old, v_old, w_out, m_out, v_out, *hp)
+        return w_out, m_out, v_out
+
+    out = {p: leaf(p, w) for p, w in tree.leaves_with_paths(theta)}
+    new_t, new_m, new_v = (tree.map_leaves(lambda p, _: out[p][i], theta) for i in range(3))
+    new_state = {"m": new_m, "v": new_v, "t": t}
+    if inplace:
+        new_state.update(_theta=new_t, _spare=theta if ours else None)
+    return new_t, new_state
+
+
+def adam_leaf_composed(w, g, m_old, v_old, lr, b1, b2, eps, weight_decay, inv_c1, inv_c2):
+    """The readable twin of one leaf's Adam update (and the path for non-NumPy arrays):
+    the equations of ``adam_step`` with 1/c₁ = 1/(1−β₁ᵗ) and 1/c₂ = 1/(1−β₂ᵗ) given.
+    Any shape; returns new (θ', m', v')."""
+    m = g * (1.0 - b1) + m_old * b1  # m ← β₁m + (1−β₁)g
+    v = g * g * (1.0 - b2) + v_old * b2  # v ← β₂v + (1−β₂)g²
+    step = m / ((v * inv_c2) ** 0.5 + eps) * inv_c1  # m̂ / (√v̂ + ε)
+    if weight_decay:
+        step = step + weight_decay * w
+    return w - step * lr, m, v
+
+
+def _adam_leaf_blocked(w, g, m_old, v_old, w_out, m_out, v_out, lr, b1, b2, eps, weight_decay, inv_c1, inv_c2):
+    """``adam_leaf_composed``'s ops, in the same order (the same bits), on blocks of
+    ``ADAM_BLOCK_BYTES`` of C-contiguous NumPy arrays of one dtype, into w_out, m_out, v_out
+    (which may be m_old, v_old or w themselves: a block is read before it is written)."""
+    flat = [a.reshape(-1) for a in (w, g, m_old, v_old, w_out, m_out, v_out)]
+    n, size = w.size, max(1, ADAM_BLOCK_BYTES // w.itemsize)
+    s1, s2 = onp.empty(min(n, size), w.dtype), onp.empty(min(n, size), w.dtype)
+    for i in range(0, n, size):
+        wb, gb, mb, vb, wo, mo, vo = (a[i:i + size] for a in flat)
+        a, b = (s1, s2) if wb.size == s1.size else (s1[:wb.size], s2[:wb.size])
+        onp.multiply(mb, b1, out=a)
+        onp.multiply(gb, 1.0 - b1, out=mo)
+        mo += a  # m ← β₁m + (1−β₁)g
+        onp.multiply(gb, gb, out=b)
+        b *= 1.0 - b2
+        onp.multiply(vb, b2, out=a)
+        onp.add(b, a, out=vo)  # v ← β₂v + (1−β₂)g²
+        onp.multiply(vo, inv_c2, out=a)
+        onp.sqrt(a, out=a)
+        a += eps  # √v̂ + ε
+        onp.divide(mo, a, out=a)
+        a *= inv_c1  # m̂ / (√v̂ + ε)
         if weight_decay:
-            step += weight_decay * w
-        step *= lr
-        return onp.subtract(w, step, out=step), m, v  # w − lr·(…), into the scratch buffer
-
-    new_t, new_m, new_v = _zip_leaves(leaf, theta, grads, state["m"], state["v"])
-    return new_t, {"m": new_m, "v": new_v, "t": t}
+            onp.multiply(wb, weight_decay, out=b)
+            a += b
+        a *= lr
+        onp.subtract(wb, a, out=wo)  # θ − lr·(…)
 
 
-def _zip_leaves(fn, theta, *others):
-    """``fn(θ leaf, other leaves…) -> (a, b, c)`` over trees with θ's nesting, in one walk;
-    returns three trees (lists where θ has lists or tuples)."""
-    if isinstance(theta, dict):
-        out = {k: _zip_leaves(fn, theta[k], *(o[k] for o in others)) for k in theta}
-        return tuple({k: r[i] for k, r in out.items()} for i in range(3))
-    if isinstance(theta, (list, tuple)):
-        out = [_zip_leaves(fn, *z) for z in zip(theta, *others)]
-        return tuple([r[i] for r in out] for i in range(3))
-    return fn(theta, *others)
+def _blockable(w, *others) -> bool:
+    """Whether the blocked NumPy loop applies: NumPy arrays, C-contiguous, one dtype (float)."""
+    return (type(w) is onp.ndarray and w.dtype.kind == "f" and w.flags.c_contiguous
+            and all(type(o) is onp.ndarray and o.dtype == w.dtype and o.shape == w.shape and o.flags.c_contiguous
+                    for o in others))
+
+
+def _same_leaves(a, b) -> bool:
+    """Whether trees a and b hold the very same leaf objects, path for path."""
+    if b is None:
+        return False
+    la, lb = tree.leaves_with_paths(a), tree.leaves_with_paths(b)
+    return len(la) == len(lb) and all(pa == pb and x is y for (pa, x), (pb, y) in zip(la, lb))
 
 
 # ----------------------------------------------------------------------- finiteness
@@ -241,7 +303,8 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
             bad = first_nonfinite(grads)  # the first non-finite gradient leaf, or None
             where = "loss" if not math.isfinite(value) else "gradient"
             if bad is None and where == "gradient":
-                new_theta, new_state = adam_step(theta, grads, state, lr=lr_t, weight_decay=weight_decay)
+                new_theta, new_state = adam_step(theta, grads, state, lr=lr_t, weight_decay=weight_decay,
+                                                 inplace=True)  # fit owns its state
                 bad, where = first_nonfinite(new_theta), "update"
             if bad is not None or where == "loss":
                 kind = "updated θ" if where == "update" else "gradient"
