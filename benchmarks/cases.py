@@ -88,7 +88,7 @@ def mp_step(case, kind, grad="value_and_grad"):
     """One minipeft training step: loss, gradients of θ, one Adam update."""
     params, methods, pred = case.setup(kind)
     theta, phi = mp.split(params, pred)
-    box = {"theta": theta, "state": mp.adam_init(theta)}
+    box = {"theta": theta, "state": mp.adam_init(theta, inplace=True)}
     x, y, cfg = case.x, case.y, case.cfg
 
     def objective(th):

@@ -62,7 +62,7 @@ def batch(tok, n):
 def mp_step(params, cfg, methods, x, y):
     """One minipeft training step (loss, gradients, Adam) as a closure; returns (step, grads_of_first)."""
     theta, phi = mp.split(params, mp.trainable(methods))
-    state = {"theta": theta, "adam": mp.adam_init(theta)}
+    state = {"theta": theta, "adam": mp.adam_init(theta, inplace=True)}
 
     def grads():
         return mp.value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, methods), state["theta"])

@@ -29,10 +29,20 @@ def loss(theta, phi, x, y, cfg, methods=()):
 
 
 # ----------------------------------------------------------------------------- Adam
-def adam_init(theta) -> dict:
-    """Adam state for θ only: first and second moments (zeros like θ) and the step t."""
+def adam_init(theta, inplace=False) -> dict:
+    """Adam state for θ only: first and second moments (zeros like θ) and the step t.
+    inplace=True (for ``adam_step(..., inplace=True)``) also makes, now, the two θ-shaped
+    buffers its steps write θ' into in turn (``"_bufs"``), so that no step allocates."""
     zeros = tree.map_leaves(lambda p, a: a * 0, theta)
-    return {"m": zeros, "v": tree.map_leaves(lambda p, a: a * 0, theta), "t": 0}
+    state = {"m": zeros, "v": tree.map_leaves(lambda p, a: a * 0, theta), "t": 0}
+    if inplace:
+        state["_bufs"] = _buffers(theta)
+    return state
+
+
+def _buffers(theta) -> list:
+    """Two trees of zeros like θ (written now, so their pages are in before any step runs)."""
+    return [tree.map_leaves(lambda p, a: onp.zeros_like(a) if _blockable(a) else None, theta) for _ in range(2)]
 
 
 #: bytes of one array's block in the fused NumPy Adam loop (``_adam_leaf_blocked``): the
@@ -53,36 +63,39 @@ def adam_step(theta, grads, state, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_d
 
     inplace: False (the default) leaves θ, grads and state untouched: m', v', θ' are new
     arrays. True hands the state over (``fit`` does; so may any loop that keeps only the
-    latest (θ, state)): m and v are updated in place, and θ' is written into the arrays of
-    the θ two steps back when an earlier in-place step made them (the state keeps them as
-    ``"_spare"``), so a step allocates nothing and faults no page in. θ itself is never
-    written: the caller's θ of the step before stays valid (``fit`` hands it back when
-    the update is non-finite), and so does every array the caller made. An earlier θ' or
-    state' of an in-place run must not be kept and reused.
+    latest (θ, state)): m and v are updated in place, and θ' is written into one of two
+    buffers the state owns (``"_bufs"``, made by ``adam_init(θ, inplace=True)`` or by the
+    first in-place step), step t into buffer t mod 2, so a step allocates nothing and faults
+    no page in. The θ handed in is never written: the θ of the step before stays valid
+    (``fit`` hands it back when the update is non-finite), and so does every array the
+    caller made. What must not be done: keep a θ' or state' of an in-place run for longer
+    than the next step and reuse it.
     """
     t = state["t"] + 1
     c1, c2 = 1.0 - b1 ** t, 1.0 - b2 ** t
     hp = (lr, b1, b2, eps, weight_decay, 1.0 / c1, 1.0 / c2)
-    ours = inplace and _same_leaves(theta, state.get("_theta"))  # θ is the θ' of our last in-place step
-    spare = state.get("_spare") if inplace else None
-    spares = {p: a for p, a in tree.leaves_with_paths(spare)} if spare is not None else {}
+    bufs = (state.get("_bufs") or _buffers(theta)) if inplace else None
+    spares = dict(tree.leaves_with_paths(bufs[t % 2])) if inplace else {}
+    leaves = tree.leaves_with_paths(theta)
+    g_, m_, v_ = (dict(tree.leaves_with_paths(x)) for x in (grads, state["m"], state["v"]))
+    scratch = _Scratch()
 
     def leaf(p, w):
-        g, m_old, v_old = tree.get(grads, p), tree.get(state["m"], p), tree.get(state["v"], p)
+        g, m_old, v_old = g_[p], m_[p], v_[p]
         if not _blockable(w, g, m_old, v_old):  # another backend, or mixed dtypes / layouts: the composed form
             return adam_leaf_composed(w, g, m_old, v_old, *hp)
         w_out = spares.get(p)
-        if w_out is None or w_out.shape != w.shape or w_out.dtype != w.dtype:
+        if w_out is None or w_out is w or w_out.shape != w.shape or w_out.dtype != w.dtype:
             w_out = onp.empty_like(w)
         m_out, v_out = (m_old, v_old) if inplace else (onp.empty_like(m_old), onp.empty_like(v_old))
-        _adam_leaf_blocked(w, g, m_old, v_old, w_out, m_out, v_out, *hp)
+        _adam_leaf_blocked(w, g, m_old, v_old, w_out, m_out, v_out, *hp, scratch=scratch)
         return w_out, m_out, v_out
 
-    out = {p: leaf(p, w) for p, w in tree.leaves_with_paths(theta)}
+    out = {p: leaf(p, w) for p, w in leaves}
     new_t, new_m, new_v = (tree.map_leaves(lambda p, _: out[p][i], theta) for i in range(3))
     new_state = {"m": new_m, "v": new_v, "t": t}
     if inplace:
-        new_state.update(_theta=new_t, _spare=theta if ours else None)
+        new_state["_bufs"] = bufs
     return new_t, new_state
 
 
@@ -98,15 +111,17 @@ def adam_leaf_composed(w, g, m_old, v_old, lr, b1, b2, eps, weight_decay, inv_c1
     return w - step * lr, m, v
 
 
-def _adam_leaf_blocked(w, g, m_old, v_old, w_out, m_out, v_out, lr, b1, b2, eps, weight_decay, inv_c1, inv_c2):
+def _adam_leaf_blocked(w, g, m_old, v_old, w_out, m_out, v_out, lr, b1, b2, eps, weight_decay, inv_c1, inv_c2,
+                       scratch=None):
     """``adam_leaf_composed``'s ops, in the same order (the same bits), on blocks of
     ``ADAM_BLOCK_BYTES`` of C-contiguous NumPy arrays of one dtype, into w_out, m_out, v_out
-    (which may be m_old, v_old or w themselves: a block is read before it is written)."""
+    (which may be m_old, v_old or w themselves: a block is read before it is written).
+    scratch: a ``_Scratch`` to share its two block buffers between leaves."""
     flat = [a.reshape(-1) for a in (w, g, m_old, v_old, w_out, m_out, v_out)]
     n, size = w.size, max(1, ADAM_BLOCK_BYTES // w.itemsize)
-    s1, s2 = onp.empty(min(n, size), w.dtype), onp.empty(min(n, size), w.dtype)
+    s1, s2 = (scratch or _Scratch()).get(min(n, size), w.dtype)
     for i in range(0, n, size):
-        wb, gb, mb, vb, wo, mo, vo = (a[i:i + size] for a in flat)
+        wb, gb, mb, vb, wo, mo, vo = (a[i:i + size] for a in flat) if n > size else flat
         a, b = (s1, s2) if wb.size == s1.size else (s1[:wb.size], s2[:wb.size])
         onp.multiply(mb, b1, out=a)
         onp.multiply(gb, 1.0 - b1, out=mo)
@@ -127,19 +142,25 @@ def _adam_leaf_blocked(w, g, m_old, v_old, w_out, m_out, v_out, lr, b1, b2, eps,
         onp.subtract(wb, a, out=wo)  # θ − lr·(…)
 
 
+class _Scratch:
+    """Two scratch rows per dtype, grown to the largest block asked for; ``get(n, dtype)``
+    returns views of n numbers."""
+
+    def __init__(self):
+        self.rows = {}
+
+    def get(self, n, dtype):
+        have = self.rows.get(dtype)
+        if have is None or have[0].size < n:
+            have = self.rows[dtype] = (onp.empty(n, dtype), onp.empty(n, dtype))
+        return have[0][:n], have[1][:n]
+
+
 def _blockable(w, *others) -> bool:
     """Whether the blocked NumPy loop applies: NumPy arrays, C-contiguous, one dtype (float)."""
     return (type(w) is onp.ndarray and w.dtype.kind == "f" and w.flags.c_contiguous
             and all(type(o) is onp.ndarray and o.dtype == w.dtype and o.shape == w.shape and o.flags.c_contiguous
                     for o in others))
-
-
-def _same_leaves(a, b) -> bool:
-    """Whether trees a and b hold the very same leaf objects, path for path."""
-    if b is None:
-        return False
-    la, lb = tree.leaves_with_paths(a), tree.leaves_with_paths(b)
-    return len(la) == len(lb) and all(pa == pb and x is y for (pa, x), (pb, y) in zip(la, lb))
 
 
 # ----------------------------------------------------------------------- finiteness
@@ -276,7 +297,7 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
     per_epoch = max(1, math.ceil(n / batch_size)) if batches is None else len(_epoch_batches(batches, 0, n))
     total = steps if steps is not None else epochs * per_epoch
     rng = onp.random.default_rng(seed)
-    state = adam_init(theta)
+    state = adam_init(theta, inplace=True)  # handed over to adam_step: see its inplace
     if objective == "lm":
         objective = lambda th, xb, yb: lm_loss(tree.combine(th, phi), xb, cfg, methods, yb[:, :xb.shape[-1]])  # noqa
     else:
