@@ -443,6 +443,32 @@ defvjp(gelu_erf, _gelu_erf_vjp)
 
 
 # --------------------------------------------------------------------------- softmax
+#: rows up to this long take their maximum as log₂ n shifted element-wise maxima over the
+#: whole flat block (``_row_max``): NumPy's ``max(axis=-1)`` pays a fixed cost per row that
+#: dominates on short rows (the attention scores of short texts); longer rows use it
+_SHORT_ROW = 64
+
+
+def _row_max(src, scratch):
+    """max over the last axis, keepdims, of a host array (..., n), n ≤ ``_SHORT_ROW``, with two
+    flat scratch buffers of at least src.size numbers: after k steps of w[i] = max(w[i], w[i + 2ᵏ⁻¹])
+    (ping-pong, no overlap), w[i] is the maximum of f[i : i + 2ᵏ] (f the flat src); row r's
+    maximum is then w[r n], or max(w[r n], w[r n + n − 2ᵏ]) when n is not a power of two.
+    Exact (a maximum has no rounding), so the same numbers as ``src.max(-1)``."""
+    n = src.shape[-1]
+    f = src.reshape(-1)  # (a copy if src is strided)
+    N = f.shape[0]
+    if n < 2 or N == 0:
+        return src.max(axis=-1, keepdims=True)
+    bufs, w, L = (scratch[0][:N], scratch[1][:N]), 1, N
+    for k in range(n.bit_length() - 1):  # 2ᵏ ≤ n
+        L -= w
+        f = onp.maximum(f[:L], f[w:w + L], out=bufs[k % 2][:L])
+        w *= 2
+    m = f[0:N:n] if w == n else onp.maximum(f[0:N:n], f[n - w:N:n])  # (rows,) the last start fits in f: L = N − w + 1
+    return m.reshape(src.shape[:-1] + (1,))
+
+
 def _softmax(z, inplace=False, scale=None, bias=None):
     """softmax over the last axis of z, or of ``scale`` · z + ``bias`` when given (the
     attention scores: scale = 1/sqrt(d_h), bias the key mask's 0 / −∞ row of each batch
@@ -453,6 +479,8 @@ def _softmax(z, inplace=False, scale=None, bias=None):
     """
     n = z.shape[-1]
     e = z if inplace else _empty(z)
+    host = type(z) is onp.ndarray
+    scratch = [] if not host or n > _SHORT_ROW else [onp.empty(min(z.size, max(_BLOCK, n)), z.dtype) for _ in range(2)]
 
     def rows(zb, eb, bb):  # zb, eb: (..., n); bb: None or broadcastable to zb
         src = zb
@@ -460,7 +488,8 @@ def _softmax(z, inplace=False, scale=None, bias=None):
             src = onp.multiply(src, scale, out=eb)
         if bb is not None:
             src = onp.add(src, bb, out=eb)
-        onp.subtract(src, src.max(axis=-1, keepdims=True), out=eb)
+        m = _row_max(src, scratch) if scratch else src.max(axis=-1, keepdims=True)
+        onp.subtract(src, m, out=eb)
         onp.exp(eb, out=eb)
         eb /= _row_sum(eb)
 
