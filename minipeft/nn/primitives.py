@@ -60,9 +60,22 @@ class _Stash:
         return aux
 
 
+_ONES = {}  # (dtype, n) -> read-only host ones vector, reused by the row and column sums
+
+
 def _ones(x, n):
-    """n ones in x's dtype, made by x's own array module (NumPy, or CuPy on a GPU)."""
-    return onp.ones_like(x, shape=(n,))
+    """n ones in x's dtype, made by x's own array module (NumPy, or CuPy on a GPU); on the
+    host one read-only vector per (dtype, n) is kept and reused (a few µs per call saved on
+    every LayerNorm, softmax and bias gradient; at most 64 kept)."""
+    if type(x) is not onp.ndarray:
+        return onp.ones_like(x, shape=(n,))
+    o = _ONES.get((x.dtype, n))
+    if o is None:
+        if len(_ONES) >= 64:
+            _ONES.clear()
+        o = _ONES[x.dtype, n] = onp.ones(n, x.dtype)
+        o.flags.writeable = False
+    return o
 
 
 def _row_sum(x):
