@@ -212,11 +212,21 @@ def test_float32_exact_gelu_constants_are_the_fits_output():
 def test_exact_gelu_vjp_recomputes_when_not_handed_over(dtype):
     x = _x((3, 70), dtype, 11, 2.0)
     g = _x(x.shape, dtype, 12)
-    y = P.gelu_erf(x)
+    y = P._gelu_erf_node(x)  # the traced node's forward: hands its stash over
     stashed = P._gelu_erf_vjp(y, x)(g)
     recomputed = P._gelu_erf_vjp(y.copy(), x)(g)
     onp.testing.assert_array_equal(stashed, recomputed)
     assert P._GELU_ERF.take(y) is None
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_untraced_exact_gelu_is_the_traced_value_with_nothing_stashed(blocks, dtype):
+    """A forward pass with no gradient forms no GELU'(x) and stashes nothing; same numbers."""
+    x = _x((9, 61), dtype, 15, 3.0)
+    y = P.gelu_erf(x)
+    assert P._GELU_ERF.take(y) is None
+    _, y_traced = make_vjp(P.gelu_erf)(x)
+    onp.testing.assert_array_equal(y, y_traced)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

@@ -27,6 +27,7 @@ import math
 
 import numpy as onp
 from autograd.extend import defvjp, defvjp_argnums, primitive
+from autograd.tracer import isbox
 
 _GELU_C = math.sqrt(2.0 / math.pi)  # a Python float: joins float32 without upcasting
 _GELU_A = 0.044715
@@ -346,9 +347,10 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 #: made by ``benchmarks/gelu_erf_fit.py`` (tests/test_kernels.py checks they are its output)
 _PHI_P = (48.93103790283203, 42.7879753112793, 17.854324340820312, 3.9503283500671387, 0.3989472985267639)
 _PHI_R = (97.86207580566406, 163.65863037109375, 117.35786437988281, 45.738895416259766, 9.902671813964844)
-def _gelu_erf32_block(xb, yb, db, a, e, r):
-    """GELU(x) into yb and GELU'(x) into db for one float32 block xb, through the scratch
-    rows a, e, r (of xb's size), every step in place.  With a = |x|, s = Φ(−a) (above):
+def _gelu_erf32_block(xb, yb, db, a, e, r, q):
+    """GELU(x) into yb and (unless db is None) GELU'(x) into db for one float32 block xb,
+    through the scratch rows a, e, r, q (of xb's size; q may be db itself), every step in
+    place.  With a = |x|, s = Φ(−a) (above):
 
         GELU(x)  = max(x, 0) − a s                      (max(x, 0) = ½ (x + a), exact)
         GELU'(x) = Φ(x) + x φ(x) = ½ + sign(x) (½ + a φ(a) − s),  φ(a) = exp(−a²/2)/√(2π)
@@ -359,7 +361,7 @@ def _gelu_erf32_block(xb, yb, db, a, e, r):
     onp.multiply(a, a, out=e)
     e *= -0.5
     onp.exp(e, out=e)  # exp(−a²/2)
-    s = onp.multiply(a, _PHI_P[-1], out=db)  # P(a) by Horner, in db's buffer
+    s = onp.multiply(a, _PHI_P[-1], out=q)  # P(a) by Horner
     s += _PHI_P[-2]
     for c in _PHI_P[-3::-1]:
         s *= a
@@ -370,47 +372,41 @@ def _gelu_erf32_block(xb, yb, db, a, e, r):
         r += c
     s /= r
     s *= e  # s = Φ(−a)
-    onp.multiply(a, _INV_SQRT_2PI, out=r)
-    r *= e  # a φ(a)
-    r -= s
+    if db is not None:
+        onp.multiply(a, _INV_SQRT_2PI, out=r)
+        r *= e  # a φ(a)
+        r -= s
+        r += 0.5
     onp.add(xb, a, out=yb)
     yb *= 0.5  # max(x, 0)
     a *= s
     yb -= a  # GELU(x)
-    r += 0.5
-    onp.copysign(r, xb, out=db)
-    db += 0.5  # GELU'(x)
+    if db is not None:
+        onp.copysign(r, xb, out=db)
+        db += 0.5  # GELU'(x)
 
 
-def _gelu_erf32(x):
-    """(GELU(x), GELU'(x)) of a float32 array, block by block (``_gelu_erf32_block``)."""
-    y, d = _empty(x), _empty(x)
-    xf, yf, df = x.reshape(-1), y.reshape(-1), d.reshape(-1)  # flat views (x copied if strided)
+def _gelu_erf32(x, derivative=True):
+    """(GELU(x), GELU'(x) or None) of a float32 array, block by block (``_gelu_erf32_block``)."""
+    y, d = _empty(x), (_empty(x) if derivative else None)
+    xf, yf = x.reshape(-1), y.reshape(-1)  # flat views (x copied if strided)
+    df = None if d is None else d.reshape(-1)
     sls = _blocks(xf.shape[0], type(x) is not onp.ndarray)
-    scratch = [onp.empty_like(xf[sls[0]]) for _ in range(3)] if sls else []
+    scratch = [onp.empty_like(xf[sls[0]]) for _ in range(3 if derivative else 4)] if sls else []
     for sl in sls:
         xb = xf[sl]
-        _gelu_erf32_block(xb, yf[sl], df[sl], *(r[:xb.shape[0]] for r in scratch))
+        rows = [t[:xb.shape[0]] for t in scratch]
+        db = None if df is None else df[sl]
+        _gelu_erf32_block(xb, yf[sl], db, *rows, *([db] if derivative else []))
     return y, d
 
 
-@primitive
-def gelu_erf(x):
-    """GELU, exact form (BERT's ``hidden_act="gelu"``, PyTorch's default ``GELU()``).
-
-        GELU(x) = x Φ(x) = ½ x (1 + erf(x / √2))
-
-    Any shape -> same shape.  GELU'(x) = Φ(x) + x φ(x),  φ(x) = exp(−x²/2) / √(2π).
-
-    float64 (and other dtypes): SciPy's erf (cupyx's on a device).  float32: Φ(−|x|) from a
-    fitted polynomial (``_gelu_erf32_block``), GELU'(x) formed in the same pass; measured
-    against a float64 ``math.erfc`` reference on a dense grid (tests/test_kernels.py), its
-    error is at most PyTorch's float32 GELU's, in absolute terms and in float32 ulps, for the
-    value and the derivative, and within |Δ| ≤ 2⁻²³ (|x| + |GELU(x)|) everywhere. ±inf give NaN.
-    """
+def _gelu_erf_values(x, stash=True):
+    """GELU(x) = x Φ(x); ``stash``: also hand the VJP what it reads (float32: GELU'(x), formed
+    in the same pass; other dtypes: Φ(x))."""
     if x.dtype == onp.float32:
-        y, dydx = _gelu_erf32(x)
-        return _GELU_ERF.put(y, (True, dydx))
+        y, dydx = _gelu_erf32(x, derivative=stash)
+        return _GELU_ERF.put(y, (True, dydx)) if stash else y
     y, Phi = _empty(x), _empty(x)
     xf, yf, pf = x.reshape(-1), y.reshape(-1), Phi.reshape(-1)  # flat views (x copied if strided)
     for sl in _blocks(xf.shape[0], type(x) is not onp.ndarray):  # each block's chain in cache
@@ -422,7 +418,28 @@ def gelu_erf(x):
         if not host:
             pf[sl] = p
         onp.multiply(xf[sl], p, out=yf[sl])
-    return _GELU_ERF.put(y, (False, Phi))
+    return _GELU_ERF.put(y, (False, Phi)) if stash else y
+
+
+_gelu_erf_node = primitive(_gelu_erf_values)  # what autograd traces: its VJP reads the stash
+
+
+def gelu_erf(x):
+    """GELU, exact form (BERT's ``hidden_act="gelu"``, PyTorch's default ``GELU()``).
+
+        GELU(x) = x Φ(x) = ½ x (1 + erf(x / √2))
+
+    Any shape -> same shape.  GELU'(x) = Φ(x) + x φ(x),  φ(x) = exp(−x²/2) / √(2π).
+
+    float64 (and other dtypes): SciPy's erf (cupyx's on a device).  float32: Φ(−|x|) from a
+    fitted rational function (``_gelu_erf32_block``), GELU'(x) formed in the same pass; measured
+    against a float64 ``math.erfc`` reference on a dense grid (tests/test_kernels.py), its
+    error is at most PyTorch's float32 GELU's, in absolute terms and in float32 ulps, for the
+    value and the derivative, and within |Δ| ≤ 2⁻²³ (|x| + |GELU(x)|) everywhere. ±inf give NaN.
+    Traced by autograd, it is one node (``_gelu_erf_node``); untraced (a forward pass with no
+    gradient), GELU'(x) is not formed at all.
+    """
+    return _gelu_erf_node(x) if isbox(x) else _gelu_erf_values(x, stash=False)
 
 
 def _gelu_erf_derivative(x, Phi):
@@ -452,7 +469,7 @@ def _gelu_erf_vjp(ans, x):
     return lambda g: g * dydx
 
 
-defvjp(gelu_erf, _gelu_erf_vjp)
+defvjp(_gelu_erf_node, _gelu_erf_vjp)
 
 
 # --------------------------------------------------------------------------- softmax
