@@ -196,6 +196,15 @@ def main():
             out(f"| {shape[0]} | {shape[1]} × {shape[2]} | {name} | {shp} | {r['cpu']:.2f} | "
                 f"{r['iqr'][0]:.2f}-{r['iqr'][1]:.2f} |{cols} {err:.1e} |")
     out()
+    tiny = [onp.float32([[0.5, -0.5]])]  # the fixed cost each timed call carries: autograd's trace, torch's graph
+    reps = 200
+    res = measure.interleave({"minipeft": repeated(step_mp(P.softmax, tiny, tiny[0]), reps),
+                              "torch": repeated(step_torch(lambda z: torch.softmax(z, -1), tiny, tiny[0]), reps)},
+                             a.rounds)
+    us = {k: res[k]["cpu"]["median"] / reps * 1e6 for k in res}
+    out(f"fixed cost in each kernel's figure (softmax of a 1 × 2 array, forward + backward, CPU time per call): "
+        f"minipeft {us['minipeft']:.0f} µs (autograd's make_vjp and backward pass), torch {us['torch']:.0f} µs; "
+        f"a training step pays autograd's trace once, not once per kernel")
     out(measure.load_line("at the end"))
     if a.out:
         out.write(a.out, "kernel_bench.py")
