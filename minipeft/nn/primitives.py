@@ -347,6 +347,8 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 #: made by ``benchmarks/gelu_erf_fit.py`` (tests/test_kernels.py checks they are its output)
 _PHI_P = (48.93103790283203, 42.7879753112793, 17.854324340820312, 3.9503283500671387, 0.3989472985267639)
 _PHI_R = (97.86207580566406, 163.65863037109375, 117.35786437988281, 45.738895416259766, 9.902671813964844)
+
+
 def _gelu_erf32_block(xb, yb, db, a, e, r, q):
     """GELU(x) into yb and (unless db is None) GELU'(x) into db for one float32 block xb,
     through the scratch rows a, e, r, q (of xb's size; q may be db itself), every step in
