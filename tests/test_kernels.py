@@ -142,15 +142,91 @@ def test_exact_gelu_over_a_dense_grid_against_math_erf(dtype):
     assert (onp.abs(dy.astype(onp.float64) - dwant) <= dbound).all()
 
 
+#: the float32 exact GELU's test grid: 200,001 points of [−10, 10], the negative tail to −20
+#: (GELU(x) leaves float32's normal range near −13), large positive values, and ±0
+_GRID32 = onp.concatenate([onp.linspace(-10, 10, 200_001), -onp.geomspace(10, 20, 2001),
+                           onp.geomspace(10, 1e4, 2001), [0.0, -0.0]]).astype(onp.float32)
+
+
+def _gelu_errors(y, dy, x):
+    """{(value|derivative, abs|ulp): max error} of float32 GELU(x) and GELU'(x) against float64
+    references with Φ(x) = ½ erfc(−x/√2) (math.erfc: no 1 + erf cancellation in the tail);
+    ulp = the float32 spacing at the reference value."""
+    x64 = x.astype(onp.float64)
+    Phi = onp.array([0.5 * math.erfc(-v / math.sqrt(2.0)) for v in x64.tolist()])
+    refs = {"value": x64 * Phi, "derivative": Phi + x64 * onp.exp(-0.5 * x64 * x64) / math.sqrt(2.0 * math.pi)}
+    out = {}
+    for what, got in (("value", y), ("derivative", dy)):
+        d = onp.abs(onp.asarray(got, onp.float64) - refs[what])
+        out[what, "abs"] = float(d.max())
+        out[what, "ulp"] = float((d / onp.spacing(onp.abs(refs[what]).astype(onp.float32))).max())
+    return out
+
+
+def test_float32_exact_gelu_is_at_least_as_exact_as_pytorchs():
+    """The accuracy criterion of the float32 exact GELU: on the grid, its largest error —
+    absolute and in float32 ulps, of GELU(x) and of GELU'(x) — is at most that of PyTorch's
+    float32 ``F.gelu`` (and its autograd derivative) against the same float64 reference."""
+    torch = pytest.importorskip("torch")
+    x = _GRID32
+    vjp, y = make_vjp(P.gelu_erf)(x)
+    ours = _gelu_errors(y, vjp(onp.ones_like(x)), x)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.gelu(tx)
+    ty.backward(torch.ones_like(ty))
+    theirs = _gelu_errors(ty.detach().numpy(), tx.grad.numpy(), x)
+    table = {k: f"minipeft {ours[k]:.3g}, torch {theirs[k]:.3g}" for k in ours}
+    print(table)
+    assert all(ours[k] <= theirs[k] for k in ours), table
+
+
+def test_float32_exact_gelu_tail_keeps_its_relative_accuracy():
+    """For x < 0, GELU(x) = x Φ(x) is tiny and SciPy's ½(1 + erf) form loses it to
+    cancellation; the float32 kernel computes Φ(−a) = exp(−a²/2)·P(a)/R(a) directly, so its
+    relative error grows only with the rounding of a² in exp(−a²/2):
+    |Δ| / |GELU(x)| ≤ 2⁻²³ (8 + x²) wherever GELU(x) < 0 is a normal float32."""
+    x = _GRID32[_GRID32 < 0]
+    x64 = x.astype(onp.float64)
+    want = x64 * onp.array([0.5 * math.erfc(-v / math.sqrt(2.0)) for v in x64.tolist()])
+    keep = onp.abs(want) >= onp.finfo(onp.float32).tiny
+    x, x64, want = x[keep], x64[keep], want[keep]
+    rel = onp.abs(P.gelu_erf(x).astype(onp.float64) - want) / onp.abs(want)
+    bound = 2.0 ** -23 * (8.0 + x64 * x64)
+    assert (rel <= bound).all(), float((rel / bound).max())
+
+
+def test_float32_exact_gelu_constants_are_the_fits_output():
+    """_PHI_P, _PHI_R are what benchmarks/gelu_erf_fit.py makes (as float32), and that fit's
+    relative error is below float32's unit roundoff 2⁻²⁴ (so rounding, not the fit, dominates)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gelu_erf_fit
+    p, r, err = gelu_erf_fit.fit()
+    onp.testing.assert_allclose(P._PHI_P, p.astype(onp.float32), rtol=1e-6)
+    onp.testing.assert_allclose(P._PHI_R, r.astype(onp.float32), rtol=1e-6)
+    assert err < 2.0 ** -24
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_exact_gelu_vjp_recomputes_when_not_handed_over(dtype):
     x = _x((3, 70), dtype, 11, 2.0)
     g = _x(x.shape, dtype, 12)
-    y = P.gelu_erf(x)
+    y = P._gelu_erf_node(x)  # the traced node's forward: hands its stash over
     stashed = P._gelu_erf_vjp(y, x)(g)
     recomputed = P._gelu_erf_vjp(y.copy(), x)(g)
     onp.testing.assert_array_equal(stashed, recomputed)
     assert P._GELU_ERF.take(y) is None
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_untraced_exact_gelu_is_the_traced_value_with_nothing_stashed(blocks, dtype):
+    """A forward pass with no gradient forms no GELU'(x) and stashes nothing; same numbers."""
+    x = _x((9, 61), dtype, 15, 3.0)
+    y = P.gelu_erf(x)
+    assert P._GELU_ERF.take(y) is None
+    _, y_traced = make_vjp(P.gelu_erf)(x)
+    onp.testing.assert_array_equal(y, y_traced)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -173,3 +249,24 @@ def test_float32_bert_path_stays_float32(record, method):  # noqa: F811
     assert not _not32(record["backward"]), record["backward"]
     assert not [tree.path_str(q) for q, a in tree.leaves_with_paths(g) if a.dtype != onp.float32]
     assert mp.forward(p, x, cfg, methods).dtype == onp.float32
+
+
+def test_float32_exact_gelu_on_a_device_equals_the_host(blocks):
+    """The float32 kernel through the fake device's array module (CuPy's stand-in): every
+    step a ufunc on device arrays, no host array mixed in; the same numbers as on the host."""
+    from fake_device import fake_xp
+
+    from minipeft import backend
+    x = _x((7, 45), "float32", 13, 3.0)
+    g = _x(x.shape, "float32", 14)
+    vjp, y = make_vjp(P.gelu_erf)(x)
+    dx = vjp(g)
+    prev = backend.xp()
+    backend.use_backend(fake_xp)
+    try:
+        dvjp, dy = make_vjp(P.gelu_erf)(fake_xp.asarray(x))
+        ddx = dvjp(fake_xp.asarray(g))
+    finally:
+        backend.use_backend("numpy" if prev is onp else prev)
+    onp.testing.assert_array_equal(dy.get(), y)
+    onp.testing.assert_array_equal(ddx.get(), dx)

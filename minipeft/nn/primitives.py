@@ -27,6 +27,7 @@ import math
 
 import numpy as onp
 from autograd.extend import defvjp, defvjp_argnums, primitive
+from autograd.tracer import isbox
 
 _GELU_C = math.sqrt(2.0 / math.pi)  # a Python float: joins float32 without upcasting
 _GELU_A = 0.044715
@@ -60,9 +61,22 @@ class _Stash:
         return aux
 
 
+_ONES = {}  # (dtype, n) -> read-only host ones vector, reused by the row and column sums
+
+
 def _ones(x, n):
-    """n ones in x's dtype, made by x's own array module (NumPy, or CuPy on a GPU)."""
-    return onp.ones_like(x, shape=(n,))
+    """n ones in x's dtype, made by x's own array module (NumPy, or CuPy on a GPU); on the
+    host one read-only vector per (dtype, n) is kept and reused (a few µs per call saved on
+    every LayerNorm, softmax and bias gradient; at most 64 kept)."""
+    if type(x) is not onp.ndarray:
+        return onp.ones_like(x, shape=(n,))
+    o = _ONES.get((x.dtype, n))
+    if o is None:
+        if len(_ONES) >= 64:
+            _ONES.clear()
+        o = _ONES[x.dtype, n] = onp.ones(n, x.dtype)
+        o.flags.writeable = False
+    return o
 
 
 def _row_sum(x):
@@ -327,15 +341,74 @@ _GELU_ERF = _Stash()
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
+#: float32 Φ(−a), a = |x| ≥ 0, as exp(−a²/2) · P(a)/R(a): P/R (degree 4 over a monic 5)
+#: approximates ½ erfcx(a/√2) = ½ exp(a²/2) erfc(a/√2), smooth and slowly varying on [0, ∞),
+#: in relative error; the coefficients (lowest order first; R's leading 1 left out) are the fit
+#: made by ``benchmarks/gelu_erf_fit.py`` (tests/test_kernels.py checks they are its output)
+_PHI_P = (48.93103790283203, 42.7879753112793, 17.854324340820312, 3.9503283500671387, 0.3989472985267639)
+_PHI_R = (97.86207580566406, 163.65863037109375, 117.35786437988281, 45.738895416259766, 9.902671813964844)
 
-@primitive
-def gelu_erf(x):
-    """GELU, exact form (BERT's ``hidden_act="gelu"``, PyTorch's default ``GELU()``).
 
-        GELU(x) = x Φ(x) = ½ x (1 + erf(x / √2))
+def _gelu_erf32_block(xb, yb, db, a, e, r, q):
+    """GELU(x) into yb and (unless db is None) GELU'(x) into db for one float32 block xb,
+    through the scratch rows a, e, r, q (of xb's size; q may be db itself), every step in
+    place.  With a = |x|, s = Φ(−a) (above):
 
-    Any shape -> same shape.  GELU'(x) = Φ(x) + x φ(x),  φ(x) = exp(−x²/2) / √(2π).
+        GELU(x)  = max(x, 0) − a s                      (max(x, 0) = ½ (x + a), exact)
+        GELU'(x) = Φ(x) + x φ(x) = ½ + sign(x) (½ + a φ(a) − s),  φ(a) = exp(−a²/2)/√(2π)
+
+    No 1 + erf(·) cancellation: Φ(x) for x < 0 keeps its relative accuracy far into the tail.
     """
+    onp.absolute(xb, out=a)
+    onp.multiply(a, a, out=e)
+    e *= -0.5
+    onp.exp(e, out=e)  # exp(−a²/2)
+    s = onp.multiply(a, _PHI_P[-1], out=q)  # P(a) by Horner
+    s += _PHI_P[-2]
+    for c in _PHI_P[-3::-1]:
+        s *= a
+        s += c
+    onp.add(a, _PHI_R[-1], out=r)  # R(a), monic
+    for c in _PHI_R[-2::-1]:
+        r *= a
+        r += c
+    s /= r
+    s *= e  # s = Φ(−a)
+    if db is not None:
+        onp.multiply(a, _INV_SQRT_2PI, out=r)
+        r *= e  # a φ(a)
+        r -= s
+        r += 0.5
+    onp.add(xb, a, out=yb)
+    yb *= 0.5  # max(x, 0)
+    a *= s
+    yb -= a  # GELU(x)
+    if db is not None:
+        onp.copysign(r, xb, out=db)
+        db += 0.5  # GELU'(x)
+
+
+def _gelu_erf32(x, derivative=True):
+    """(GELU(x), GELU'(x) or None) of a float32 array, block by block (``_gelu_erf32_block``)."""
+    y, d = _empty(x), (_empty(x) if derivative else None)
+    xf, yf = x.reshape(-1), y.reshape(-1)  # flat views (x copied if strided)
+    df = None if d is None else d.reshape(-1)
+    sls = _blocks(xf.shape[0], type(x) is not onp.ndarray)
+    scratch = [onp.empty_like(xf[sls[0]]) for _ in range(3 if derivative else 4)] if sls else []
+    for sl in sls:
+        xb = xf[sl]
+        rows = [t[:xb.shape[0]] for t in scratch]
+        db = None if df is None else df[sl]
+        _gelu_erf32_block(xb, yf[sl], db, *rows, *([db] if derivative else []))
+    return y, d
+
+
+def _gelu_erf_values(x, stash=True):
+    """GELU(x) = x Φ(x); ``stash``: also hand the VJP what it reads (float32: GELU'(x), formed
+    in the same pass; other dtypes: Φ(x))."""
+    if x.dtype == onp.float32:
+        y, dydx = _gelu_erf32(x, derivative=stash)
+        return _GELU_ERF.put(y, (True, dydx)) if stash else y
     y, Phi = _empty(x), _empty(x)
     xf, yf, pf = x.reshape(-1), y.reshape(-1), Phi.reshape(-1)  # flat views (x copied if strided)
     for sl in _blocks(xf.shape[0], type(x) is not onp.ndarray):  # each block's chain in cache
@@ -347,7 +420,28 @@ def gelu_erf(x):
         if not host:
             pf[sl] = p
         onp.multiply(xf[sl], p, out=yf[sl])
-    return _GELU_ERF.put(y, Phi)
+    return _GELU_ERF.put(y, (False, Phi)) if stash else y
+
+
+_gelu_erf_node = primitive(_gelu_erf_values)  # what autograd traces: its VJP reads the stash
+
+
+def gelu_erf(x):
+    """GELU, exact form (BERT's ``hidden_act="gelu"``, PyTorch's default ``GELU()``).
+
+        GELU(x) = x Φ(x) = ½ x (1 + erf(x / √2))
+
+    Any shape -> same shape.  GELU'(x) = Φ(x) + x φ(x),  φ(x) = exp(−x²/2) / √(2π).
+
+    float64 (and other dtypes): SciPy's erf (cupyx's on a device).  float32: Φ(−|x|) from a
+    fitted rational function (``_gelu_erf32_block``), GELU'(x) formed in the same pass; measured
+    against a float64 ``math.erfc`` reference on a dense grid (tests/test_kernels.py), its
+    error is at most PyTorch's float32 GELU's, in absolute terms and in float32 ulps, for the
+    value and the derivative, and within |Δ| ≤ 2⁻²³ (|x| + |GELU(x)|) everywhere. ±inf give NaN.
+    Traced by autograd, it is one node (``_gelu_erf_node``); untraced (a forward pass with no
+    gradient), GELU'(x) is not formed at all.
+    """
+    return _gelu_erf_node(x) if isbox(x) else _gelu_erf_values(x, stash=False)
 
 
 def _gelu_erf_derivative(x, Phi):
@@ -367,18 +461,46 @@ def _gelu_erf_derivative(x, Phi):
 
 
 def _gelu_erf_vjp(ans, x):
-    # built right after the forward: Φ (no longer needed) becomes GELU'(x) in its own buffer
-    Phi = _GELU_ERF.take(ans)
-    if Phi is None:
-        Phi = 0.5 * (1.0 + _erf(x * _INV_SQRT2))
-    dydx = _gelu_erf_derivative(x, Phi)
+    # built right after the forward: float32's forward formed GELU'(x) already; otherwise Φ
+    # (no longer needed) becomes GELU'(x) in its own buffer
+    held = _GELU_ERF.take(ans)
+    if held is None:  # not handed over: recompute
+        held = (True, _gelu_erf32(x)[1]) if x.dtype == onp.float32 else (False, 0.5 * (1.0 + _erf(x * _INV_SQRT2)))
+    done, buf = held
+    dydx = buf if done else _gelu_erf_derivative(x, buf)
     return lambda g: g * dydx
 
 
-defvjp(gelu_erf, _gelu_erf_vjp)
+defvjp(_gelu_erf_node, _gelu_erf_vjp)
 
 
 # --------------------------------------------------------------------------- softmax
+#: rows up to this long take their maximum as log₂ n shifted element-wise maxima over the
+#: whole flat block (``_row_max``): NumPy's ``max(axis=-1)`` pays a fixed cost per row that
+#: dominates on short rows (the attention scores of short texts); longer rows use it
+_SHORT_ROW = 64
+
+
+def _row_max(src, scratch):
+    """max over the last axis, keepdims, of a host array (..., n), n ≤ ``_SHORT_ROW``, with two
+    flat scratch buffers of at least src.size numbers: after k steps of w[i] = max(w[i], w[i + 2ᵏ⁻¹])
+    (ping-pong, no overlap), w[i] is the maximum of f[i : i + 2ᵏ] (f the flat src); row r's
+    maximum is then w[r n], or max(w[r n], w[r n + n − 2ᵏ]) when n is not a power of two.
+    Exact (a maximum has no rounding), so the same numbers as ``src.max(-1)``."""
+    n = src.shape[-1]
+    f = src.reshape(-1)  # (a copy if src is strided)
+    N = f.shape[0]
+    if n < 2 or N == 0:
+        return src.max(axis=-1, keepdims=True)
+    bufs, w, L = (scratch[0][:N], scratch[1][:N]), 1, N
+    for k in range(n.bit_length() - 1):  # 2ᵏ ≤ n
+        L -= w
+        f = onp.maximum(f[:L], f[w:w + L], out=bufs[k % 2][:L])
+        w *= 2
+    m = f[0:N:n] if w == n else onp.maximum(f[0:N:n], f[n - w:N:n])  # (rows,) the last start fits in f: L = N − w + 1
+    return m.reshape(src.shape[:-1] + (1,))
+
+
 def _softmax(z, inplace=False, scale=None, bias=None):
     """softmax over the last axis of z, or of ``scale`` · z + ``bias`` when given (the
     attention scores: scale = 1/sqrt(d_h), bias the key mask's 0 / −∞ row of each batch
@@ -389,6 +511,8 @@ def _softmax(z, inplace=False, scale=None, bias=None):
     """
     n = z.shape[-1]
     e = z if inplace else _empty(z)
+    host = type(z) is onp.ndarray
+    scratch = [] if not host or n > _SHORT_ROW else [onp.empty(min(z.size, max(_BLOCK, n)), z.dtype) for _ in range(2)]
 
     def rows(zb, eb, bb):  # zb, eb: (..., n); bb: None or broadcastable to zb
         src = zb
@@ -396,7 +520,8 @@ def _softmax(z, inplace=False, scale=None, bias=None):
             src = onp.multiply(src, scale, out=eb)
         if bb is not None:
             src = onp.add(src, bb, out=eb)
-        onp.subtract(src, src.max(axis=-1, keepdims=True), out=eb)
+        m = _row_max(src, scratch) if scratch else src.max(axis=-1, keepdims=True)
+        onp.subtract(src, m, out=eb)
         onp.exp(eb, out=eb)
         eb /= _row_sum(eb)
 
