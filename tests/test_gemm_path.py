@@ -6,10 +6,11 @@ LayerNorm or softmax backward — runs there. These tests count the linear VJPs 
 in a real step, per weight matrix, and fail if one below ℓ ran.
 """
 import dataclasses
+import sys
+from pathlib import Path
 
 import numpy as onp
 import pytest
-from autograd.core import primitive_vjps
 
 import minipeft as mp
 from minipeft import tree
@@ -20,29 +21,18 @@ from minipeft.nn import ff as FF
 from conftest import images, randomize
 
 
-def _count_linear_vjps(monkeypatch):
-    """Wrap the VJP makers of ``linear`` and ``linear_gelu``: returns {id(W): runs} of the VJP
-    closures that actually ran in the backward pass."""
-    runs = {}
-    for fun in (P.linear, FF.linear_gelu):
-        maker = primitive_vjps[fun]
-
-        def wrapped(argnums, ans, args, kwargs, _maker=maker):
-            vjp = _maker(argnums, ans, args, kwargs)
-            key = id(args[1])
-
-            def counted(g):
-                runs[key] = runs.get(key, 0) + 1
-                return vjp(g)
-
-            return counted
-
-        monkeypatch.setitem(primitive_vjps, fun, wrapped)
-    return runs
+def _measure():
+    """benchmarks/measure.py (its ``vjp_runs`` counts the VJPs a backward pass runs, per W)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import measure
+    finally:
+        sys.path.pop(0)
+    return measure
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_no_backward_work_below_the_lowest_trainable_layer(monkeypatch, tiny_cfg, method):
+def test_no_backward_work_below_the_lowest_trainable_layer(tiny_cfg, method):
     cfg = dataclasses.replace(tiny_cfg, N=3)
     params = randomize(mp.init_params(cfg, 0, "float64"))
     x, y = images(cfg, 4), onp.arange(4) % cfg.n_classes
@@ -54,8 +44,8 @@ def test_no_backward_work_below_the_lowest_trainable_layer(monkeypatch, tiny_cfg
     else:  # control: with every leaf trainable, every block's linears have VJPs that run
         methods, pred = [], (lambda path, leaf: True)
     theta, phi = tree.split(params, pred)
-    runs = _count_linear_vjps(monkeypatch)
-    value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, methods), theta)
+    runs = _measure().vjp_runs(lambda: value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, methods), theta),
+                               (P.linear, FF.linear_gelu))
     per_block = [sum(runs.get(id(W), 0) for W in (bp["attn"]["W_q"], bp["attn"]["W_k"], bp["attn"]["W_v"],
                                                   bp["attn"]["W_o"], bp["mlp"]["W_1"], bp["mlp"]["W_2"]))
                  for bp in params["blocks"]]
@@ -100,3 +90,31 @@ def test_checked_forward_gives_the_same_bits(tiny_cfg):
     a = mp.forward(params, X, tiny_cfg)
     b = mp.forward(params, X, tiny_cfg, checked=True)
     assert a.dtype == b.dtype and (a == b).all()
+
+
+def _headline():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import headline
+    finally:
+        sys.path.pop(0)
+    return headline
+
+
+def test_the_headline_marks_the_gemm_targets_pass_or_fail():
+    h = _headline()
+    row = lambda d, share, lf: {"d": d, "T": 17, "batch": 64, "pairs": 2, "steps": 3, "full_ms": 10.0,  # noqa: E731
+                                "lora_ms": 10.0 * lf, "share": share, "lora_full": lf, "floor": 0.68}
+    res = {"headline": {"gemm": [row(64, 0.56, 0.72), row(128, 0.6, 0.70), row(256, 0.74, 0.80)],
+                        "lowest": {"d": 64, "T": 17, "N": 4, "layer": 3, "vjps_per_block": [0, 0, 0, 3]}},
+           "peaks": {}}
+    text = h.render(res)
+    assert "full step ≥ 55 % of the NumPy float32 GEMM peak at d = 64, T = 17: 56 % — pass" in text
+    assert "full step ≥ 75 % of the NumPy float32 GEMM peak at d = 256, T = 17: 74 % — **FAIL**" in text
+    assert "d = 128, T = 17: 60 %" not in text  # no share target at d = 128
+    assert "at d = 64, T = 17: 0.72 vs 0.68 (+0.04) — pass" in text
+    assert "at d = 256, T = 17: 0.80 vs 0.68 (+0.12) — **FAIL**" in text
+    assert "0 linear VJPs below it — pass" in text
+    res["headline"]["lowest"]["vjps_per_block"] = [3, 0, 0, 3]
+    assert "3 linear VJPs below it — **FAIL**" in h.render(res)
+    assert "GEMM share" not in h.render({"headline": {}, "peaks": {}})  # an older results file: nothing added
