@@ -188,6 +188,53 @@ def run_case(d, T, dtype, args, have_torch, log):
     return out
 
 
+# ------------------------------------------------------------------ GEMM targets
+def gemm_steps(args, peaks, log):
+    """Issue 16's GEMM targets, minipeft alone: the full and LoRA step of every size, each in fresh
+    processes under minipeft's entry-point policy (``fresh.run_worker``; full and LoRA interleaved,
+    ``--fresh-pairs`` pairs), float32, batch ``--batch``. Per size: each step's CPU ms (median over
+    processes), the full step's GEMM share (``measure.gemm_flops`` / time / the NumPy peak) and
+    LoRA / full (median of the per-pair ratios) beside its GEMM-FLOP floor."""
+    out = []
+    for d in args.d:
+        for T in args.T:
+            runs = {"full": [], "lora": []}
+            for i in range(args.fresh_pairs):
+                for k in (("full", "lora") if i % 2 == 0 else ("lora", "full")):
+                    runs[k].append(fresh.run_worker({"framework": "mp", "mode": "steps", "kind": k, "d": d, "T": T,
+                                                     "batch": args.batch, "dtype": "float32",
+                                                     "steps": args.fresh_steps})["cpu_ms"])
+            cfg, ms = config(d, T), {k: float(onp.median(v)) for k, v in runs.items()}
+            flops = {k: measure.gemm_flops(cfg, args.batch, T, k) for k in ("full", "lora")}
+            r = {"d": d, "T": T, "batch": args.batch, "pairs": args.fresh_pairs, "steps": args.fresh_steps,
+                 "full_ms": ms["full"], "lora_ms": ms["lora"],
+                 "share": flops["full"] / (ms["full"] / 1e3) / (peaks["float32"]["numpy"] * 1e9),
+                 "lora_full": float(onp.median(onp.asarray(runs["lora"]) / onp.asarray(runs["full"]))),
+                 "floor": flops["lora"] / flops["full"]}
+            log(f"  GEMM d={d} T={T}: full {r['full_ms']:.1f} ms ({100 * r['share']:.0f} % of the NumPy peak), "
+                f"LoRA/full {r['lora_full']:.2f} (floor {r['floor']:.2f})")
+            out.append(r)
+    return out
+
+
+def lowest_layer(d, T):
+    """LoRA on the last block only, one step of the benchmark's case (batch 4): the linear VJPs
+    (``measure.vjp_runs``) that ran in each block. Below that block there should be none."""
+    from minipeft.nn import primitives
+    from minipeft.nn.ff import linear_gelu
+    from minipeft.transformer.schema import LINEARS, linears
+    case = Case(d, T, "float32", batch=4)
+    cfg = case.cfg
+    m = mp.method_class("lora")(layers=(cfg.N - 1,))
+    params = mp.attach(case.params, [m], cfg)
+    theta, phi = mp.split(params, mp.trainable([m]))
+    runs = measure.vjp_runs(lambda: mp.value_and_grad(lambda th: mp.loss(th, phi, case.x, case.y, cfg, [m]), theta),
+                            (primitives.linear, linear_gelu))
+    per_block = [sum(runs.get(id(bp[mod][W]), 0) for mod, W, _ in (LINEARS[n] for n in linears(cfg)))
+                 for bp in params["blocks"]]
+    return {"d": d, "T": T, "N": cfg.N, "layer": cfg.N - 1, "vjps_per_block": per_block}
+
+
 # --------------------------------------------------------------------------- report
 def machine():
     """Date, CPU, cores, memory, load, versions, BLAS libraries."""
@@ -469,6 +516,8 @@ def parse(argv):
     ap.add_argument("--mem-batch", type=int, default=256, help="batch of the memory table")
     ap.add_argument("--mem-kinds", nargs="+", default=list(MEM_KINDS), choices=MEM_KINDS,
                     help="steps of the memory table (full is always measured: the ratios divide by it)")
+    ap.add_argument("--no-gemm", dest="gemm", action="store_false",
+                    help="skip the GEMM targets (fresh minipeft full and LoRA steps at every size, float32)")
     ap.add_argument("--train-epochs", type=int, default=20, help="epochs of the timed `minipeft train` process")
     ap.add_argument("--out", type=Path, default=None,
                     help="write the markdown here (and the raw numbers beside it as .json); "
@@ -541,6 +590,10 @@ def main(argv=None):
             head["memory"] = [fresh.memory(kinds, D, T, args.mem_batch, dt, log) for dt in args.dtype]
     if args.train and have_torch:
         head["train"] = fresh.train_pairs(args.train_epochs, args.fresh_pairs, log)
+    if args.gemm:  # minipeft alone: no PyTorch needed
+        if args.fresh and "float32" in peaks:
+            head["gemm"] = gemm_steps(args, peaks, log)
+        head["lowest"] = lowest_layer(args.d[0], args.T[0])
     results = []
     for dt in args.dtype:
         for d in args.d:

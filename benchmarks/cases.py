@@ -13,6 +13,7 @@ import numpy as onp
 
 import minipeft as mp
 from minipeft import tree
+from minipeft.transformer import check_model
 
 BATCH, N_LAYERS, HEADS, PATCH, CLASSES = 64, 4, 4, 4, 10
 #: the methods every case attaches (θ perturbed so that B ≠ 0 for LoRA)
@@ -85,14 +86,16 @@ def mp_forward(case, params=None, methods=()):
 
 
 def mp_step(case, kind, grad="value_and_grad"):
-    """One minipeft training step: loss, gradients of θ, one Adam update."""
+    """One minipeft training step as ``fit`` runs it: loss (the model and batch checked once,
+    before the steps), gradients of θ, one Adam update."""
     params, methods, pred = case.setup(kind)
     theta, phi = mp.split(params, pred)
     box = {"theta": theta, "state": mp.adam_init(theta, inplace=True)}
     x, y, cfg = case.x, case.y, case.cfg
+    check_model(params, cfg, methods)
 
     def objective(th):
-        return mp.loss(th, phi, x, y, cfg, methods)
+        return mp.loss(th, phi, x, y, cfg, methods, checked=True)
 
     def step():
         if grad == "value_and_grad":

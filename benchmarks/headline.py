@@ -1,7 +1,7 @@
-"""The benchmark's headline: fresh-process step and whole-command ratios, peak memory, the BLAS
-kernels, and the targets of issue 16 — measured by bench.py (through fresh.py), rendered here
-from the results dict, so that bench.py's report and the README's generated table
-(readme_table.py) are one text.
+"""The benchmark's headline: fresh-process step and whole-command ratios, peak memory, the GEMM
+share of a step and LoRA / full against its floor, the BLAS kernels, and the targets of issue
+16 — measured by bench.py (through fresh.py), rendered here from the results dict, so that
+bench.py's report and the README's generated table (readme_table.py) are one text.
 
 Ratios are minipeft / PyTorch: below 1 minipeft is faster (or smaller).
 """
@@ -13,6 +13,10 @@ import re
 STEP_TARGET = 1.0  # minipeft / PyTorch, fresh processes, LoRA and full steps, every batch
 TRAIN_TARGET = 1.0  # `minipeft train` process / the PyTorch script's, CPU time
 MEM_TARGETS = {"lora": 0.7, "prompt": 0.8}  # traced peak of the step / the full step's
+#: the GEMM targets: a full step's share of the NumPy float32 GEMM peak, by width d; LoRA / full
+#: at most this far above its GEMM-FLOP floor, at every size
+GEMM_SHARE_TARGETS = {64: 0.55, 256: 0.75}
+FLOOR_GAP = 0.05
 
 
 def blas_kernels(torch=None) -> dict:
@@ -106,6 +110,48 @@ def blas_lines(blas, peaks) -> list:
     return L
 
 
+def gemm_table(gemm, lowest) -> list:
+    """Markdown lines: each size's fresh full and LoRA step, the full step's GEMM share, LoRA / full
+    against its floor; and the LoRA-on-the-last-block count of linear VJPs per block."""
+    L = []
+    if gemm:
+        g0 = gemm[0]
+        L += [f"minipeft alone, float32, batch {g0['batch']}, each step in fresh processes under its entry points' "
+              f"policy ({g0['pairs']} interleaved full/LoRA pair(s), {g0['steps']} timed steps each). GEMM share: the "
+              "FLOPs of the full step's matrix products (`measure.gemm_flops`) per second of its CPU time, over the "
+              "NumPy peak below. The floor: LoRA's GEMM FLOPs over the full step's, what LoRA / full would be if "
+              "only the products cost time.", "",
+              "| d | T | full step ms | GEMM share of the peak | LoRA step ms | LoRA / full | floor | above the floor |",
+              "|---|---|---|---|---|---|---|---|"]
+        for r in gemm:
+            L.append(f"| {r['d']} | {r['T']} | {r['full_ms']:.1f} | {100 * r['share']:.0f} % | {r['lora_ms']:.1f} | "
+                     f"{r['lora_full']:.2f} | {r['floor']:.2f} | {r['lora_full'] - r['floor']:+.2f} |")
+        L.append("")
+    if lowest:
+        L += [f"LoRA on block {lowest['layer'] + 1} of {lowest['N']} only (d = {lowest['d']}, T = {lowest['T']}): linear "
+              f"VJPs run in one step, block by block: {lowest['vjps_per_block']}.", ""]
+    return L
+
+
+def gemm_targets(gemm, lowest) -> list:
+    """The GEMM targets of issue 16, each pass/FAIL."""
+    L = []
+    for r in gemm or []:
+        lim = GEMM_SHARE_TARGETS.get(r["d"])
+        if lim is not None:
+            L.append(f"- full step ≥ {100 * lim:.0f} % of the NumPy float32 GEMM peak at d = {r['d']}, T = {r['T']}: "
+                     f"{100 * r['share']:.0f} % — {_mark(r['share'] >= lim)}")
+    for r in gemm or []:
+        gap = r["lora_full"] - r["floor"]
+        L.append(f"- LoRA / full within {FLOOR_GAP} of its GEMM-FLOP floor at d = {r['d']}, T = {r['T']}: "
+                 f"{r['lora_full']:.2f} vs {r['floor']:.2f} ({gap:+.2f}) — {_mark(gap <= FLOOR_GAP)}")
+    if lowest:
+        below = sum(lowest["vjps_per_block"][:lowest["layer"]])
+        L.append(f"- no backward work below the lowest trainable block (LoRA on block {lowest['layer'] + 1} only): "
+                 f"{below} linear VJPs below it — {_mark(below == 0)}")
+    return L
+
+
 def targets(fresh, train, memory) -> list:
     """Issue 16's targets, each pass/FAIL (or not measured)."""
     L = []
@@ -136,8 +182,10 @@ def render(res) -> str:
     h = res.get("headline", {})
     L = fresh_table(h.get("fresh", []), h.get("train"))
     L += memory_table(h.get("memory", []))
+    L += gemm_table(h.get("gemm", []), h.get("lowest"))
     L += blas_lines(h.get("blas", {}), res.get("peaks", {}))
     t = targets(h.get("fresh", []), h.get("train"), h.get("memory", []))
+    t += gemm_targets(h.get("gemm", []), h.get("lowest"))
     if t:
         L += ["Targets of issue 16 (fresh processes and memory):", ""] + t + [""]
     return "\n".join(L)

@@ -123,6 +123,34 @@ def gemm_flops(cfg, B, T, kind, r=4):
     raise ValueError(f"kind must be 'forward', 'full' or 'lora', got {kind!r}")
 
 
+def vjp_runs(fn, prims):
+    """{id(argument 1): how many VJP closures ran} while ``fn()`` runs, for the autograd
+    primitives ``prims`` (``linear`` and friends: argument 1 is W), so a caller can tell, per
+    weight matrix, where the backward pass did work. Counts closures that actually ran, not
+    nodes that were only built."""
+    from autograd.core import primitive_vjps
+    runs, saved = {}, {f: primitive_vjps[f] for f in prims}
+
+    def wrap(maker):
+        def wrapped(argnums, ans, args, kwargs):
+            vjp, key = maker(argnums, ans, args, kwargs), id(args[1])
+
+            def counted(g):
+                runs[key] = runs.get(key, 0) + 1
+                return vjp(g)
+
+            return counted
+
+        return wrapped
+
+    try:
+        primitive_vjps.update({f: wrap(m) for f, m in saved.items()})
+        fn()
+    finally:
+        primitive_vjps.update(saved)
+    return runs
+
+
 # --------------------------------------------------------------------------- memory
 def peak_bytes(fn):
     """Peak bytes of NumPy memory allocated while ``fn()`` runs, beyond what was live before.

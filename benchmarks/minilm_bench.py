@@ -60,12 +60,14 @@ def batch(tok, n):
 
 # ------------------------------------------------------------------------- minipeft
 def mp_step(params, cfg, methods, x, y):
-    """One minipeft training step (loss, gradients, Adam) as a closure; returns (step, grads_of_first)."""
+    """One minipeft training step (loss, gradients, Adam) as a closure, checked once before the
+    steps as ``fit`` does; returns (step, grads_of_first)."""
     theta, phi = mp.split(params, mp.trainable(methods))
     state = {"theta": theta, "adam": mp.adam_init(theta, inplace=True)}
+    mp.transformer.check_model(params, cfg, methods)
 
     def grads():
-        return mp.value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, methods), state["theta"])
+        return mp.value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, methods, checked=True), state["theta"])
 
     def step():
         _, g = grads()

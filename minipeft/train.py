@@ -16,16 +16,17 @@ from .autodiff import value_and_grad
 from .methods.base import trainable as method_trainable
 from .nn import cross_entropy, quant
 from .progress import bar
-from .transformer import check_batch, check_labels, forward
+from .transformer import check_batch, check_labels, check_model, forward
 from .transformer.inputs import text_parts
 from .transformer.lm import check_targets, lm_loss
 from .transformer.schema import anchor
 from .validate import finite_number, int_at_least, one_of
 
 
-def loss(theta, phi, x, y, cfg, methods=()):
-    """Mean cross-entropy of the combined model on a batch. x (B, …), y (B,) -> scalar."""
-    return cross_entropy(forward(tree.combine(theta, phi), x, cfg, methods), y)
+def loss(theta, phi, x, y, cfg, methods=(), checked=False):
+    """Mean cross-entropy of the combined model on a batch. x (B, …), y (B,) -> scalar.
+    ``checked``: x, the model and the methods were already validated (``forward``'s)."""
+    return cross_entropy(forward(tree.combine(theta, phi), x, cfg, methods, checked=checked), y)
 
 
 # ----------------------------------------------------------------------------- Adam
@@ -281,6 +282,7 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
     else:
         y = like(check_labels(y, _n_outputs(params, cfg), X.shape[0]), ref)
     X = like(X, ref)  # data on the model's device, once
+    check_model(params, cfg, methods)  # and the model's checks: the steps run forward(..., checked=True)
     int_at_least("batch_size", batch_size, 1)
     int_at_least("epochs", epochs, 1)
     int_at_least("steps", steps, 0, optional=True, allowed="None (use epochs) or a non-negative int")
@@ -301,7 +303,7 @@ def fit(params, data, cfg, methods=(), *, trainable=None, train_head=True, epoch
     if objective == "lm":
         objective = lambda th, xb, yb: lm_loss(tree.combine(th, phi), xb, cfg, methods, yb[:, :xb.shape[-1]])  # noqa
     else:
-        objective = lambda th, xb, yb: loss(th, phi, xb, yb, cfg, methods)  # noqa: E731
+        objective = lambda th, xb, yb: loss(th, phi, xb, yb, cfg, methods, checked=True)  # noqa: E731
     history = {"loss": []}
     order = onp.empty(0, dtype=int)
     queue, epoch = [], 0  # the given batches not yet run, and the next epoch to ask for

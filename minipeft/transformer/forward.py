@@ -354,7 +354,7 @@ def pool(params, X, weights, cfg: Config):
     return np.tanh(linear(X[:, 0], params["pooler"]["W"], params["pooler"]["b"]))
 
 
-def hidden(params, x, cfg: Config, methods=(), trace=None, cache=None):
+def hidden(params, x, cfg: Config, methods=(), trace=None, cache=None, checked=False):
     """(LN_f(X_N) (pre-LN; X_N post-LN) (B, T, d), pooling weights (B, T) on the host): every
     row before the head, with the weights ``pool`` reads (``_row_masks``).
 
@@ -362,14 +362,19 @@ def hidden(params, x, cfg: Config, methods=(), trace=None, cache=None):
     and "attn": [A_1, …, A_N], A_ℓ (B, h, T, S) the attention weights of block ℓ.
     ``cache``: a ``KVCache`` (causal RoPE models): filled at the first call, extended by
     later ones, whose x holds only the new tokens (module docstring).
+    ``checked``: the caller already ran ``check_model`` on these params and methods and
+    ``check_batch`` on x, on the model's device (``fit``, once, before its steps): the
+    per-call checks are skipped.
     """
-    _check_params(params, cfg)
+    if not checked:
+        _check_params(params, cfg)
     if cache is not None and (cfg.pos != "rope" or not cfg.causal):
         raise ValueError(f"cache: a KV cache needs a causal model with rotary positions (causal=True, pos='rope'), "
                          f"got causal={cfg.causal}, pos={cfg.pos!r}")
     ref = anchor(params)
-    x = like(check_batch(x, cfg, ref.dtype), ref)  # on the model's device
-    _check_methods(params, methods)
+    if not checked:  # (what check_model and check_batch do, once, in fit)
+        x = like(check_batch(x, cfg, ref.dtype), ref)  # on the model's device
+        _check_methods(params, methods)
     th = prepared(params, methods, cfg)  # once per forward pass, shared by every block
     L = _seam(methods, th, "inputs", np.zeros_like(ref, shape=(x.shape[0], 0, cfg.d)), cfg=cfg)
     offset = sum(m.position_offset for m in methods)  # peft's prefix tuning: positions from p
@@ -408,12 +413,12 @@ def hidden(params, x, cfg: Config, methods=(), trace=None, cache=None):
     return X, weights
 
 
-def features(params, x, cfg: Config, methods=(), trace=None):
+def features(params, x, cfg: Config, methods=(), trace=None, checked=False):
     """pool(LN_f(X_N)) (pre-LN) or pool(X_N) (post-LN), the representation the head reads.  x -> (B, d).
 
-    ``trace``: as ``hidden``'s.
+    ``trace``, ``checked``: as ``hidden``'s.
     """
-    X, weights = hidden(params, x, cfg, methods, trace)
+    X, weights = hidden(params, x, cfg, methods, trace, checked=checked)
     return pool(params, X, weights, cfg)  # (B, d)
 
 
@@ -424,13 +429,22 @@ def lm_head(params, H):
     return quant.linear(H, params["embed"]["W_tok"], b)  # W_tok a float array, or Q8_0 blocks
 
 
-def forward(params, x, cfg: Config, methods=(), trace=None):
+def forward(params, x, cfg: Config, methods=(), trace=None, checked=False):
     """Logits y = Head(features) = f Wᵀ + b (head="tied_lm": f W_tokᵀ, the next-token logits at
-    the pooled row, pool="last").  x (see ``check_batch``) -> (B, n_classes)."""
-    f = features(params, x, cfg, methods, trace)
+    the pooled row, pool="last").  x (see ``check_batch``) -> (B, n_classes).
+    ``checked``: as ``hidden``'s."""
+    f = features(params, x, cfg, methods, trace, checked)
     if cfg.head == "tied_lm":
         return lm_head(params, f)
     return linear(f, params["head"]["W"], params["head"]["b"])
+
+
+def check_model(params, cfg: Config, methods=()) -> None:
+    """The model-side checks every forward pass runs (``_check_params``: the backbone's shapes
+    against cfg; ``_check_methods``: the active methods' invariants), callable once by a loop
+    that then calls ``forward(..., checked=True)`` (``train.fit``). ValueError naming the field."""
+    _check_params(params, cfg)
+    _check_methods(params, methods)
 
 
 def _check_params(params, cfg: Config):
