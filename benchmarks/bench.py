@@ -3,6 +3,7 @@
     python benchmarks/bench.py              # the full table (≈ 10 min on a 2-core VM)
     python benchmarks/bench.py --quick      # d = 64, T = 17, float32 only (≈ 20 s)
     python benchmarks/bench.py --profile 128 65   # where a minipeft step spends its time
+    python benchmarks/bench.py --memory-only      # the memory table and its targets alone (fresh processes)
 
 For every size (d ∈ {64, 128, 256}, T ∈ {17, 65} tokens, batch 64, N = 4 layers, h = 4,
 d_ff = 2d) and dtype (float32, float64) it builds the model once in minipeft and once in
@@ -486,6 +487,32 @@ def profile(d, T, dtype, kinds=("full", "lora"), steps=5, top=18):
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
 
 
+def memory_kinds(args):
+    """The steps of the memory table: --mem-kinds, in MEM_KINDS' order, full always (the ratios divide by it)."""
+    return [k for k in MEM_KINDS if k in args.mem_kinds or k == "full"]
+
+
+def memory_only(args, info, have_torch, log, t_start):
+    """``--memory-only``: the fresh-process memory table of every dtype and its targets, printed
+    (and written to --out with the raw numbers beside it, when given)."""
+    D, T = args.fresh_size
+    fws = ("mp", "torch") if have_torch else ("mp",)
+    head = {"blas": headline.blas_kernels(torch),
+            "memory": [fresh.memory(memory_kinds(args), D, T, args.mem_batch, dt, log, fws) for dt in args.dtype]}
+    data = {"info": info, "peaks": {}, "headline": head, "results": []}
+    wall = time.perf_counter() - t_start
+    text = (f"Measured {info['date']} with `{info['command']}` ({wall / 60:.1f} min).  \n"
+            f"Machine: {info['machine']}; load average at start {_load(info['load'])}, at end "
+            f"{_load(os.getloadavg() if hasattr(os, 'getloadavg') else None)}.  \n"
+            f"NumPy {info['numpy']} ({info['numpy BLAS']}), PyTorch {info['torch']}.\n\n" + headline.render(data))
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text)
+        args.out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))
+        log(f"wrote {args.out} and {args.out.with_suffix('.json')}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -502,6 +529,9 @@ def parse(argv):
                          "so freed activations are not page-faulted in again every step (minipeft.runtime.tune_allocator)")
     ap.add_argument("--peak-n", type=int, default=2048, help="size n of the n×n GEMM that measures the BLAS peak")
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the tracemalloc peak-memory runs")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the fresh-process memory table (--mem-kinds at --fresh-size, --mem-batch, every "
+                         "--dtype) and its targets: no timing, no BLAS peak; writes --out only when given")
     ap.add_argument("--no-grad-compare", dest="grad_compare", action="store_false",
                     help="skip timing autograd.grad over the dict")
     ap.add_argument("--no-fresh", dest="fresh", action="store_false",
@@ -574,6 +604,8 @@ def main(argv=None):
     info = machine()
     info["command"] = "python benchmarks/bench.py" + (" " + " ".join(args.argv) if args.argv else "")
     t_start = time.perf_counter()
+    if args.memory_only:
+        return memory_only(args, info, have_torch, log, t_start)
     peaks = {}
     for dt in args.dtype:
         peaks[dt] = {"numpy": measure.blas_peak(dt, n=args.peak_n)}
@@ -586,8 +618,7 @@ def main(argv=None):
         head["fresh"] = [fresh.step_pairs(k, D, T, b, "float32", args.fresh_pairs, args.fresh_steps, log)
                          for b in args.fresh_batch for k in ("lora", "full")]
         if args.memory:
-            kinds = [k for k in MEM_KINDS if k in args.mem_kinds or k == "full"]
-            head["memory"] = [fresh.memory(kinds, D, T, args.mem_batch, dt, log) for dt in args.dtype]
+            head["memory"] = [fresh.memory(memory_kinds(args), D, T, args.mem_batch, dt, log) for dt in args.dtype]
     if args.train and have_torch:
         head["train"] = fresh.train_pairs(args.train_epochs, args.fresh_pairs, log)
     if args.gemm:  # minipeft alone: no PyTorch needed

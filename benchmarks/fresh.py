@@ -161,16 +161,18 @@ def step_pairs(kind, d, T, batch, dtype, pairs=3, steps=8, log=print):
     return out
 
 
-def memory(kinds, d, T, batch, dtype, log=print):
-    """Peak memory of one step of each kind, each framework in a fresh process."""
+def memory(kinds, d, T, batch, dtype, log=print, frameworks=("mp", "torch")):
+    """Peak memory of one step of each kind, each framework in a fresh process (``frameworks``:
+    without "torch", minipeft's half only)."""
     out = {"d": d, "T": T, "batch": batch, "dtype": dtype, "kinds": list(kinds), "mp": {}, "torch": {}}
     for kind in kinds:
-        for fw in ("mp", "torch"):
+        for fw in frameworks:
             r = run_worker({"framework": fw, "mode": "memory", "kind": kind, "d": d, "T": T, "batch": batch,
                             "dtype": dtype, "steps": 1})
             out[fw][kind] = {k: r[k] for k in ("rss_mb", "traced_mb") if k in r}
+        theirs = f"; torch RSS {out['torch'][kind]['rss_mb']:.0f} MB" if kind in out["torch"] else ""
         log(f"  memory {kind} d={d} T={T} batch {batch} {dtype}: minipeft traced {out['mp'][kind]['traced_mb']:.0f} MB, "
-            f"RSS {out['mp'][kind]['rss_mb']:.0f} MB; torch RSS {out['torch'][kind]['rss_mb']:.0f} MB")
+            f"RSS {out['mp'][kind]['rss_mb']:.0f} MB{theirs}")
     return out
 
 

@@ -101,12 +101,12 @@ def memory_table(memory) -> list:
 
 def blas_lines(blas, peaks) -> list:
     """Markdown lines: the BLAS kernels and each side's GEMM peak."""
+    gemm = ("GEMM peak (one large square GEMM, best of 5, one thread): " + ", ".join(
+        f"{dt} NumPy {p['numpy']:.0f}" + (f" / PyTorch {p['torch']:.0f}" if p.get("torch") else "") + " GFLOP/s"
+        for dt, p in peaks.items()) + ". Part of any ratio is the BLAS library, not the framework's code: "
+        "compare the peaks.") if peaks else "(GEMM peaks not measured in this run.)"
     L = ["BLAS: NumPy " + "; ".join(blas.get("numpy", ["unknown"]))
-         + (" — PyTorch " + "; ".join(blas["torch"]) if "torch" in blas else "") + ". GEMM peak (one large square "
-         "GEMM, best of 5, one thread): " + ", ".join(
-             f"{dt} NumPy {p['numpy']:.0f}" + (f" / PyTorch {p['torch']:.0f}" if p.get("torch") else "") + " GFLOP/s"
-             for dt, p in peaks.items()) + ". Part of any ratio is the BLAS library, not the framework's code: "
-         "compare the peaks.", ""]
+         + (" — PyTorch " + "; ".join(blas["torch"]) if "torch" in blas else "") + ". " + gemm, ""]
     return L
 
 

@@ -117,6 +117,20 @@ def test_without_torch_it_says_how_to_install_and_runs_the_minipeft_half(tmp_pat
     assert "PyTorch is not installed" in text and "| 16 | 5 | float32 |" in text
 
 
+def test_memory_only_prints_the_memory_table_and_its_targets(tmp_path):
+    """--memory-only: the fresh-process memory rows and the memory targets, nothing timed (no
+    in-process table); without PyTorch, minipeft's half."""
+    out = tmp_path / "mem.md"
+    p = _run(["--memory-only", "--fresh-size", "16", "5", "--mem-batch", "4", "--dtype", "float32",
+              "--mem-kinds", "forward", "lora", "--out", str(out)], block_torch=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    text = out.read_text()
+    assert all(f"| float32 | {k} |" in text for k in ("forward", "lora", "full")), text
+    assert re.search(r"- lora step traced peak ≤ 0\.7× the full step's \(float32, batch 4\): \d\.\d\d — ", text), text
+    assert "checks passed" not in text and "GFLOP" not in text
+    assert out.with_suffix(".json").exists()
+
+
 @pytest.mark.parametrize("args,match", [(["--T", "18"], "T must be 1 \\+ g"), (["--d", "30"], "multiple of h"),
                                         (["--batch", "0"], "batch")])
 def test_bad_arguments_name_the_option(args, match):

@@ -21,7 +21,7 @@ import minipeft as mp
 from minipeft import tree
 from minipeft.autodiff import value_and_grad
 
-from conftest import images, randomize
+from conftest import assert_bit_identical, images, randomize
 
 P = importlib.import_module("minipeft.nn.primitives")
 A = importlib.import_module("minipeft.nn.attention")
@@ -122,34 +122,38 @@ def _stock_getitem_maker(ans, A, idx):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_memory_fix_changes_no_bit_of_the_losses(tiny_cfg, dtype):
-    """A few LoRA and full fine-tuning steps with the closures that held more (dX holding x,
-    indexing holding its input, GELU and W₁ as two nodes) and with the current ones: the same
-    losses, bit for bit."""
-    LoRA = mp.method_class("lora")
+    """A few LoRA, prompt-tuning and full fine-tuning steps with the closures that held more (dX
+    holding x, indexing holding its input, W₁, GELU and W₂ as three nodes) and with the current
+    ones: the same losses and the same gradients of the first batch, bit for bit."""
+    LoRA, Prompt = mp.method_class("lora"), mp.method_class("prompt")
 
     cfg = tiny_cfg
     params = randomize(mp.init_params(cfg, 0, dtype), seed=1)
-    x, y = images(cfg, 12, dtype=dtype), onp.arange(12) % cfg.n_classes
+    x, y = images(cfg, 64, dtype=dtype), onp.arange(64) % cfg.n_classes
     runs = {}
     for variant in ("current", "holding x"):
         if variant == "holding x":  # stock autograd's indexing VJP (it held its input), GELU and W₁ as two nodes
             defvjp(P.linear, _holding_x_maker, P._linear_vjp_W, P._linear_vjp_b)
             defvjp(func(ArrayBox.__getitem__), _stock_getitem_maker)
             FWD._fuse_mlp1, fuse = (lambda *a: False), FWD._fuse_mlp1  # gelu(linear(·)) as two nodes
+            FWD._fuse_mlp, fuse_all = (lambda *a: False), FWD._fuse_mlp  # and W₂ its own node
         try:
-            for kind, methods in (("lora", [LoRA()]), ("full", [])):
+            for kind, methods in (("lora", [LoRA()]), ("prompt", [Prompt()]), ("full", [])):
                 p = mp.attach(params, methods, cfg, 0) if methods else params
                 pred = mp.trainable(methods) if methods else (lambda path, leaf: True)
-                _, h = mp.fit(p, (x, y), cfg, methods, trainable=pred, steps=4, batch_size=6, progress=False)
-                runs[variant, kind] = onp.array(h["loss"])
+                _, h = mp.fit(p, (x, y), cfg, methods, trainable=pred, steps=4, batch_size=32, progress=False)
+                theta, phi = tree.split(p, pred)
+                grads = value_and_grad(lambda th: mp.loss(th, phi, x[:32], y[:32], cfg, methods), theta)[1]
+                runs[variant, kind] = onp.array(h["loss"]), grads
         finally:
             defvjp(P.linear, P._linear_vjp_x, P._linear_vjp_W, P._linear_vjp_b)
             defvjp(func(ArrayBox.__getitem__), V._getitem_vjp)
             if variant == "holding x":
-                FWD._fuse_mlp1 = fuse
-    for kind in ("lora", "full"):
-        a, b = runs["current", kind], runs["holding x", kind]
+                FWD._fuse_mlp1, FWD._fuse_mlp = fuse, fuse_all
+    for kind in ("lora", "prompt", "full"):
+        (a, ga), (b, gb) = runs["current", kind], runs["holding x", kind]
         assert a.tobytes() == b.tobytes(), (kind, a, b)
+        assert_bit_identical(ga, gb)
 
 
 def _peak(step):
@@ -205,6 +209,12 @@ def test_no_backward_work_below_the_lowest_trainable_parameter(tiny_cfg):
         return FF._linear_gelu_vjp(argnums, *rest)
 
     defvjp_argnums(FF.linear_gelu, fused)
+
+    def fused_all(argnums, *rest):  # W₂'s and W₁'s dX inside the one frozen-MLP node
+        made["dX"] += 2 * (0 in argnums)
+        return FF._frozen_mlp_vjp(argnums, *rest)
+
+    defvjp_argnums(FF.frozen_mlp, fused_all)
     try:
         x, y = images(cfg, 3), onp.arange(3) % cfg.n_classes
         _, g = value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, [lora]), theta)
@@ -213,6 +223,7 @@ def test_no_backward_work_below_the_lowest_trainable_parameter(tiny_cfg):
         defvjp_argnums(P.layer_norm, P._ln_vjp)
         defvjp_argnums(A.attention_weights, A._attention_weights_vjp)
         defvjp_argnums(FF.linear_gelu, FF._linear_gelu_vjp)
+        defvjp_argnums(FF.frozen_mlp, FF._frozen_mlp_vjp)
     # the last block: dX of W_o, W_1, W_2, of LoRA's B-branches on q and v (their input x Aᵀ is
     # traced), and of the head; LN₂ and LN_f (LN₁ reads the untraced X_{N-1}); one attention
     assert made == {"dX": 6, "ln": 2, "attn": 1}, made
@@ -336,34 +347,166 @@ def test_linear_gelu_forward_ends_with_two_buffers_of_the_hidden_size():
     assert peaks["two"] >= 2.9 * H_bytes, (peaks, H_bytes)
 
 
-def test_the_forward_fuses_mlp1_only_where_no_method_touches_it(tiny_cfg):
-    """LoRA on q, v: the fused node runs in every block of a traced forward; LoRA on mlp1, an
-    untraced forward, or exact GELU: gelu(linear(·)) as two nodes (counted by a spy)."""
-    calls = {"n": 0}
-    real = FWD.linear_gelu
+def _mlp_case(dtype):
+    x, W1, b1, _ = _ff_case(dtype)  # x (4, 150, 32): 600 rows; W1 (96, 32)
+    r = onp.random.default_rng(5)
+    W2 = (0.1 * r.standard_normal((32, 96))).astype(dtype)
+    b2 = (0.1 * r.standard_normal(32)).astype(dtype)
+    G = r.standard_normal((4, 150, 32)).astype(dtype)
+    return x, W1, b1, W2, b2, G
 
-    def spy(*a):
-        calls["n"] += 1
-        return real(*a)
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_frozen_mlp_is_the_three_nodes_bit_for_bit(dtype):
+    """The whole MLP as one node against linear(gelu(linear(x, W₁, b₁)), W₂, b₂) and against
+    linear(linear_gelu(x, W₁, b₁), W₂, b₂): value and ∂/∂x identical to the bit, in the input's
+    dtype (600 rows × 96 hidden: several element-wise blocks)."""
+    x, W1, b1, W2, b2, G = _mlp_case(dtype)
+    fused = value_and_grad(lambda t: (FF.frozen_mlp(t["x"], W1, b1, W2, b2) * G).sum(), {"x": x})
+    for inner in (lambda u: P.gelu(P.linear(u, W1, b1)), lambda u: FF.linear_gelu(u, W1, b1)):
+        ref = value_and_grad(lambda t: (P.linear(inner(t["x"]), W2, b2) * G).sum(), {"x": x})
+        assert onp.asarray(fused[0]).tobytes() == onp.asarray(ref[0]).tobytes()
+        assert fused[1]["x"].dtype == onp.dtype(dtype)
+        assert fused[1]["x"].tobytes() == ref[1]["x"].tobytes()
+
+
+def test_frozen_mlp_keeps_its_input_not_gelus_derivative():
+    """Traced, W₁, W₂ frozen: the forward makes one buffer of the hidden layer's size (U, then
+    H in place) beside its output, and afterwards keeps only the output (its VJP holds x,
+    allocated before); linear(linear_gelu(·), W₂) keeps GELU'(U) (the detector works). The
+    backward pass makes two hidden-size buffers (GELU'(U) in U's, and ∂L/∂H) and ∂L/∂x."""
+    x, W1, b1, W2, b2, _ = _mlp_case("float32")
+    x = onp.tile(x, (16, 1, 1))  # 9600 rows × 96 hidden: the temporaries of the blocks are small beside H
+    H_bytes, out_bytes = x.shape[0] * x.shape[1] * W1.shape[0] * 4, x.nbytes
+    got = {}
+
+    def measure(name, fn):
+        def f(th):
+            xt = th["x"] * 1.0
+            gc.collect()
+            tracemalloc.start()
+            try:
+                base = tracemalloc.get_traced_memory()[0]
+                out = fn(xt)
+                got[name, "peak"], got[name, "kept"] = (m - base for m in tracemalloc.get_traced_memory()[::-1])
+            finally:
+                tracemalloc.stop()
+            return (out * 1.0).sum()
+        value_and_grad(f, {"x": x})
+
+    measure("fused", lambda xt: FF.frozen_mlp(xt, W1, b1, W2, b2))
+    measure("nodes", lambda xt: P.linear(FF.linear_gelu(xt, W1, b1), W2, b2))
+    assert got["fused", "peak"] <= out_bytes + 1.25 * H_bytes, got
+    assert got["fused", "kept"] <= 1.05 * out_bytes, got
+    assert got["nodes", "kept"] >= out_bytes + 0.95 * H_bytes, got
+
+    vjp = FF._frozen_mlp_vjp((0,), None, (x, W1, b1, W2, b2), {})
+    g = onp.ones_like(x)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        (dx,) = vjp(g)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert dx.shape == x.shape
+    assert peak <= dx.nbytes + 2.25 * H_bytes, (peak, dx.nbytes, H_bytes)
+
+
+def test_frozen_mlp_refuses_a_traced_weight():
+    """Its VJP is for x only: a traced W or b (which the forward never hands it) is a clear error."""
+    x, W1, b1, W2, b2, _ = _mlp_case("float64")
+    with pytest.raises(ValueError, match="only x is differentiable"):
+        value_and_grad(lambda t: FF.frozen_mlp(x, W1, b1, t["W2"], b2).sum(), {"W2": W2})
+
+
+def test_in_a_lora_step_the_attention_output_is_not_kept_after_the_forward(tiny_cfg):
+    """Model level, LoRA on q, v: Z = concat_heads(A V), the input of the frozen W_o, is dead once
+    the forward is done (dX = g W_o reads W_o only); with dX's closure holding its input, as it
+    once did, Z stays alive (the detector works)."""
+    cfg = tiny_cfg
+    lora = mp.method_class("lora")()
+    params = mp.attach(randomize(mp.init_params(cfg, 0), seed=6), [lora], cfg, 0)
+    theta, phi = tree.split(params, mp.trainable([lora]))
+    x, y = images(cfg, 3), onp.arange(3) % cfg.n_classes
+    real = FWD.attention
+
+    def alive_after_forward():
+        refs = []
+
+        def spy(*a, **k):
+            Z, A_ = real(*a, **k)
+            refs.append(weakref.ref(Z._value))
+            return Z, A_
+
+        def f(th):
+            out = mp.loss(th, phi, x, y, cfg, [lora])
+            gc.collect()
+            alive.append([r() is not None for r in refs])
+            return out
+
+        alive = []
+        FWD.attention = spy
+        try:
+            value_and_grad(f, theta)
+        finally:
+            FWD.attention = real
+        return alive[0]
+
+    assert alive_after_forward() == [False] * cfg.N
+    defvjp(P.linear, _holding_x_maker, P._linear_vjp_W, P._linear_vjp_b)
+    try:
+        held = alive_after_forward()
+    finally:
+        defvjp(P.linear, P._linear_vjp_x, P._linear_vjp_W, P._linear_vjp_b)
+    assert held == [True] * cfg.N
+
+
+def test_the_forward_fuses_the_mlp_only_where_no_method_touches_it(tiny_cfg):
+    """Which node computes each block's MLP in a traced forward (counted by spies): LoRA on q, v,
+    prompt tuning or (IA)³ of the notes (W₁, W₂ frozen, nothing inside the MLP): the whole MLP as
+    one node; LoRA on mlp2, the paper's (IA)³ (l_ff at "ff_hidden") or full fine-tuning (W₁, W₂
+    trained): GELU(x W₁ᵀ + b₁) as one node, W₂ a linear (LoRA on mlp2: not in block 1, whose
+    MLP input is untraced); LoRA on mlp1: neither; an untraced forward: neither."""
+    calls = {"frozen_mlp": 0, "linear_gelu": 0}
+    real = {k: getattr(FWD, k) for k in calls}
+
+    def spy(name):
+        def f(*a):
+            calls[name] += 1
+            return real[name](*a)
+        return f
 
     cfg = tiny_cfg
     params = randomize(mp.init_params(cfg, 0), seed=4)
     x, y = images(cfg, 3), onp.arange(3) % cfg.n_classes
-    FWD.linear_gelu = spy
+    LoRA = mp.method_class("lora")
+    for k in calls:
+        setattr(FWD, k, spy(k))
     try:
         counts = {}
-        for label, lora in (("q v", mp.method_class("lora")()), ("mlp1", mp.method_class("lora")(targets=("mlp1",)))):
-            p = mp.attach(params, [lora], cfg, 0)
-            theta, phi = tree.split(p, mp.trainable([lora]))
-            calls["n"] = 0
-            value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, [lora]), theta)
-            counts[label] = calls["n"]
-        calls["n"] = 0
+        cases = {"q v": [LoRA()], "prompt": [mp.method_class("prompt")()], "mlp2": [LoRA(targets=("mlp2",))],
+                 "ia3": [mp.method_class("ia3")()], "ia3 paper": [mp.method_class("ia3")(variant="paper")],
+                 "mlp1": [LoRA(targets=("mlp1",))], "full": []}
+        for label, methods in cases.items():
+            p = mp.attach(params, methods, cfg, 0) if methods else params
+            theta, phi = tree.split(p, mp.trainable(methods) if methods else (lambda path, leaf: True))
+            calls.update(frozen_mlp=0, linear_gelu=0)
+            value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, methods), theta)
+            counts[label] = dict(calls)
+        calls.update(frozen_mlp=0, linear_gelu=0)
         mp.forward(params, x, cfg)
-        counts["untraced"] = calls["n"]
+        counts["untraced"] = dict(calls)
     finally:
-        FWD.linear_gelu = real
-    assert counts == {"q v": cfg.N, "mlp1": 0, "untraced": 0}, counts
+        for k, f in real.items():
+            setattr(FWD, k, f)
+    N = cfg.N
+    both = {"frozen_mlp": N, "linear_gelu": 0}
+    w1 = {"frozen_mlp": 0, "linear_gelu": N}
+    none = {"frozen_mlp": 0, "linear_gelu": 0}
+    assert counts == {"q v": both, "prompt": both, "ia3": both, "mlp2": {"frozen_mlp": 0, "linear_gelu": N - 1},
+                      "ia3 paper": w1, "mlp1": none, "full": w1, "untraced": none}, counts
 
 
 def test_the_backward_pass_hands_a_cotangent_over_to_its_vjp():

@@ -1,7 +1,9 @@
-"""The first half of the MLP, H = GELU(x W₁ᵀ + b₁), as one node (equations.md, "Transformer").
+"""The MLP as fused nodes (equations.md, "Transformer"): its first half H = GELU(x W₁ᵀ + b₁)
+(``linear_gelu``), and the whole M = H W₂ᵀ + b₂ for frozen weights (``frozen_mlp``, below).
 
-The same numbers as ``gelu(linear(x, W₁, b₁))`` (tanh form), bit for bit: the same GEMM,
-then the same element-wise operations in the same order, only in cache-sized blocks.
+``linear_gelu`` gives the same numbers as ``gelu(linear(x, W₁, b₁))`` (tanh form), bit for
+bit: the same GEMM, then the same element-wise operations in the same order, only in
+cache-sized blocks.
 Why one node: as two, the forward of a step ends GELU holding three buffers of the
 hidden layer's size (B, T, d_ff) at once — the pre-activation U, tanh(·) (which becomes
 GELU'(U) for the backward pass) and H — and in a step whose W₁, W₂ are frozen (LoRA on
@@ -12,6 +14,17 @@ GELU'(U) is written to the one buffer the backward pass keeps. Two buffers, no r
 The forward pass uses it where nothing sits between the two (no method touches the
 "linear" seam of mlp1, see ``Method.hook_points``) and something is differentiated
 (forming GELU'(U) is wasted work in a forward pass that no VJP reads).
+
+``frozen_mlp`` goes one step further where W₁, b₁, W₂, b₂ are all frozen and no method
+touches the MLP between its input and W₂'s output (LoRA on q, v; prompt tuning): the whole
+M = GELU(x W₁ᵀ + b₁) W₂ᵀ + b₂ as one node. Only ∂L/∂x is computed, and
+∂L/∂x = ((g W₂) ⊙ GELU'(x W₁ᵀ + b₁)) W₁ reads x and the frozen weights: the node keeps x
+(B, T, d), not GELU'(U) (B, T, d_ff, twice x's size with d_ff = 2d), and recomputes U in
+the backward pass (one more x W₁ᵀ product per block and step: memory bought with time).
+H lives only inside the forward; in the backward GELU'(U) is formed in U's buffer. The
+same numbers as ``linear(gelu(linear(x, W₁, b₁)), W₂, b₂)``, bit for bit with any BLAS:
+every product is the same call on the same whole arrays (a product split into row blocks
+can round differently: OpenBLAS's AVX2 kernel does), the element-wise work is blocked.
 """
 from __future__ import annotations
 
@@ -37,17 +50,26 @@ def linear_gelu(x, W, b):
     """
     H = linear.fun(x, W, b)  # U, this node's own buffer: becomes H block by block
     D = onp.empty_like(H)  # GELU'(U)
-    Hf, Df = H.reshape(-1), D.reshape(-1)
+    _gelu_in_place(H, D)
+    _SLOT[:] = H, D
+    return H
+
+
+def _gelu_in_place(H, D=None):
+    """U -> GELU(U) (tanh form) in U's own buffer, in blocks of ``_FF_BLOCK`` numbers, with
+    GELU'(U) written into D when given: the operations of ``gelu`` and of its derivative, in
+    their order, so the bits of ``gelu(U)`` and of its VJP's GELU'(U)."""
+    Hf = H.reshape(-1)
+    Df = None if D is None else D.reshape(-1)
     for sl in _blocks(Hf.shape[0], type(H) is not onp.ndarray, _FF_BLOCK):
         u = Hf[sl]
         t = _gelu_tanh(u)
         y = t + 1.0  # as gelu: ½ u (1 + t)
         y *= u
         y *= 0.5
-        Df[sl] = _gelu_derivative(u, t)  # reads u and t (t's buffer is overwritten)
+        if Df is not None:
+            Df[sl] = _gelu_derivative(u, t)  # reads u and t (t's buffer is overwritten)
         u[...] = y
-    _SLOT[:] = H, D
-    return H
 
 
 def _linear_gelu_vjp(argnums, ans, args, kwargs):
@@ -67,3 +89,50 @@ def _linear_gelu_vjp(argnums, ans, args, kwargs):
 
 
 defvjp_argnums(linear_gelu, _linear_gelu_vjp)
+
+
+# ------------------------------------------------------------ the whole MLP, frozen
+def _gelu_derivative_in_place(U):
+    """U -> GELU'(U) in U's own buffer, in blocks of ``_FF_BLOCK`` numbers (block-sized
+    temporaries): the operations of gelu's VJP, so its bits."""
+    Uf = U.reshape(-1)
+    for sl in _blocks(Uf.shape[0], type(U) is not onp.ndarray, _FF_BLOCK):
+        u = Uf[sl]
+        u[...] = _gelu_derivative(u, _gelu_tanh(u))  # reads u and a fresh t (t's buffer becomes GELU')
+
+
+@primitive
+def frozen_mlp(x, W1, b1, W2, b2):
+    """The MLP, M = GELU(x W₁ᵀ + b₁) W₂ᵀ + b₂ (tanh GELU), as one node for frozen weights.
+
+    x: (..., d), W1: (d_ff, d), b1: (d_ff,), W2: (d_out, d_ff), b2: (d_out,)  ->  (..., d_out).
+    Gradient (x only; W₁, b₁, W₂, b₂ are constants), with U = x W₁ᵀ + b₁ recomputed:
+        ∂L/∂x = ((g W₂) ⊙ GELU'(U)) W₁.
+    The products are ``linear``'s own calls on the whole arrays (so its bits with any BLAS);
+    GELU and GELU' run in place, in blocks.
+    """
+    H = linear.fun(x, W1, b1)  # U (..., d_ff), this node's own buffer
+    _gelu_in_place(H)  # H = GELU(U) in U's buffer
+    return linear.fun(H, W2, b2)  # (..., d_out); H is freed on return
+
+
+def _frozen_mlp_vjp(argnums, ans, args, kwargs):
+    if tuple(argnums) != (0,):
+        raise ValueError("frozen_mlp: only x is differentiable (W1, b1, W2, b2 must be constants); "
+                         "differentiate the weights through linear_gelu and linear")
+    x, W1, b1, W2, b2 = args  # x is held: (..., d), half the size of the GELU'(U) it replaces
+    dx_of = _linear_vjp_x(None, x, W1)  # linear's ∂L/∂x = ∂L/∂U W₁
+
+    def vjp(g):
+        D = linear.fun(x, W1, b1)  # the forward's U, recomputed (the same call, the same bits)
+        _gelu_derivative_in_place(D)  # GELU'(U) in U's buffer
+        dH = _linear_vjp_x(None, D, W2)(g)  # linear's ∂L/∂H = g W₂, of H's shape (..., d_ff)
+        del g  # handed over by the backward pass: freed before the products below
+        dH *= D  # gelu's VJP: ∂L/∂U = ∂L/∂H ⊙ GELU'(U)
+        del D
+        return (dx_of(dH),)  # linear's ∂L/∂x = ∂L/∂U W₁
+
+    return vjp
+
+
+defvjp_argnums(frozen_mlp, _frozen_mlp_vjp)

@@ -99,7 +99,7 @@ from ..nn.gqa import repeat_kv
 from ..nn.rmsnorm import rms_norm
 from ..nn.rope import rope
 from ..nn.swiglu import swiglu
-from ..nn.ff import linear_gelu
+from ..nn.ff import frozen_mlp, linear_gelu
 from .config import Config
 from .inputs import check_batch, text_parts
 from .schema import LINEARS, anchor
@@ -262,6 +262,10 @@ def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None, ma
     X1 = _residual(methods, th, params, X, "ln1", layer, cfg, msa)  # X'_ℓ
 
     def mlp(h2):
+        if _fuse_mlp(methods, bp, h2, layer, cfg):  # frozen, no seam inside: the same numbers as one node (nn/ff.py)
+            M = frozen_mlp(h2, bp["mlp"]["W_1"], bp["mlp"]["b_1"], bp["mlp"]["W_2"], bp["mlp"]["b_2"])  # (B, T, d)
+            return _seam(methods, th, "mlp", _seam(methods, th, "after", M, layer=layer, name="mlp", cfg=cfg),
+                         x_norm=h2, x_resid=X1, layer=layer, cfg=cfg)
         if cfg.act == "swiglu":  # SiLU(h W_gᵀ) ⊙ h W_1ᵀ (gate, up)
             H = swiglu(_proj(methods, th, bp, h2, layer, "gate", cfg), _proj(methods, th, bp, h2, layer, "mlp1", cfg))
         elif _fuse_mlp1(methods, bp, h2, layer, cfg):  # the same numbers as one node (nn/ff.py)
@@ -289,6 +293,19 @@ def _fuse_mlp1(methods, bp, h2, layer, cfg: Config) -> bool:
     if not (isbox(h2) or isbox(bp["mlp"]["W_1"]) or isbox(bp["mlp"]["b_1"])):
         return False
     return not any(("linear", layer, "mlp1") in m.hook_points(cfg.N) for m in methods)
+
+
+def _fuse_mlp(methods, bp, h2, layer, cfg: Config) -> bool:
+    """Whether the whole MLP may run as the one node ``frozen_mlp``: the conditions of
+    ``_fuse_mlp1``, W₁, b₁, W₂, b₂ all frozen, and no method touching the MLP between h2
+    and W₂'s output (mlp1's or mlp2's "linear" seam, mlp2's input, "ff_hidden")."""
+    p = bp["mlp"]
+    if not _fuse_mlp1(methods, bp, h2, layer, cfg) or LINEARS["mlp2"] != ("mlp", "W_2", "b_2"):
+        return False
+    if quant.is_quantized(p["W_2"]) or any(isbox(p[k]) for k in ("W_1", "b_1", "W_2", "b_2")) or not isbox(h2):
+        return False
+    inside = {("linear", layer, "mlp2"), ("linear_in", layer, "mlp2"), ("ff_hidden", layer, None)}
+    return not any(inside & m.hook_points(cfg.N) for m in methods)
 
 
 def _row_masks(x, cfg: Config, T0: int, T: int):
