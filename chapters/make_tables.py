@@ -42,12 +42,22 @@ def _blas(env):
     return ", ".join(f"{b.get('internal_api')} {b.get('version')} ×{b.get('num_threads')}" for b in libs) or "—"
 
 
+def _code(r):
+    """The commit that produced a results file (its "code", ``verdict.source_state``): short hash,
+    and how many tracked files differed from it; "—" for a file that predates the field."""
+    code = r.get("code") or {}
+    if not code.get("commit"):
+        return "—"
+    dirty = code.get("dirty") or []
+    return f"`{code['commit'][:10]}`" + (f" + {len(dirty)} uncommitted file(s)" if dirty else "")
+
+
 def render_chapters(results: list) -> str:
     """The runs, verdicts, arms and checks tables (markdown) of all results files."""
     out = ["Runs (one line per results file):", "",
            "| chapter | date (UTC) | seeds | epochs | wall s (after setup) | CPU s | load (1 min) while it ran: "
-           "mean (min–max) | BLAS (threads) | backbone id |",
-           "|---|---|---:|---:|---:|---:|---|---|---|"]
+           "mean (min–max) | BLAS (threads) | backbone id | code (git commit) |",
+           "|---|---|---:|---:|---:|---:|---|---|---|---|"]
     for r in results:
         env, b, t = r["environment"], r["budget"], r.get("timing") or {}
         ld = t.get("load_1min")
@@ -55,7 +65,7 @@ def render_chapters(results: list) -> str:
                 "—" if env.get("load_1min") is None else f"{env['load_1min']:.2f} (at the end only)")
         cpu = "—" if t.get("cpu_s") is None else f"{t['cpu_s']:.0f}"
         out.append(f"| {r['chapter']} | {env['date']} | {len(b['seeds'])} | {b.get('epochs', '—')} | "
-                   f"{r['wall_s']:.0f} | {cpu} | {load} | {_blas(env)} | `{r['backbone']['id']}` |")
+                   f"{r['wall_s']:.0f} | {cpu} | {load} | {_blas(env)} | `{r['backbone']['id']}` | {_code(r)} |")
     out += ["", "Verdicts (Δ = A − B per seed; reproduced / refuted: the paired-t 95 % interval excludes 0 on the "
                 "claimed / the opposite side; inconclusive: it contains 0, with the effect the run could detect at "
                 "80 % power):", "",

@@ -57,6 +57,13 @@ def load_1min():
         return None
 
 
+def cpu_now() -> float:
+    """CPU seconds (user + system) of this process and of its finished, waited-for children
+    (``os.times``): a chapter that forks workers counts their time once they have exited."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def quick_mode() -> bool:
     """True when $CHAPTER_QUICK is set to anything but '', '0', 'false', 'no'."""
     return os.environ.get("CHAPTER_QUICK", "") not in ("", "0", "false", "no")
@@ -103,8 +110,10 @@ class Chapter:
     #: every over_seeds arm's training losses: label -> one history["loss"] list per seed
     histories: dict = field(default_factory=dict, repr=False, compare=False)
     started: float = field(default_factory=time.perf_counter, repr=False, compare=False)
-    #: this process's CPU time (user + system, ``time.process_time``) when the chapter started
-    cpu_started: float = field(default_factory=time.process_time, repr=False, compare=False)
+    #: CPU time (user + system) of this process and its finished children (``cpu_now``) when the chapter started
+    cpu_started: float = field(default_factory=cpu_now, repr=False, compare=False)
+    #: the code the chapter runs: git commit and uncommitted tracked files at setup (``verdict.source_state``)
+    source: dict = field(default_factory=dict, repr=False, compare=False)
     #: the machine's 1-minute load average, sampled at the start, after every arm and at the end
     loads: list = field(default_factory=lambda: [load_1min()], repr=False, compare=False)
 
@@ -215,16 +224,17 @@ class Chapter:
         return sorted(self.saved)
 
     def timing(self) -> dict:
-        """What the chapter cost since setup: wall and CPU seconds (this process, user +
-        system; on an idle machine with one BLAS thread cpu_s ≈ wall_s, on a loaded one
-        wall_s grows and cpu_s does not) and the 1-minute load average sampled at the
-        start, after every arm and now (min, mean, max, the number of samples)."""
+        """What the chapter cost since setup: wall and CPU seconds (this process and its
+        finished worker processes, user + system, ``cpu_now``; on an idle machine with one
+        process of one BLAS thread cpu_s ≈ wall_s, on a loaded one wall_s grows and cpu_s
+        does not) and the 1-minute load average sampled at the start, after every arm and
+        now (min, mean, max, the number of samples)."""
         self.loads.append(load_1min())
         got = [v for v in self.loads if v is not None]
         load = ({"min": round(min(got), 2), "mean": round(sum(got) / len(got), 2), "max": round(max(got), 2),
                  "samples": len(got)} if got else None)
         return {"wall_s": round(time.perf_counter() - self.started, 1),
-                "cpu_s": round(time.process_time() - self.cpu_started, 1), "load_1min": load}
+                "cpu_s": round(cpu_now() - self.cpu_started, 1), "load_1min": load}
 
     def results_path(self) -> Path:
         """Where ``finish`` writes: results_dir / NN_name.json (NN_name.quick.json in quick mode)."""
@@ -236,7 +246,7 @@ class Chapter:
         rec = {"schema": verdict.SCHEMA, "chapter": self.name, "quick": self.quick,
                "budget": {"seeds": list(self.seeds), "n_train": len(self.train_split()[1]) if self.task else None,
                           **self.budget},
-               "environment": verdict.environment(thread_policy()),
+               "environment": verdict.environment(thread_policy()), "code": self.source,
                "backbone": {"id": verdict.backbone_id(self.backbone), "n_params": self.cfg.n_params,
                             "pretrain_test_acc": self.info.get("test_acc")},
                "wall_s": round(time.perf_counter() - self.started, 1),
@@ -328,7 +338,7 @@ def acc_limits(arms: dict, labels, pad: float = 0.05):
 
 
 def setup(file: str | None = None, task: str | None = "digits", name: str | None = None,
-          model: str = "vit") -> Chapter:
+          model: str = "vit", seeds=None) -> Chapter:
     """The process policy (one BLAS thread by default), the Agg backend, the figure folder, the pretrained backbone and ``task``.
 
     file: the chapter's path (``__file__``; None in a notebook, which then uses the current
@@ -337,10 +347,16 @@ def setup(file: str | None = None, task: str | None = "digits", name: str | None
     ``load_task``, or None for a chapter that loads its own tasks. name: the chapter's
     name for its results file (default: the file's stem). model: "vit" (the toy pretrained
     ViT) or "minilm" (all-MiniLM-L6-v2, float32, ``models.minilm.load``; then task must be
-    None: a text chapter loads its own text task).
+    None: a text chapter loads its own text task). seeds: the full budget's seeds (default
+    ``SEEDS``; at least 2, distinct ints); quick mode always uses ``QUICK_SEEDS``. The git commit
+    of the code is read here, at the start (``Chapter.source``, the results file's "code").
     """
     if model not in ("vit", "minilm"):
         raise ValueError(f"model must be one of ('vit', 'minilm'), got {model!r}")
+    if seeds is not None:
+        seeds = tuple(seeds)
+        if len(seeds) < 2 or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+            raise ValueError(f"seeds: at least 2 distinct ints (a paired interval needs 2), got {seeds!r}")
     if model == "minilm" and task is not None:
         raise ValueError(f"task: a minilm chapter loads its own text task; pass task=None, got {task!r}")
     # load every BLAS a chapter will use (NumPy's; scipy's, which scikit-learn and the verdicts
@@ -369,4 +385,5 @@ def setup(file: str | None = None, task: str | None = "digits", name: str | None
     quick = quick_mode()
     return Chapter(cfg=cfg, backbone=backbone, info=info, task=None if task is None else load_task(task),
                    fig_dir=fig_dir, blas_limit=limit, name=name or (Path(file).stem if file else "chapter"),
-                   results_dir=results_dir, quick=quick, seeds=QUICK_SEEDS if quick else SEEDS)
+                   results_dir=results_dir, quick=quick, seeds=QUICK_SEEDS if quick else (seeds or SEEDS),
+                   source=verdict.source_state())

@@ -57,7 +57,8 @@ def run_tour(task: str = "digits", epochs: int | None = None, *, quick: bool = F
     Returns a list of dicts with keys method, options, lr, epochs, n_train, trainable (the
     count the optimiser updates, head included), head (C·d + C), pct (100·trainable /
     backbone numbers), test_acc, val_acc, mergeable (True/False; None for the baselines,
-    which add nothing to merge) and train_s (seconds in ``fit``).
+    which add nothing to merge), train_s (wall seconds in ``fit``) and train_cpu_s (its CPU
+    seconds, this process).
     """
     one_of("task", task, data.DOWNSTREAM)
     names = list(REGISTRY) if methods is None else list(methods)
@@ -112,16 +113,17 @@ def tour_rows(names, backbone, cfg, n_classes: int, train_fn, eval_fn, *, budget
             lr = float(lr_of(name, m))
             params = attach(new_head(backbone, n_classes, seed), [m], cfg, seed)
             n = count_trainable(params, [m], train_head=True)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             params = train_fn(params, m, lr, f"[{i}/{len(names)}] {name}")
-            secs = time.perf_counter() - t0
+            secs, cpu = time.perf_counter() - t0, time.process_time() - c0
             test_acc, val_acc = eval_fn(params, m)
             if on_trained is not None:
                 on_trained(name, m, params)
             row = {"method": name, "options": m.options(), "lr": lr, **budget,
                    "trainable": n, "head": head, "pct": 100.0 * n / cfg.n_params, "backbone_params": cfg.n_params,
                    "test_acc": test_acc, "val_acc": val_acc,
-                   "mergeable": None if name in BASELINES else bool(m.mergeable), "train_s": secs}
+                   "mergeable": None if name in BASELINES else bool(m.mergeable), "train_s": secs,
+                   "train_cpu_s": cpu}
             rows.append(row)
             log(f"[{i}/{len(names)}] {name}: test acc {row['test_acc']:.3f} ({secs:.1f} s)")
     return rows

@@ -191,6 +191,27 @@ def environment(policy: str) -> dict:
             "python": platform.python_version(), "numpy": onp.__version__, "machine": platform.machine()}
 
 
+def source_state(root=None) -> dict:
+    """The code a run uses, as git sees it when called: {"commit" (40 hex digits, or None outside
+    a git checkout), "dirty" (tracked files with uncommitted changes, sorted; [] when clean)}.
+    root: the checkout (default: the folder above this package)."""
+    import subprocess
+
+    root = os.fspath(root) if root is not None else os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args):
+        try:
+            out = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    head = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if head else None
+    dirty = sorted(line[3:] for line in (status or "").splitlines() if line.strip())
+    return {"commit": head.strip() if head else None, "dirty": dirty}
+
+
 def write_results(path, record: dict) -> None:
     """Write ``record`` as JSON to ``path`` atomically (temp file, then rename)."""
     if record.get("schema") != SCHEMA:

@@ -10,6 +10,7 @@ no stray repr; chapter 1 also in the default suite); ``minipeft tour --quick`` f
 """
 import os
 import py_compile
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,7 @@ def test_tour_every_method_with_its_closed_form_count(tiny_backbone):
         assert r["lr"] == {"linear-probe": 1e-2, "full": 1e-3}.get(r["method"], m.suggested_lr)
         assert r["epochs"] == 1 and r["n_train"] == 100
         assert 0.0 <= r["test_acc"] <= 1.0 and 0.0 <= r["val_acc"] <= 1.0 and r["train_s"] >= 0
+        assert r["train_cpu_s"] >= 0  # the CPU seconds of fit (this process), besides its wall seconds
     after = {p: a for p, a in mp.tree.leaves_with_paths(params)}
     assert all(onp.array_equal(before[p], after[p]) for p in before)  # the tour never writes the backbone
 
@@ -159,6 +161,66 @@ def test_chapter_setup_train_and_save(tiny_backbone, tmp_path, monkeypatch):
     assert nb.fig_dir == tmp_path / "figures" and nb.fig_dir.is_dir() and nb.task is None
     with pytest.raises(ValueError, match="task"):
         nb.with_new_head()
+
+
+def test_setup_seeds_and_the_commit(tiny_backbone, tmp_path, monkeypatch):
+    from minipeft import verdict
+    from minipeft.chapter import QUICK_SEEDS, setup
+
+    monkeypatch.setenv("CHAPTER_FIG_DIR", str(tmp_path / "figs"))
+    monkeypatch.delenv("CHAPTER_QUICK", raising=False)
+    for bad in [(1,), (1, 1), (0, 1.5), ()]:
+        with pytest.raises(ValueError, match="seeds"):
+            setup(str(tmp_path / "c.py"), seeds=bad)
+    ch = setup(str(tmp_path / "c.py"), seeds=[4, 7, 9])
+    ch.blas_limit.__exit__(None, None, None)
+    assert ch.seeds == (4, 7, 9) and ch.source == verdict.source_state()  # the commit, read at setup
+    monkeypatch.setenv("CHAPTER_QUICK", "1")
+    quick = setup(str(tmp_path / "c.py"), seeds=[4, 7, 9])
+    quick.blas_limit.__exit__(None, None, None)
+    assert quick.seeds == QUICK_SEEDS  # quick mode keeps its own seeds
+
+
+def test_cpu_now_counts_finished_children(monkeypatch):
+    from minipeft import chapter
+
+    fake = os.times_result((1.5, 0.25, 10.0, 2.0, 99.0))  # user, system, children's user and system, elapsed
+    monkeypatch.setattr(chapter.os, "times", lambda: fake)
+    assert chapter.cpu_now() == 1.5 + 0.25 + 10.0 + 2.0
+
+
+def test_chapter_9_results_every_arm_in_every_setting():
+    """The committed results of chapter 9: k ∈ {8, 16, 32} and full data, every arm in each, the gap and the
+    notes' claims decided in each setting, the commit that produced it, CPU time including the workers'."""
+    res = read_results(ROOT / "chapters" / "results" / "09_minilm.json")
+    b, seeds = res["budget"], res["budget"]["seeds"]
+    assert b["ks"] == [8, 16, 32] and len(seeds) >= 3 and not res["quick"]
+    settings = [f"k={k}" for k in b["ks"]] + ["full data"]
+    peft = [m for m in REGISTRY if not m.startswith("vpt") and m not in ("linear-probe", "full")]
+    assert b["arms"] == ["linear probe", "full"] + peft
+    for tag in settings:
+        for a in b["arms"]:
+            arm = res["arms"][f"{a} ({tag})"]
+            assert arm["n"] == len(seeds) and all(0.0 <= v <= 1.0 for v in arm["values"]), (a, tag)
+            assert a == "linear probe" or arm["n_steps"] >= 1
+    claims = {c["claim"]: c for c in res["claims"]}
+    for tag in settings:
+        gap = claims[f"the gap PEFT must close: full fine-tuning beats the linear probe ({tag})"]
+        assert (gap["a"], gap["b"]) == (f"full ({tag})", f"linear probe ({tag})")
+        assert f"prefix outperforms prompt tuning on the hard task ({tag})" in claims
+        for m in peft:
+            assert f"{m} is comparable to full fine-tuning: within {b['margin']} or better ({tag})" in claims
+    for tag in settings[:-1]:
+        assert f"prompt tuning works few-shot: it beats the linear probe ({tag})" in claims
+    assert all(c["n_seeds"] == len(seeds) for c in res["claims"])
+    checks = {c["claim"]: c["holds"] for c in res["checks"]}
+    assert checks["every PEFT method trains < 1 % of the backbone's numbers (head included)"]
+    assert all(checks[f"{m}: merged = unmerged on MiniLM, the backbone's own arrays and shapes (float32)"]
+               for m in MERGEABLE)
+    assert re.fullmatch(r"[0-9a-f]{40}", res["code"]["commit"]) and res["code"]["dirty"] == []
+    per_run = b["cpu_s_per_run"]
+    assert len(per_run) == len(settings) * len(seeds)
+    assert sum(per_run.values()) <= res["timing"]["cpu_s"]  # the workers' CPU is in the chapter's
 
 
 def test_label_points_overlap_no_label_marker_or_bar_and_stay_inside():

@@ -120,11 +120,32 @@ def test_results_file_round_trip_and_refusals(tmp_path):
         V.write_results(path, {"schema": "x"})
 
 
+def test_source_state_names_the_commit_and_the_uncommitted_files(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    (repo / "a.py").write_text("x = 1\n")
+    (repo / "b.py").write_text("y = 2\n")
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "one"], check=True)
+    head = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert V.source_state(repo) == {"commit": head, "dirty": []}
+    (repo / "b.py").write_text("y = 3\n")  # a tracked file changed; an untracked one does not count
+    (repo / "new.py").write_text("z = 0\n")
+    assert V.source_state(repo) == {"commit": head, "dirty": ["b.py"]}
+    assert re.fullmatch(r"[0-9a-f]{40}", head)
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    assert V.source_state(outside) == {"commit": None, "dirty": []}
+
+
 def test_tables_have_their_format(tmp_path):
     for name, tour in (("05_lora", False), ("07_summary", True)):
         V.write_results(tmp_path / f"{name}.json", _record(name, tour))
     timing = {"wall_s": 12.3, "cpu_s": 10.4, "load_1min": {"min": 0.5, "mean": 1.25, "max": 2.0, "samples": 3}}
-    V.write_results(tmp_path / "07_summary.json", _record("07_summary", True) | {"timing": timing})
+    code = {"commit": "abababab01" + "0" * 30, "dirty": ["minipeft/tour.py"]}
+    V.write_results(tmp_path / "07_summary.json", _record("07_summary", True) | {"timing": timing, "code": code})
     V.write_results(tmp_path / "05_lora.quick.json", _record("05_lora") | {"quick": True})
     results = make_tables.load_all(tmp_path)
     assert [r["chapter"] for r in results] == ["05_lora", "07_summary"]  # the quick file is skipped
@@ -135,8 +156,12 @@ def test_tables_have_their_format(tmp_path):
                             r"\| 5 \| (reproduced|refuted|inconclusive.*) \|", ln) for ln in rows)
     assert any(re.fullmatch(rf"\| 05_lora \| LoRA r=4 \| test accuracy \| 4,746 \| {num} \| {ci} \| 5 \|", ln)
                for ln in rows)
-    assert any(re.fullmatch(r"\| 05_lora \| \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \| 5 \| 3 \| 12 \| .* \| `0123456789abcdef` \|",
-                            ln) for ln in rows)
+    date = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+    assert any(re.fullmatch(rf"\| 05_lora \| {date} \| 5 \| 3 \| 12 \| .* \| `0123456789abcdef` \| — \|", ln)
+               for ln in rows)  # no "code" (an older file): no commit
+    # a file with "code": its commit (10 hex digits) and how many tracked files were uncommitted
+    assert any(re.fullmatch(r"\| 07_summary \| .* \| `0123456789abcdef` \| `abababab01` \+ 1 uncommitted file\(s\) \|",
+                            ln) for ln in text.splitlines())
     # a file without "timing" (older) shows "—" for CPU; one with it, CPU s and the load while it ran
     assert any(re.fullmatch(r"\| 05_lora \| .* \| 12 \| — \| [\d.]+ \(at the end only\) \| .*", ln) for ln in rows)
     assert any(re.fullmatch(r"\| 07_summary \| .* \| 12 \| 10 \| 1\.25 \(0\.50–2\.00\) \| .*", ln)
