@@ -62,6 +62,13 @@ def test_first_nonfinite_names_the_first_bad_leaf_in_order():
     assert mp.train.first_nonfinite({"a": onp.full(3, 1e308), "b": [onp.ones(2)]}) is None  # sums overflow, leaves finite
 
 
+def test_first_nonfinite_is_not_fooled_by_cancelling_or_overflowing_sums():
+    t = {"a": onp.array([onp.inf], "float32"), "b": onp.array([-onp.inf], "float32")}  # Σ = nan, not ±inf
+    assert mp.train.first_nonfinite(t) == "a"
+    assert mp.train.first_nonfinite({"a": onp.full(4, 3e38, "float32"), "b": onp.array([1.0, onp.nan])}) == "b"
+    assert mp.train.first_nonfinite({"a": onp.full(4, 3e38, "float32")}) is None  # float32 Σ overflows
+
+
 def test_huge_weight_decay_stops_at_the_update(tiny_cfg):
     params = mp.init_params(tiny_cfg, 0, "float64")
     with pytest.raises(mp.NonFiniteError, match="non-finite update at step 0") as info:
