@@ -194,8 +194,9 @@ DIVERGENCE_MIN = 1.0
 def first_nonfinite(tree_) -> str | None:
     """Path string of the first leaf holding a NaN or ±Inf, or None when all are finite.
 
-    One reduction per leaf first, with no temporary (Σ leaf is finite unless some entry is
-    non-finite or the sum overflows), the per-leaf walk only when the total is not finite.
+    One reduction per leaf first, with no temporary array: Σ of a leaf is finite unless some
+    entry is NaN or ±Inf (or the sum overflows); the per-leaf walk runs only when a sum is not
+    finite, and decides. (fit runs this twice a step, on the gradients and on the updated θ.)
     """
     leaves = tree.leaves_with_paths(tree_)
     if not leaves:
