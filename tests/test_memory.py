@@ -60,6 +60,18 @@ def test_a_frozen_linears_input_is_not_kept_after_the_forward():
     assert _retained_after_forward(fn) == [False]
 
 
+def test_layer_norms_input_is_not_kept_after_the_forward():
+    """x = 2u is traced, γ and β frozen: ∂x needs x̂ and 1/σ (kept by the forward), not x, so
+    the residual stream that feeds each LayerNorm is not held until the backward pass."""
+    gamma, beta = rng.standard_normal(8), rng.standard_normal(8)
+
+    def fn(th):
+        x = th["u0"] * 2.0
+        return P.layer_norm(x, gamma, beta), [x._value]
+
+    assert _retained_after_forward(fn) == [False]
+
+
 def test_a_trainable_linears_input_is_kept_for_its_dw():
     """The detector works: with W traced too, dW = gᵀ x needs x, so x stays alive."""
     def fn(th):

@@ -223,11 +223,15 @@ def _ln_vjp(argnums, ans, args, kwargs):
     if stats is None:
         stats = _ln_block_stats(x, eps)
     d = x.shape[-1]
+    # the closure keeps x's shape and dtype, not x: holding x would keep the residual stream
+    # X_ℓ alive until the backward pass, though dx needs only x̂ and 1/σ (in ``stats``)
+    shape, dtype = x.shape, x.dtype
+    proto = None if type(x) is onp.ndarray else x  # a device array: its module makes dx
 
     def vjp(g):
         # one pass over the row blocks computes every requested gradient while g's block is in cache
         g2 = g.reshape(-1, d)
-        dx = _empty(x) if 0 in argnums else None
+        dx = (onp.empty(shape, dtype) if proto is None else _empty(proto)) if 0 in argnums else None
         dx2 = None if dx is None else dx.reshape(-1, d)
         dgamma = dbeta = None
         for sl, xhat, rstd in stats:
