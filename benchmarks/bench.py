@@ -219,10 +219,10 @@ def gemm_steps(args, peaks, log):
 
 
 def lowest_layer(d, T):
-    """LoRA on the last block only, one step of the benchmark's case (batch 4): the linear VJPs
-    (``measure.vjp_runs``) that ran in each block. Below that block there should be none."""
+    """LoRA on the last block only, one step of the benchmark's case (batch 4): the linear (and
+    fused MLP) VJPs (``measure.vjp_runs``) that ran in each block. Below that block there should be none."""
     from minipeft.nn import primitives
-    from minipeft.nn.ff import linear_gelu
+    from minipeft.nn.ff import frozen_mlp, linear_gelu
     from minipeft.transformer.schema import LINEARS, linears
     case = Case(d, T, "float32", batch=4)
     cfg = case.cfg
@@ -230,7 +230,7 @@ def lowest_layer(d, T):
     params = mp.attach(case.params, [m], cfg)
     theta, phi = mp.split(params, mp.trainable([m]))
     runs = measure.vjp_runs(lambda: mp.value_and_grad(lambda th: mp.loss(th, phi, case.x, case.y, cfg, [m]), theta),
-                            (primitives.linear, linear_gelu))
+                            (primitives.linear, linear_gelu, frozen_mlp))
     per_block = [sum(runs.get(id(bp[mod][W]), 0) for mod, W, _ in (LINEARS[n] for n in linears(cfg)))
                  for bp in params["blocks"]]
     return {"d": d, "T": T, "N": cfg.N, "layer": cfg.N - 1, "vjps_per_block": per_block}

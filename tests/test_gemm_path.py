@@ -45,15 +45,16 @@ def test_no_backward_work_below_the_lowest_trainable_layer(tiny_cfg, method):
         methods, pred = [], (lambda path, leaf: True)
     theta, phi = tree.split(params, pred)
     runs = _measure().vjp_runs(lambda: value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, methods), theta),
-                               (P.linear, FF.linear_gelu))
+                               (P.linear, FF.linear_gelu, FF.frozen_mlp))
     per_block = [sum(runs.get(id(W), 0) for W in (bp["attn"]["W_q"], bp["attn"]["W_k"], bp["attn"]["W_v"],
                                                   bp["attn"]["W_o"], bp["mlp"]["W_1"], bp["mlp"]["W_2"]))
                  for bp in params["blocks"]]
     if method == "lora":
         assert per_block[:top] == [0] * top  # nothing below block ℓ = top
-        # block ℓ: dX through mlp2, mlp1, o to reach A, B of q, v; q, k, v themselves read
-        # the untraced X_{ℓ-1} with a frozen W, so they have no node at all
-        assert per_block[top] == 3
+        # block ℓ: dX through the frozen MLP (one ``frozen_mlp`` node, counted on its W₁) and o
+        # to reach A, B of q, v; q, k, v themselves read the untraced X_{ℓ-1} with a frozen W,
+        # so they have no node at all
+        assert per_block[top] == 2
     else:
         assert all(n == 6 for n in per_block)
 
