@@ -133,7 +133,9 @@ def adam_step(theta, grads, state, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_d
     latest (θ, state)): m and v are updated in place, and θ' is written into one of two
     buffers the state owns (``"_bufs"``, made by ``adam_init(θ, inplace=True)`` or by the
     first in-place step), step t into buffer t mod 2, so a step allocates nothing and faults
-    no page in. The θ handed in is never written: the θ of the step before stays valid
+    no page in. A state from ``adam_init(θ, inplace=True)`` also holds ``"_pack"``: the small
+    leaves' m, v and θ' buffers are views of flat arrays, all updated by one blocked pass (the
+    same ops per number, so the same bits). The θ handed in is never written: the θ of the step before stays valid
     (``fit`` hands it back when the update is non-finite), and so does every array the
     caller made. What must not be done: keep a θ' or state' of an in-place run for longer
     than the next step and reuse it.
