@@ -38,12 +38,78 @@ def adam_init(theta, inplace=False) -> dict:
     state = {"m": zeros, "v": tree.map_leaves(lambda p, a: a * 0, theta), "t": 0}
     if inplace:
         state["_bufs"] = _buffers(theta)
+        pack = _pack(theta)
+        if pack is not None:  # the small leaves' m, v and θ buffers become views of flat arrays
+            for key, views in (("m", pack["m_views"]), ("v", pack["v_views"])):
+                state[key] = _with_leaves(state[key], pack["paths"], views)
+            state["_bufs"] = [_with_leaves(b, pack["paths"], v) for b, v in zip(state["_bufs"], pack["buf_views"])]
+            state["_pack"] = pack
     return state
 
 
 def _buffers(theta) -> list:
     """Two trees of zeros like θ (written now, so their pages are in before any step runs)."""
     return [tree.map_leaves(lambda p, a: onp.zeros_like(a) if _blockable(a) else None, theta) for _ in range(2)]
+
+
+def _pack(theta):
+    """The small leaves of θ (blockable, of the first such leaf's dtype, each under one Adam block)
+    laid end to end, so that one in-place step updates them all by one blocked pass instead of
+    one pass (a dozen NumPy calls) per leaf. Returns None when fewer than two leaves qualify, else
+    {"paths", "sizes", "dtype", "m", "v", "bufs": two flat θ' buffers, "g", "w": flat scratch,
+    and the leaf-shaped views of m, v and each buffer ("m_views", "v_views", "buf_views")}."""
+    small = [(p, a) for p, a in tree.leaves_with_paths(theta) if _blockable(a) and a.nbytes < ADAM_BLOCK_BYTES]
+    small = [(p, a) for p, a in small if a.dtype == small[0][1].dtype] if small else []
+    if len(small) < 2:
+        return None
+    n, dtype = sum(a.size for _, a in small), small[0][1].dtype
+    flats = {k: onp.zeros(n, dtype) for k in ("m", "v", "b0", "b1", "g", "w")}
+    views = lambda f: _views(f, [a.shape for _, a in small])  # noqa: E731
+    return {"paths": [p for p, _ in small], "sizes": [a.size for _, a in small], "dtype": dtype,
+            "m": flats["m"], "v": flats["v"], "bufs": (flats["b0"], flats["b1"]), "g": flats["g"], "w": flats["w"],
+            "m_views": views(flats["m"]), "v_views": views(flats["v"]),
+            "buf_views": (views(flats["b0"]), views(flats["b1"]))}
+
+
+def _views(flat, shapes) -> list:
+    """Consecutive views of the 1-D ``flat``, one of each shape."""
+    out, i = [], 0
+    for s in shapes:
+        k = int(onp.prod(s, dtype=onp.int64))
+        out.append(flat[i:i + k].reshape(s))
+        i += k
+    return out
+
+
+def _with_leaves(t, paths, leaves):
+    """``t`` with the leaf at each path replaced (containers copied, the other leaves shared)."""
+    for p, a in zip(paths, leaves):
+        t = tree.replace(t, p, a)
+    return t
+
+
+def _packed_step(pack, t, w_, g_, m_, v_, hp, scratch) -> bool:
+    """One blocked Adam pass over the packed leaves (``_pack``), θ' into ``pack["bufs"][t % 2]``;
+    False (nothing written) when the state's m, v are not the pack's views any more or a
+    gradient is not a NumPy array of the pack's dtype and shape. θ is read in place when it is
+    the other buffer (the step before's θ'), else gathered into the scratch row like g."""
+    paths = pack["paths"]
+    if not all(m_[p] is a and v_[p] is b for p, a, b in zip(paths, pack["m_views"], pack["v_views"])):
+        return False
+    gs = [g_[p] for p in paths]
+    if not all(type(g) is onp.ndarray and g.dtype == pack["dtype"] and g.shape == a.shape
+               for g, a in zip(gs, pack["m_views"])):
+        return False
+    onp.concatenate([g.reshape(-1) for g in gs], out=pack["g"])
+    prev = pack["buf_views"][(t - 1) % 2]
+    if all(w_[p] is a for p, a in zip(paths, prev)):
+        w = pack["bufs"][(t - 1) % 2]
+    else:
+        w = pack["w"]
+        onp.concatenate([w_[p].reshape(-1) for p in paths], out=w)
+    _adam_leaf_blocked(w, pack["g"], pack["m"], pack["v"], pack["bufs"][t % 2], pack["m"], pack["v"], *hp,
+                       scratch=scratch)
+    return True
 
 
 #: bytes of one array's block in the fused NumPy Adam loop (``_adam_leaf_blocked``): the
@@ -67,7 +133,9 @@ def adam_step(theta, grads, state, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_d
     latest (θ, state)): m and v are updated in place, and θ' is written into one of two
     buffers the state owns (``"_bufs"``, made by ``adam_init(θ, inplace=True)`` or by the
     first in-place step), step t into buffer t mod 2, so a step allocates nothing and faults
-    no page in. The θ handed in is never written: the θ of the step before stays valid
+    no page in. A state from ``adam_init(θ, inplace=True)`` also holds ``"_pack"``: the small
+    leaves' m, v and θ' buffers are views of flat arrays, all updated by one blocked pass (the
+    same ops per number, so the same bits). The θ handed in is never written: the θ of the step before stays valid
     (``fit`` hands it back when the update is non-finite), and so does every array the
     caller made. What must not be done: keep a θ' or state' of an in-place run for longer
     than the next step and reuse it.
@@ -92,11 +160,20 @@ def adam_step(theta, grads, state, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_d
         _adam_leaf_blocked(w, g, m_old, v_old, w_out, m_out, v_out, *hp, scratch=scratch)
         return w_out, m_out, v_out
 
-    out = {p: leaf(p, w) for p, w in leaves}
+    pack = state.get("_pack") if inplace else None
+    out = {}
+    if pack is not None and _packed_step(pack, t, dict(leaves), g_, m_, v_, hp, scratch):
+        out = {p: (b, m, v) for p, b, m, v in zip(pack["paths"], pack["buf_views"][t % 2], pack["m_views"],
+                                                   pack["v_views"])}
+    else:
+        pack = None  # the state no longer matches its pack: every leaf on its own from now on
+    out.update((p, leaf(p, w)) for p, w in leaves if p not in out)
     new_t, new_m, new_v = (tree.map_leaves(lambda p, _: out[p][i], theta) for i in range(3))
     new_state = {"m": new_m, "v": new_v, "t": t}
     if inplace:
         new_state["_bufs"] = bufs
+        if pack is not None:
+            new_state["_pack"] = pack
     return new_t, new_state
 
 

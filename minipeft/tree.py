@@ -25,27 +25,34 @@ def _is_seq(x) -> bool:
     return isinstance(x, (list, tuple, SequenceBox))
 
 
-def _children(node):
-    if _is_dict(node):
-        return [(k, node[k]) for k in node.keys()]
-    return list(enumerate(node))
-
-
 def leaves_with_paths(tree, prefix: Path = ()) -> list[tuple[Path, Any]]:
     """All (path, leaf) pairs, depth first, dict keys in insertion order."""
-    if _is_dict(tree) or _is_seq(tree):
-        out = []
-        for k, child in _children(tree):
-            out.extend(leaves_with_paths(child, prefix + (k,)))
-        return out
-    return [(prefix, tree)]
+    out = []
+    _collect(tree, prefix, out)
+    return out
+
+
+# The walks below test the exact types first (dict, list, tuple, ndarray: what a step's trees
+# hold) and ask isinstance (subclasses, autograd's boxes) only for anything else; a training step
+# walks θ, its gradient and Adam's state several times, so this is most of their cost.
+def _collect(node, prefix, out):
+    t = type(node)
+    if t is dict or (t is not onp.ndarray and t is not list and t is not tuple and _is_dict(node)):
+        for k in node.keys():
+            _collect(node[k], prefix + (k,), out)
+    elif t is list or t is tuple or (t is not onp.ndarray and _is_seq(node)):
+        for i, c in enumerate(node):
+            _collect(c, prefix + (i,), out)
+    else:
+        out.append((prefix, node))
 
 
 def map_leaves(fn: Callable, tree, prefix: Path = ()):
     """The same nesting with every leaf replaced by ``fn(path, leaf)``."""
-    if _is_dict(tree):
+    t = type(tree)
+    if t is dict or (t is not onp.ndarray and t is not list and t is not tuple and _is_dict(tree)):
         return {k: map_leaves(fn, tree[k], prefix + (k,)) for k in tree.keys()}
-    if _is_seq(tree):
+    if t is list or t is tuple or (t is not onp.ndarray and _is_seq(tree)):
         return [map_leaves(fn, c, prefix + (i,)) for i, c in enumerate(tree)]
     return fn(prefix, tree)
 

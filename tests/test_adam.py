@@ -34,16 +34,21 @@ def _bits(a):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-@pytest.mark.parametrize("inplace", [False, True])
-def test_blocked_adam_is_bit_identical_to_the_composed_twin(dtype, weight_decay, inplace, monkeypatch):
-    # tiny blocks: every leaf spans several blocks, most with a ragged last one
-    monkeypatch.setattr(train, "ADAM_BLOCK_BYTES", 64)
+@pytest.mark.parametrize("inplace, packed", [(False, False), (True, False), (True, True)])
+def test_blocked_adam_is_bit_identical_to_the_composed_twin(dtype, weight_decay, inplace, packed, monkeypatch):
+    # tiny blocks: every leaf spans several blocks, most with a ragged last one; packed: the small
+    # leaves (under 1024 bytes) updated as one flat pass (adam_init(..., inplace=True))
+    monkeypatch.setattr(train, "ADAM_BLOCK_BYTES", 1024 if packed else 64)
     rng = onp.random.default_rng(0)
     theta0 = _tree(rng, dtype)
     grads_seq = [tree.map_leaves(lambda p, a: (rng.standard_normal(a.shape) * 10.0 ** rng.integers(-6, 3)).astype(dtype),
                                  theta0) for _ in range(4)]
     grads_seq[1]["a"][0, :3] = 0.0  # zero gradients (m, v decay only)
-    theta, state = theta0, mp.adam_init(theta0)
+    theta, state = theta0, mp.adam_init(theta0, inplace=packed)
+    assert ("_pack" in state) == packed
+    if packed:
+        small = [p for p, a in tree.leaves_with_paths(theta0) if a.nbytes < 1024]
+        assert state["_pack"]["paths"] == small and len(small) >= 2
     for g in grads_seq:
         theta, state = mp.adam_step(theta, g, state, weight_decay=weight_decay, inplace=inplace, **HP)
     ref_t, ref_m, ref_v = _composed_run(theta0, grads_seq, weight_decay)
@@ -51,6 +56,20 @@ def test_blocked_adam_is_bit_identical_to_the_composed_twin(dtype, weight_decay,
     assert _bits(state["m"]) == _bits(ref_m)
     assert _bits(state["v"]) == _bits(ref_v)
     assert state["t"] == len(grads_seq)
+    assert ("_pack" in state) == packed  # kept from step to step
+
+
+def test_packed_adam_falls_back_when_the_state_is_not_its_own():
+    """A state whose m was replaced (not the pack's views) is updated leaf by leaf, the same bits."""
+    rng = onp.random.default_rng(4)
+    theta0 = _tree(rng, "float32")
+    g = tree.map_leaves(lambda p, a: rng.standard_normal(a.shape).astype("float32"), theta0)
+    state = mp.adam_init(theta0, inplace=True)
+    assert "_pack" in state
+    state["m"] = tree.map_leaves(lambda p, a: a.copy(), state["m"])
+    t1, s1 = mp.adam_step(theta0, g, state, inplace=True)
+    ref_t, ref_m, _ = _composed_run(theta0, [g], 0.0)
+    assert "_pack" not in s1 and _bits(t1) == _bits(ref_t) and _bits(s1["m"]) == _bits(ref_m)
 
 
 def test_fit_with_in_place_adam_gives_the_bits_of_out_of_place_steps(tiny_cfg):
@@ -72,11 +91,12 @@ def test_fit_with_in_place_adam_gives_the_bits_of_out_of_place_steps(tiny_cfg):
     assert _bits(fitted) == _bits(mp.combine(theta, phi))
 
 
-def test_inplace_adam_never_writes_the_callers_arrays():
+@pytest.mark.parametrize("packed", [False, True])
+def test_inplace_adam_never_writes_the_callers_arrays(packed):
     rng = onp.random.default_rng(1)
     theta0 = _tree(rng, "float32")
     keep = {p: a.copy() for p, a in tree.leaves_with_paths(theta0)}
-    theta, state = theta0, mp.adam_init(theta0)
+    theta, state = theta0, mp.adam_init(theta0, inplace=packed)
     before = None
     for _ in range(5):
         g = tree.map_leaves(lambda p, a: rng.standard_normal(a.shape).astype("float32"), theta0)

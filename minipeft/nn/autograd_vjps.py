@@ -14,6 +14,11 @@ on NumPy: the same additions in the same order as stock's ``onp.add.at`` (the sa
 without its per-index cost, which in full fine-tuning is the token-embedding gradient of
 every step (W_tok[ids]: B·n rows of d) and the token-type one (all B·n into one row).
 
+``x + y`` and ``x − y`` (the residual adds): stock passes each cotangent through
+``unbroadcast``, a few NumPy calls per operand even when the operand has the answer's
+shape and nothing is summed. ``_same_shape_or_unbroadcast`` hands such a g on as it is
+(what stock's loop returns for it) and keeps stock's ``unbroadcast`` for the others.
+
 ``untake`` and ``reshape`` are looked up in autograd's modules when the backward pass
 runs, so the device patches of ``minipeft.cupy_patches`` (which replace ``untake``)
 still apply. Pinned to autograd 1.9.x, as cupy_patches is.
@@ -103,7 +108,28 @@ def _reshape_back(x, order=None):
     return lambda g: anp.reshape(g, shape, order=order)
 
 
+def _same_shape_or_unbroadcast(target, f=None):
+    """The VJP of an operand ``target`` of a broadcasting add or subtract: g ↦ unbroadcast(f(g))
+    (f the identity or negation), with g's own array when its shape is the target's and has no
+    size-1 axis (stock then sums nothing and returns g; over a size-1 axis its sum turns −0 into
+    +0, so those keep stock's path), and there is nothing complex to drop."""
+    meta = anp.metadata(target)  # shape, ndim, dtype, complex: target itself is not held
+    shape, complex_ok = meta[0], meta[3]
+    same = 1 not in shape
+
+    def vjp(g):
+        g = g if f is None else f(g)
+        if same and type(g) is onp.ndarray and g.shape == shape and (complex_ok or g.dtype.kind != "c"):
+            return g
+        return av.unbroadcast(g, meta)
+
+    return vjp
+
+
 defvjp(func(ArrayBox.__getitem__), _getitem_vjp)
+defvjp(anp.add, lambda ans, x, y: _same_shape_or_unbroadcast(x), lambda ans, x, y: _same_shape_or_unbroadcast(y))
+defvjp(anp.subtract, lambda ans, x, y: _same_shape_or_unbroadcast(x),
+       lambda ans, x, y: _same_shape_or_unbroadcast(y, anp.negative))
 defvjp(anp.reshape, lambda ans, x, shape, order=None: _reshape_back(x, order))
 defvjp(anp.ravel, lambda ans, x, order=None: _reshape_back(x, order))
 defvjp(anp.expand_dims, lambda ans, x, axis: _reshape_back(x))
