@@ -27,6 +27,7 @@ P = importlib.import_module("minipeft.nn.primitives")
 A = importlib.import_module("minipeft.nn.attention")
 V = importlib.import_module("minipeft.nn.autograd_vjps")
 FF = importlib.import_module("minipeft.nn.ff")
+LR = importlib.import_module("minipeft.nn.lowrank")
 FWD = importlib.import_module("minipeft.transformer.forward")
 rng = onp.random.default_rng(0)
 
@@ -227,6 +228,12 @@ def test_no_backward_work_below_the_lowest_trainable_parameter(tiny_cfg):
         return FF._frozen_mlp_vjp(argnums, *rest)
 
     defvjp_argnums(FF.frozen_mlp, fused_all)
+
+    def fused_lora(argnums, *rest):  # the B-branch's dX, ∂u = s·g B, inside LoRA's one node (nn/lowrank.py)
+        made["dX"] += 1 in argnums or 2 in argnums
+        return LR._low_rank_add_vjp(argnums, *rest)
+
+    defvjp_argnums(LR.low_rank_add, fused_lora)
     try:
         x, y = images(cfg, 3), onp.arange(3) % cfg.n_classes
         _, g = value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, [lora]), theta)
@@ -236,6 +243,7 @@ def test_no_backward_work_below_the_lowest_trainable_parameter(tiny_cfg):
         defvjp_argnums(A.attention_weights, A._attention_weights_vjp)
         defvjp_argnums(FF.linear_gelu, FF._linear_gelu_vjp)
         defvjp_argnums(FF.frozen_mlp, FF._frozen_mlp_vjp)
+        defvjp_argnums(LR.low_rank_add, LR._low_rank_add_vjp)
     # the last block: dX of W_o, W_1, W_2, of LoRA's B-branches on q and v (their input x Aᵀ is
     # traced), and of the head; LN₂ and LN_f (LN₁ reads the untraced X_{N-1}); one attention
     assert made == {"dX": 6, "ln": 2, "attn": 1}, made

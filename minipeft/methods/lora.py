@@ -16,7 +16,8 @@ from typing import Optional
 import numpy as onp
 
 from .. import tree
-from ..nn import linear
+from ..nn import linear  # noqa: F401  (the composed form, linear(linear(x, A), B), is an answer too)
+from ..nn.lowrank import low_rank_add
 from ..transformer.schema import LINEARS, check_linears, linear_path, linear_shape
 from ..validate import MAX_SCALE, scale, some_of, width
 from .base import Method, adapted_layers, layers_option, per_layer
@@ -83,12 +84,16 @@ class LoRA(Method):
         return per_layer(cfg.N, self.layers, layer)
 
     def on_linear(self, theta, y, x, layer, name, cfg):
-        """y + (α/r)(x Aᵀ)Bᵀ.  x (B, T, k) -> (B, T, r) -> (B, T, d), added to y (B, T, d)."""
+        """y + (α/r)(x Aᵀ)Bᵀ.  x (B, T, k) -> (B, T, r) -> (B, T, d), added to y (B, T, d).
+
+        One graph node, ``nn.lowrank.low_rank_add``: bit for bit its composed twin
+        ``y + (α/r) · linear(linear(x, A), B)``, without that form's three temporaries of y's
+        size (either form is a correct answer to the exercise)."""
         # exercise lora-forward [2 pts] "LoRA": h = y + (α/r)(x Aᵀ)Bᵀ on the targets of the adapted layers, else y
         if name not in self.targets or (self.layers is not None and layer not in self.layers):
             return y
         ab = theta["blocks"][layer][name]
-        return y + self.scaling * linear(linear(x, ab["A"]), ab["B"])
+        return low_rank_add(y, x, ab["A"], ab["B"], self.scaling)  # y + (α/r)(x Aᵀ)Bᵀ, one node
         # end exercise
 
     def hook_points(self, n_layers: int) -> set:

@@ -51,3 +51,8 @@ def log_softmax(z):
 def cross_entropy(logits, labels):
     """L = −(1/B) Σ_b log softmax(logits_b)[y_b].  logits (B, C), labels (B,) -> scalar."""
     return -np.mean(log_softmax(logits)[np.arange(len(labels)), labels])
+
+
+def low_rank_add(y, x, A, B, s):
+    """LoRA's branch: h = y + s (x Aᵀ) Bᵀ, s = α/r.  y (..., d), x (..., k), A (r, k), B (d, r) -> (..., d)."""
+    return y + s * linear(linear(x, A), B)
