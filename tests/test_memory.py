@@ -339,30 +339,36 @@ def test_linear_gelu_is_gelu_of_linear_bit_for_bit(dtype):
         assert fused[1][k].tobytes() == two[1][k].tobytes(), k
 
 
+def _traced_forward_bytes(fn, x):
+    """(peak, kept) bytes that NumPy allocated while the traced forward ``fn(x * 1.0)`` ran: the
+    most held at once, and what was still held when it returned (what the backward will find)."""
+    got = {}
+
+    def f(th):
+        xt = th["x"] * 1.0
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            out = fn(xt)
+            kept, peak = tracemalloc.get_traced_memory()
+            got["bytes"] = (peak - base, kept - base)
+        finally:
+            tracemalloc.stop()
+        return (out * 1.0).sum()
+
+    value_and_grad(f, {"x": x})
+    return got["bytes"]
+
+
 def test_linear_gelu_forward_ends_with_two_buffers_of_the_hidden_size():
     """Traced, W frozen: the fused node's forward allocates H and GELU'(U) (plus block-sized
     temporaries); the two nodes allocate U, tanh(·) and H (the detector works)."""
     x, W, b, _ = _ff_case("float32")
     x = onp.tile(x, (16, 1, 1))  # H of 9600 × 96: many blocks, so block-sized temporaries are small beside it
     H_bytes = x.shape[0] * x.shape[1] * W.shape[0] * 4
-    peaks = {}
-
-    def measure(name, fn):
-        def f(th):
-            xt = th["x"] * 1.0
-            gc.collect()
-            tracemalloc.start()
-            try:
-                base = tracemalloc.get_traced_memory()[0]
-                out = fn(xt)
-                peaks[name] = tracemalloc.get_traced_memory()[1] - base
-            finally:
-                tracemalloc.stop()
-            return out.sum()
-        value_and_grad(f, {"x": x})
-
-    measure("fused", lambda xt: FF.linear_gelu(xt, W, b))
-    measure("two", lambda xt: P.gelu(P.linear(xt, W, b)))
+    peaks = {name: _traced_forward_bytes(fn, x)[0] for name, fn in
+             (("fused", lambda xt: FF.linear_gelu(xt, W, b)), ("two", lambda xt: P.gelu(P.linear(xt, W, b))))}
     assert peaks["fused"] <= 2.25 * H_bytes, (peaks, H_bytes)
     assert peaks["two"] >= 2.9 * H_bytes, (peaks, H_bytes)
 
@@ -399,23 +405,9 @@ def test_frozen_mlp_keeps_its_input_not_gelus_derivative():
     x = onp.tile(x, (16, 1, 1))  # 9600 rows × 96 hidden: the temporaries of the blocks are small beside H
     H_bytes, out_bytes = x.shape[0] * x.shape[1] * W1.shape[0] * 4, x.nbytes
     got = {}
-
-    def measure(name, fn):
-        def f(th):
-            xt = th["x"] * 1.0
-            gc.collect()
-            tracemalloc.start()
-            try:
-                base = tracemalloc.get_traced_memory()[0]
-                out = fn(xt)
-                got[name, "peak"], got[name, "kept"] = (m - base for m in tracemalloc.get_traced_memory()[::-1])
-            finally:
-                tracemalloc.stop()
-            return (out * 1.0).sum()
-        value_and_grad(f, {"x": x})
-
-    measure("fused", lambda xt: FF.frozen_mlp(xt, W1, b1, W2, b2))
-    measure("nodes", lambda xt: P.linear(FF.linear_gelu(xt, W1, b1), W2, b2))
+    for name, fn in (("fused", lambda xt: FF.frozen_mlp(xt, W1, b1, W2, b2)),
+                     ("nodes", lambda xt: P.linear(FF.linear_gelu(xt, W1, b1), W2, b2))):
+        got[name, "peak"], got[name, "kept"] = _traced_forward_bytes(fn, x)
     assert got["fused", "peak"] <= out_bytes + 1.25 * H_bytes, got
     assert got["fused", "kept"] <= 1.05 * out_bytes, got
     assert got["nodes", "kept"] >= out_bytes + 0.95 * H_bytes, got
