@@ -190,30 +190,59 @@ def run_case(d, T, dtype, args, have_torch, log):
 
 
 # ------------------------------------------------------------------ GEMM targets
-def gemm_steps(args, peaks, log):
-    """Issue 16's GEMM targets, minipeft alone: the full and LoRA step of every size, each in fresh
-    processes under minipeft's entry-point policy (``fresh.run_worker``; full and LoRA interleaved,
-    ``--fresh-pairs`` pairs), float32, batch ``--batch``. Per size: each step's CPU ms (median over
-    processes), the full step's GEMM share (``measure.gemm_flops`` / time / the NumPy peak) and
-    LoRA / full (median of the per-pair ratios) beside its GEMM-FLOP floor."""
+def gemm_steps(args, peaks, log, have_torch=False):
+    """Issue 16's GEMM targets, and what is reachable. Per size, float32, batch ``--batch``:
+
+    * minipeft's full and LoRA step, each in fresh processes under minipeft's entry-point policy
+      (``fresh.run_worker``; ``--fresh-pairs`` interleaved pairs): each step's CPU ms (median over
+      processes), the full step's GEMM share (``measure.gemm_flops`` / time / the NumPy peak) and
+      LoRA / full (median of the per-pair ratios) beside its GEMM-FLOP floor (LoRA's FLOPs / full's);
+    * with PyTorch, the same of its twin (``torch_model.py``), in fresh processes of its own in the
+      same interleaved rounds: its full step's share of *its* peak (the same FLOP count) and its
+      LoRA / full against the same floor (``"torch"``);
+    * "GEMMs alone" (``"alone"``): the products of ``measure.gemm_products`` — the list
+      ``gemm_flops`` sums — timed alone in this process (``measure.gemm_seconds``: NumPy, one
+      thread): their share of the NumPy peak bounds what the full step could reach if everything
+      else cost nothing, and LoRA's GEMM seconds / the full step's is a time floor for LoRA / full.
+    """
+    fws = ("mp", "torch") if have_torch and peaks["float32"].get("torch") else ("mp",)
+    order = [(fw, k) for fw in fws for k in ("full", "lora")]
     out = []
     for d in args.d:
         for T in args.T:
-            runs = {"full": [], "lora": []}
+            runs = {o: [] for o in order}
             for i in range(args.fresh_pairs):
-                for k in (("full", "lora") if i % 2 == 0 else ("lora", "full")):
-                    runs[k].append(fresh.run_worker({"framework": "mp", "mode": "steps", "kind": k, "d": d, "T": T,
-                                                     "batch": args.batch, "dtype": "float32",
-                                                     "steps": args.fresh_steps})["cpu_ms"])
-            cfg, ms = config(d, T), {k: float(onp.median(v)) for k, v in runs.items()}
-            flops = {k: measure.gemm_flops(cfg, args.batch, T, k) for k in ("full", "lora")}
+                for fw, k in (order if i % 2 == 0 else order[::-1]):
+                    runs[fw, k].append(fresh.run_worker({"framework": fw, "mode": "steps", "kind": k, "d": d, "T": T,
+                                                         "batch": args.batch, "dtype": "float32",
+                                                         "steps": args.fresh_steps})["cpu_ms"])
+            cfg = config(d, T)
+            products = {k: measure.gemm_products(cfg, args.batch, T, k) for k in ("full", "lora")}
+            flops = {k: measure.gemm_flops(cfg, args.batch, T, k) for k in products}
+            ms = {o: float(onp.median(v)) for o, v in runs.items()}
+
+            def share(fw, seconds):
+                return flops["full"] / seconds / (peaks["float32"]["numpy" if fw == "mp" else fw] * 1e9)
+
+            def lora_full(fw):
+                return float(onp.median(onp.asarray(runs[fw, "lora"]) / onp.asarray(runs[fw, "full"])))
+
+            alone = measure.gemm_seconds(products, "float32")
             r = {"d": d, "T": T, "batch": args.batch, "pairs": args.fresh_pairs, "steps": args.fresh_steps,
-                 "full_ms": ms["full"], "lora_ms": ms["lora"],
-                 "share": flops["full"] / (ms["full"] / 1e3) / (peaks["float32"]["numpy"] * 1e9),
-                 "lora_full": float(onp.median(onp.asarray(runs["lora"]) / onp.asarray(runs["full"]))),
-                 "floor": flops["lora"] / flops["full"]}
+                 "full_ms": ms["mp", "full"], "lora_ms": ms["mp", "lora"],
+                 "share": share("mp", ms["mp", "full"] / 1e3), "lora_full": lora_full("mp"),
+                 "floor": flops["lora"] / flops["full"],
+                 "alone": {"full_ms": 1e3 * alone["full"], "lora_ms": 1e3 * alone["lora"],
+                           "share": share("mp", alone["full"]), "time_floor": alone["lora"] / alone["full"]}}
+            if "torch" in fws:
+                r["torch"] = {"full_ms": ms["torch", "full"], "lora_ms": ms["torch", "lora"],
+                              "share": share("torch", ms["torch", "full"] / 1e3), "lora_full": lora_full("torch")}
+            a = r["alone"]
             log(f"  GEMM d={d} T={T}: full {r['full_ms']:.1f} ms ({100 * r['share']:.0f} % of the NumPy peak), "
-                f"LoRA/full {r['lora_full']:.2f} (floor {r['floor']:.2f})")
+                f"LoRA/full {r['lora_full']:.2f} (floor {r['floor']:.2f}); GEMMs alone {a['full_ms']:.1f} ms "
+                f"({100 * a['share']:.0f} %), time floor {a['time_floor']:.2f}"
+                + (f"; torch full {r['torch']['full_ms']:.1f} ms ({100 * r['torch']['share']:.0f} % of its peak), "
+                   f"LoRA/full {r['torch']['lora_full']:.2f}" if "torch" in r else ""))
             out.append(r)
     return out
 
@@ -547,7 +576,8 @@ def parse(argv):
     ap.add_argument("--mem-kinds", nargs="+", default=list(MEM_KINDS), choices=MEM_KINDS,
                     help="steps of the memory table (full is always measured: the ratios divide by it)")
     ap.add_argument("--no-gemm", dest="gemm", action="store_false",
-                    help="skip the GEMM targets (fresh minipeft full and LoRA steps at every size, float32)")
+                    help="skip the GEMM targets (fresh full and LoRA steps at every size, float32, both frameworks; "
+                         "the products alone)")
     ap.add_argument("--train-epochs", type=int, default=20, help="epochs of the timed `minipeft train` process")
     ap.add_argument("--out", type=Path, default=None,
                     help="write the markdown here (and the raw numbers beside it as .json); "
@@ -621,9 +651,9 @@ def main(argv=None):
             head["memory"] = [fresh.memory(memory_kinds(args), D, T, args.mem_batch, dt, log) for dt in args.dtype]
     if args.train and have_torch:
         head["train"] = fresh.train_pairs(args.train_epochs, args.fresh_pairs, log)
-    if args.gemm:  # minipeft alone: no PyTorch needed
+    if args.gemm:  # minipeft's half needs no PyTorch; with it, its twin's figures beside
         if args.fresh and "float32" in peaks:
-            head["gemm"] = gemm_steps(args, peaks, log)
+            head["gemm"] = gemm_steps(args, peaks, log, have_torch)
         head["lowest"] = lowest_layer(args.d[0], args.T[0])
     results = []
     for dt in args.dtype:

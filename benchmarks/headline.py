@@ -1,6 +1,6 @@
 """The benchmark's headline: fresh-process step and whole-command ratios, peak memory, the GEMM
-share of a step and LoRA / full against its floor, the BLAS kernels, and the targets of issue
-16 — measured by bench.py (through fresh.py), rendered here from the results dict, so that
+share of a step and LoRA / full against its floor (with what is reachable: the products alone
+and PyTorch's same figures), the BLAS kernels, and the targets of issue 16 — measured by bench.py (through fresh.py), rendered here from the results dict, so that
 bench.py's report and the README's generated table (readme_table.py) are one text.
 
 Ratios are minipeft / PyTorch: below 1 minipeft is faster (or smaller).
@@ -127,10 +127,70 @@ def gemm_table(gemm, lowest) -> list:
             L.append(f"| {r['d']} | {r['T']} | {r['full_ms']:.1f} | {100 * r['share']:.0f} % | {r['lora_ms']:.1f} | "
                      f"{r['lora_full']:.2f} | {r['floor']:.2f} | {r['lora_full'] - r['floor']:+.2f} |")
         L.append("")
+    L += reachable_table(gemm)
     if lowest:
         L += [f"LoRA on block {lowest['layer'] + 1} of {lowest['N']} only (d = {lowest['d']}, T = {lowest['T']}): linear "
               f"VJPs run in one step, block by block: {lowest['vjps_per_block']}.", ""]
     return L
+
+
+def reachable_table(gemm) -> list:
+    """Markdown lines: what the GEMM targets could reach, per size — the full step's GEMM share
+    of the peak (as measured, and of its products alone), LoRA / full's time floor beside its
+    FLOP floor, and PyTorch's same figures; nothing for a results file that has none."""
+    rows = [r for r in gemm or [] if "alone" in r]
+    if not rows:
+        return []
+    t = any("torch" in r for r in rows)
+    L = ["What is reachable (same run). *GEMMs alone*: only the matrix products the step must do — "
+         "`measure.gemm_products`, the list `measure.gemm_flops` counts — at the step's shapes and layouts, "
+         "timed in NumPy, one thread, in the benchmark's own process (`measure.gemm_seconds`: each product "
+         "the best of a few calls on warm operands into a preallocated output); their share of the peak is "
+         "the most the full step could reach if everything else cost nothing, and LoRA's GEMM time over the "
+         "full step's is a time floor for LoRA / full beside the FLOP floor (the products do not all run at "
+         "one rate)."
+         + (" PyTorch: its twin model (`benchmarks/torch_model.py`) in fresh processes of its own, interleaved "
+            "with minipeft's: its full step's GEMM share of *its own* peak (the same FLOP count) and its LoRA / "
+            "full against the same FLOP floor." if t else " (PyTorch not measured.)"), "",
+         "| d | T | full step: share of the peak | GEMMs alone: full ms, share of the peak | GEMMs alone: LoRA ms "
+         "| time floor | FLOP floor | LoRA / full |"
+         + (" PyTorch full step ms, share of its peak | PyTorch LoRA / full (above the FLOP floor) |" if t else ""),
+         "|---|---|---|---|---|---|---|---|" + ("---|---|" if t else "")]
+    for r in rows:
+        a = r["alone"]
+        line = (f"| {r['d']} | {r['T']} | {100 * r['share']:.0f} % | {a['full_ms']:.1f}, {100 * a['share']:.0f} % | "
+                f"{a['lora_ms']:.1f} | {a['time_floor']:.2f} | {r['floor']:.2f} | {r['lora_full']:.2f} |")
+        if t:
+            p = r.get("torch")
+            line += (f" {p['full_ms']:.1f}, {100 * p['share']:.0f} % | {p['lora_full']:.2f} "
+                     f"({p['lora_full'] - r['floor']:+.2f}) |" if p else " – | – |")
+        L.append(line)
+    L.append("")
+    return L
+
+
+def _reachable_share(r) -> str:
+    """The information line under a share target: the GEMMs-alone bound and PyTorch's share."""
+    parts = []
+    if "alone" in r:
+        parts.append(f"the products alone reach {100 * r['alone']['share']:.0f} % of the NumPy peak (the most this "
+                     "step could reach if everything else cost nothing)")
+    if "torch" in r:
+        parts.append(f"PyTorch's full step reaches {100 * r['torch']['share']:.0f} % of its own peak")
+    return f"  - reachable (information, not a target): {'; '.join(parts)}" if parts else ""
+
+
+def _reachable_floor(r) -> str:
+    """The information line under a floor target: the time floor and PyTorch's LoRA / full."""
+    parts = []
+    if "alone" in r:
+        tf = r["alone"]["time_floor"]
+        parts.append(f"the products alone give a time floor of {tf:.2f} vs the FLOP floor's {r['floor']:.2f} "
+                     f"({tf - r['floor']:+.2f})")
+    if "torch" in r:
+        tl = r["torch"]["lora_full"]
+        parts.append(f"PyTorch's LoRA / full is {tl:.2f} vs the same FLOP floor ({tl - r['floor']:+.2f})")
+    return f"  - reachable (information, not a target): {'; '.join(parts)}" if parts else ""
 
 
 def gemm_targets(gemm, lowest) -> list:
@@ -141,10 +201,12 @@ def gemm_targets(gemm, lowest) -> list:
         if lim is not None:
             L.append(f"- full step ≥ {100 * lim:.0f} % of the NumPy float32 GEMM peak at d = {r['d']}, T = {r['T']}: "
                      f"{100 * r['share']:.0f} % — {_mark(r['share'] >= lim)}")
+            L += [x for x in [_reachable_share(r)] if x]
     for r in gemm or []:
         gap = r["lora_full"] - r["floor"]
         L.append(f"- LoRA / full within {FLOOR_GAP} of its GEMM-FLOP floor at d = {r['d']}, T = {r['T']}: "
                  f"{r['lora_full']:.2f} vs {r['floor']:.2f} ({gap:+.2f}) — {_mark(gap <= FLOOR_GAP)}")
+        L += [x for x in [_reachable_floor(r)] if x]
     if lowest:
         below = sum(lowest["vjps_per_block"][:lowest["layer"]])
         L.append(f"- no backward work below the lowest trainable block (LoRA on block {lowest['layer'] + 1} only): "

@@ -11,8 +11,10 @@ interquartile range.
 from __future__ import annotations
 
 import gc
+import math
 import time
 import tracemalloc
+from typing import NamedTuple
 
 import numpy as onp
 
@@ -87,10 +89,118 @@ def blas_peak(dtype, n=2048, reps=5, matmul=None):
 
 
 # ---------------------------------------------------------------------- GEMM FLOPs
-def gemm_flops(cfg, B, T, kind, r=4):
-    """FLOPs of the matrix products of one forward or one full fine-tuning step.
+class Gemm(NamedTuple):
+    """One matrix product of a step, ``count`` times: C = op(A) op(B), op(A) (m, k), op(B) (k, n),
+    once per index of ``stack`` (() for one 2-D product; (B, h) for one per batch element and head).
 
-    Counted per product: 2·m·k·n. T tokens (CLS + patches), M = B·T rows.
+    Each operand's layout, as the step stores it (``gemm_operands`` builds exactly these):
+        "N"   a C-contiguous (..., rows, cols) array
+        "T"   the transpose of a C-contiguous (..., cols, rows) array (Wᵀ of a W stored d_out × d_in, gᵀ)
+        "H"   one head of a (B, rows, h·cols) activation: the strided view (B, h, rows, cols)
+        "HT"  the transpose of a head view: Kᵀ, Vᵀ
+    ``c``: the output's, "N" (a new C-contiguous array) or "H" (written straight into the
+    concat-heads layout (B, m, h·n)). FLOPs: 2·m·k·n per product.
+    """
+    name: str
+    count: int
+    stack: tuple
+    m: int
+    k: int
+    n: int
+    a: str = "N"
+    b: str = "N"
+    c: str = "N"
+
+    @property
+    def flops(self):
+        """2 · count · |stack| · m · k · n."""
+        return 2 * self.count * math.prod(self.stack) * self.m * self.k * self.n
+
+    @property
+    def key(self):
+        """What its time depends on: everything but the name and the count."""
+        return tuple(self)[2:]
+
+
+def _linear(name, rows, d_in, d_out, dx=True, dw=True):
+    """The products of y = x Wᵀ (x (rows, d_in), W (d_out, d_in)): the forward, and of its VJPs
+    dX = g W and dW = gᵀ x, those asked for."""
+    out = [Gemm(f"{name}: x Wᵀ", 1, (), rows, d_in, d_out, "N", "T")]
+    if dx:
+        out.append(Gemm(f"{name}: dX = g W", 1, (), rows, d_out, d_in, "N", "N"))
+    if dw:
+        out.append(Gemm(f"{name}: dW = gᵀ x", 1, (), d_out, rows, d_in, "T", "N"))
+    return out
+
+
+def _attention(B, T, h, d_h, grads=("A", "V", "Q", "K")):
+    """The per-head products of attention (nn/attention.py), S = T keys: the forward's Q Kᵀ and
+    A V, and of the backward those asked for: ∂A = G Vᵀ, ∂V = Aᵀ G, ∂Q = ∂S K, ∂K = ∂Sᵀ Q."""
+    st = (B, h)
+    qk = Gemm("Q Kᵀ", 1, st, T, d_h, T, "H", "HT")
+    av = Gemm("A V", 1, st, T, T, d_h, "N", "H", "H")
+    back = {"A": qk._replace(name="∂A = G Vᵀ"), "V": Gemm("∂V = Aᵀ G", 1, st, T, T, d_h, "T", "H", "H"),
+            "Q": av._replace(name="∂Q = ∂S K"), "K": Gemm("∂K = ∂Sᵀ Q", 1, st, T, T, d_h, "T", "H", "H")}
+    return [qk, av] + [back[g] for g in grads]
+
+
+def _rank(name, rows, d, r, dx=True):
+    """LoRA's rank-r products on a projection (nn/lowrank.py; x (rows, d), A (r, d), B (d, r)):
+    the forward u = x Aᵀ, u Bᵀ; the backward ∂B = gᵀ u, ∂u = g B, ∂A = ∂uᵀ x and (``dx``) ∂u A."""
+    out = [Gemm(f"LoRA {name}: u = x Aᵀ", 1, (), rows, d, r, "N", "T"),
+           Gemm(f"LoRA {name}: u Bᵀ", 1, (), rows, r, d, "N", "T"),
+            Gemm(f"LoRA {name}: ∂B = gᵀ u", 1, (), d, rows, r, "T", "N"),
+            Gemm(f"LoRA {name}: ∂u = g B", 1, (), rows, d, r, "N", "N"),
+            Gemm(f"LoRA {name}: ∂A = ∂uᵀ x", 1, (), r, rows, d, "T", "N")]
+    if dx:
+        out.append(Gemm(f"LoRA {name}: dX = ∂u A", 1, (), rows, r, d, "N", "N"))
+    return out
+
+
+def gemm_products(cfg, B, T, kind, r=4):
+    """The matrix products one forward, full fine-tuning step or LoRA step must do, at their
+    shapes and layouts: a list of ``Gemm`` (equal products merged, ``count`` times).
+
+    T tokens (CLS + patches), M = B·T rows, d_h = d / h. Per block: q, k, v, o (d × d), W₁
+    (d_ff × d), W₂ (d × d_ff) on M rows; per head Q Kᵀ and A V. Then the patch embedding
+    (B·(T − 1) rows of patch_dim) and the head (B pooled rows; a strided view in the step,
+    counted here as a contiguous one: its products are a tiny share of the FLOPs).
+        forward  every product once
+        full     + every dX and dW and the attention backward (∂A, ∂V, ∂Q, ∂K), except the
+                 patch embedding's dX (its input is data: dW only)
+        lora     (r on W_q and W_v of every block, + the head) the forward with LoRA's
+                 branches, then only what the gradients of A, B and the head need: every dX
+                 and all of the attention backward of blocks 2..N; in block 1, whose input is
+                 frozen, only the dX of W_o, W₁, W₂ and ∂A, ∂V, ∂Q (no ∂K); per adapted
+                 projection 4 rank-r products (3 in block 1: no dX); the head's dW and dX
+    kind: "forward", "full" or "lora" (with rank ``r``).
+    """
+    if kind not in ("forward", "full", "lora"):
+        raise ValueError(f"kind must be 'forward', 'full' or 'lora', got {kind!r}")
+    d, N, C, dff, h = cfg.d, cfg.N, cfg.n_classes, cfg.d_ff, cfg.h
+    M, full, lora = B * T, kind == "full", kind == "lora"
+    shapes = [(t, d, d) for t in "qkvo"] + [("W₁", d, dff), ("W₂", dff, d)]  # (name, d_in, d_out)
+    out = _linear("embed", B * (T - 1), cfg.patch_dim, d, dx=False, dw=full)
+    for layer in range(N):
+        first = layer == 0
+        for name, d_in, d_out in shapes:
+            out += _linear(name, M, d_in, d_out, dx=full or (lora and not (first and name in ("q", "k", "v"))),
+                           dw=full)
+            if lora and name in ("q", "v"):
+                out += _rank(name, M, d, r, dx=not first)
+        grads = ("A", "V", "Q", "K") if full or (lora and not first) else (("A", "V", "Q") if lora else ())
+        out += _attention(B, T, h, d // h, grads=grads)
+    out += _linear("head", B, d, C, dx=kind != "forward", dw=kind != "forward")
+    counts, first_of = {}, {}
+    for g in out:  # equal products (the same name and shape in every block) merged, in order of appearance
+        counts[g.name, g.key] = counts.get((g.name, g.key), 0) + g.count
+        first_of.setdefault((g.name, g.key), g)
+    return [g._replace(count=counts[k]) for k, g in first_of.items()]
+
+
+def gemm_flops(cfg, B, T, kind, r=4):
+    """FLOPs of the matrix products of one forward, full or LoRA step: Σ 2·m·k·n over
+    ``gemm_products`` (so the two cannot drift apart). In closed form, M = B·T rows:
         forward  = N·[2M(4d² + 2·d·d_ff) + 4·B·T²·d] + 2·B·m·patch_dim·d + 2·B·d·C
                    (q, k, v, o, W₁, W₂; Q Kᵀ and A V over all heads; patch embedding; head)
         full     = 3·(forward − embedding) + 2·embedding
@@ -104,23 +214,56 @@ def gemm_flops(cfg, B, T, kind, r=4):
                    projection 4 rank-r products (3 in layer 1: no dX); the head's dW and dX
     kind: "forward", "full" or "lora" (with rank ``r``).
     """
-    d, N, C, dff = cfg.d, cfg.N, cfg.n_classes, cfg.d_ff
-    M = B * T
-    lin = 2 * M * (4 * d * d + 2 * d * dff)  # q, k, v, o, W₁, W₂ of one layer
-    att = 4 * B * T * T * d  # Q Kᵀ and A V of one layer, all heads
-    embed = 2 * B * (T - 1) * cfg.patch_dim * d
-    head = 2 * B * d * C
-    fwd = N * (lin + att) + embed + head
-    if kind == "forward":
-        return fwd
-    if kind == "full":
-        return 3 * (fwd - embed) + 2 * embed
-    if kind == "lora":
-        rank = 2 * M * r * d  # one product of a rank-r branch (x Aᵀ, (·) Bᵀ, or one of their VJPs)
-        upper = lin + 2 * att + 2 * 4 * rank
-        first = 2 * M * (d * d + 2 * d * dff) + 3 * att // 2 + 2 * 3 * rank
-        return fwd + N * 2 * 2 * rank + (N - 1) * upper + first + 2 * head
-    raise ValueError(f"kind must be 'forward', 'full' or 'lora', got {kind!r}")
+    return sum(g.flops for g in gemm_products(cfg, B, T, kind, r))
+
+
+def gemm_operands(g, dtype="float32", rng=None):
+    """(A, B, C) for one product ``g``, in its layouts (``Gemm``), so that
+    ``numpy.matmul(A, B, out=C)`` is the product as the step runs it.  A: (*stack, m, k),
+    B: (*stack, k, n), C: (*stack, m, n) (views where the layout says so)."""
+    rng = onp.random.default_rng(0) if rng is None else rng
+
+    def make(layout, rows, cols, fill=True):
+        new = (lambda shape: rng.standard_normal(shape).astype(dtype)) if fill else (lambda s: onp.empty(s, dtype))
+        if layout in ("H", "HT"):
+            if len(g.stack) != 2:
+                raise ValueError(f"{g.name}: a head layout needs stack (B, h), got {g.stack}")
+            Bt, h = g.stack
+            r_, c_ = (rows, cols) if layout == "H" else (cols, rows)
+            v = new((Bt, r_, h * c_)).reshape(Bt, r_, h, c_).transpose(0, 2, 1, 3)  # (B, h, r_, c_)
+            return v if layout == "H" else v.swapaxes(-1, -2)
+        if layout == "N":
+            return new(g.stack + (rows, cols))
+        if layout == "T":
+            return new(g.stack + (cols, rows)).swapaxes(-1, -2)
+        raise ValueError(f"{g.name}: unknown layout {layout!r}")
+
+    return make(g.a, g.m, g.k), make(g.b, g.k, g.n), make(g.c, g.m, g.n, fill=False)
+
+
+def gemm_seconds(products, dtype="float32", reps=5, min_call=1e-3):
+    """CPU seconds of the matrix products alone: {kind: Σ count · t} for each list in
+    ``products`` ({kind: [Gemm]}), t the best of ``reps`` timed calls of ``numpy.matmul`` on
+    operands in the step's layouts (``gemm_operands``; output preallocated: no allocation, no
+    page faults; operands warm in cache), each timed call repeating the product to at least
+    ``min_call`` s. A product shared by several lists is timed once. NumPy's BLAS, with the
+    threads the caller set (bench.py: one)."""
+    t = {}
+    for g in (g for gs in products.values() for g in gs):
+        if g.key in t:
+            continue
+        a, b, c = gemm_operands(g, dtype)
+        c0 = time.process_time()
+        onp.matmul(a, b, out=c)  # warm-up, and a first estimate
+        inner = max(1, int(min_call / max(time.process_time() - c0, 1e-7)))
+        best = float("inf")
+        for _ in range(reps):
+            c0 = time.process_time()
+            for _ in range(inner):
+                onp.matmul(a, b, out=c)
+            best = min(best, (time.process_time() - c0) / inner)
+        t[g.key] = best
+    return {kind: sum(g.count * t[g.key] for g in gs) for kind, gs in products.items()}
 
 
 def vjp_runs(fn, prims):

@@ -1,12 +1,14 @@
 """The benchmark (benchmarks/bench.py) on a tiny size: its correctness check agrees with
 PyTorch and fails when the twins differ; it runs end to end, and without PyTorch it says
 which command installs it and still runs the minipeft half. Times are not tested."""
+import importlib
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as onp
 import pytest
 
 import minipeft as mp
@@ -86,6 +88,119 @@ def test_gemm_flops_of_a_tiny_model_by_hand(bench):
     head_bwd = [(d, B, 10), (B, 10, d)]
     extra = sum(2 * a * b * c for a, b, c in lora_fwd * cfg.N + upper * (cfg.N - 1) + first + head_bwd)
     assert bench.measure.gemm_flops(cfg, B, T, "lora", r=4) == fwd + extra
+
+
+def _closed_form_flops(cfg, B, T, kind, r=4):
+    """``measure.gemm_flops``'s closed form (its docstring), written out: the product list must sum to it."""
+    d, N, C, dff = cfg.d, cfg.N, cfg.n_classes, cfg.d_ff
+    M = B * T
+    lin, att = 2 * M * (4 * d * d + 2 * d * dff), 4 * B * T * T * d
+    embed, head = 2 * B * (T - 1) * cfg.patch_dim * d, 2 * B * d * C
+    fwd = N * (lin + att) + embed + head
+    if kind == "forward":
+        return fwd
+    if kind == "full":
+        return 3 * (fwd - embed) + 2 * embed
+    rank = 2 * M * r * d
+    upper = lin + 2 * att + 2 * 4 * rank
+    first = 2 * M * (d * d + 2 * d * dff) + 3 * att // 2 + 2 * 3 * rank
+    return fwd + N * 2 * 2 * rank + (N - 1) * upper + first + 2 * head
+
+
+@pytest.mark.parametrize("d", [16, 64, 128, 256])
+def test_gemm_products_sum_to_gemm_flops(bench, d):
+    """The list of products (what "GEMMs alone" times) sums to gemm_flops and to its closed form,
+    for every kind, the benchmark's token counts and batches; each product is sane."""
+    m = bench.measure
+    for T in (5, 17, 65):
+        cfg = bench.config(d, T)
+        for B in (1, 4, 64):
+            lists = {k: m.gemm_products(cfg, B, T, k) for k in ("forward", "full", "lora")}
+            for kind, gs in lists.items():
+                total = sum(g.flops for g in gs)
+                assert total == m.gemm_flops(cfg, B, T, kind) == _closed_form_flops(cfg, B, T, kind), (kind, d, T, B)
+                assert len({(g.name, g.key) for g in gs}) == len(gs)  # equal products merged
+                for g in gs:
+                    assert g.count >= 1 and min(g.m, g.k, g.n) >= 1, g
+                    assert g.a in ("N", "T", "H", "HT") and g.b in ("N", "T", "H", "HT") and g.c in ("N", "H"), g
+                    assert g.stack in ((), (B, cfg.h)), g
+                    assert g.count <= cfg.N, g  # at most once per block
+            full, lora, fwd = (lists[k] for k in ("full", "lora", "forward"))
+            assert not any("LoRA" in g.name for g in full + fwd)
+            assert [g for g in lora if "dW" in g.name] == [g for g in lora if g.name == "head: dW = gᵀ x"]  # φ frozen
+            assert not any(g.name == "embed: dW = gᵀ x" for g in lora) and any(g.name == "embed: dW = gᵀ x" for g in full)
+            assert not any(g.name.startswith("embed: dX") for g in full)  # the patches are data
+            assert {g.name for g in fwd} <= {g.name for g in full} and {g.name for g in fwd} <= {g.name for g in lora}
+            byname = {g.name: g.count for g in lora}
+            assert byname["∂K = ∂Sᵀ Q"] == cfg.N - 1 and byname["q: dX = g W"] == cfg.N - 1  # block 1: input frozen
+            assert byname["o: dX = g W"] == cfg.N and byname["LoRA v: ∂A = ∂uᵀ x"] == cfg.N
+
+
+def test_gemm_operands_are_the_steps_layouts(bench):
+    """gemm_operands builds each product's operands in the step's layouts (the strides of
+    nn/attention.py's head views, of Wᵀ), with the right shapes; matmul on them gives the same
+    numbers as on contiguous copies."""
+    att = importlib.import_module("minipeft.nn.attention")  # the module (minipeft.nn.attention is also a function)
+    m, cfg, B, T = bench.measure, bench.config(16, 5), 4, 5
+    gs = {g.name: g for g in m.gemm_products(cfg, B, T, "lora")}
+    for g in gs.values():
+        a, b, c = m.gemm_operands(g, "float64")
+        assert a.shape == g.stack + (g.m, g.k) and b.shape == g.stack + (g.k, g.n) and c.shape == g.stack + (g.m, g.n)
+        onp.matmul(a, b, out=c)
+        assert onp.allclose(c, onp.ascontiguousarray(a) @ onp.ascontiguousarray(b), rtol=1e-12, atol=1e-12)
+    X = onp.zeros((B, T, cfg.d))
+    a, b, _ = m.gemm_operands(gs["Q Kᵀ"], "float64")
+    assert a.strides == att._heads(X, cfg.h).strides and b.strides == att._heads(X, cfg.h).transpose(0, 1, 3, 2).strides
+    _, _, c = m.gemm_operands(gs["A V"], "float64")
+    assert c.strides == onp.empty((B, T, cfg.h, cfg.d // cfg.h)).transpose(0, 2, 1, 3).strides  # _heads_matmul's out
+    _, b, _ = m.gemm_operands(gs["q: x Wᵀ"], "float64")
+    assert b.strides == onp.zeros((cfg.d, cfg.d)).T.strides  # W stored d_out × d_in, read as Wᵀ
+
+
+def test_gemm_seconds_times_each_product_once(bench):
+    m = bench.measure
+    g = m.Gemm("x Wᵀ", 3, (), 32, 16, 16, "N", "T")
+    t = m.gemm_seconds({"three": [g], "one": [g._replace(count=1)]}, "float32", reps=2, min_call=1e-4)
+    assert t["one"] > 0 and t["three"] == 3 * t["one"]
+    with pytest.raises(ValueError, match="head layout"):
+        m.gemm_operands(g._replace(a="H"))
+
+
+@pytest.mark.parametrize("have_torch", [False, True])
+def test_gemm_steps_on_a_tiny_size(bench, monkeypatch, have_torch):
+    """bench.gemm_steps at d = 16, T = 5: the fresh workers (faked here: fixed times, in the
+    order asked; the real ones run in test_fresh_workers_... and the slow --quick run) in
+    interleaved rounds, both frameworks' shares and LoRA / full, the products alone (timed for
+    real), and each row rendered with its information lines."""
+    import types
+    ms = {("mp", "full"): 10.0, ("mp", "lora"): 8.0, ("torch", "full"): 20.0, ("torch", "lora"): 14.0}
+    calls = []
+
+    def fake(spec):
+        calls.append((spec["framework"], spec["kind"]))
+        return {"cpu_ms": ms[spec["framework"], spec["kind"]]}
+
+    monkeypatch.setattr(bench.fresh, "run_worker", fake)
+    args = types.SimpleNamespace(d=[16], T=[5], batch=4, fresh_pairs=2, fresh_steps=1)
+    peaks = {"float32": {"numpy": 50.0, "torch": 40.0}}
+    (r,) = bench.gemm_steps(args, peaks, lambda s: None, have_torch)
+    one = [("mp", "full"), ("mp", "lora")] + ([("torch", "full"), ("torch", "lora")] if have_torch else [])
+    assert calls == one + one[::-1]  # interleaved: the order reversed every round
+    flops = {k: bench.measure.gemm_flops(bench.config(16, 5), 4, 5, k) for k in ("full", "lora")}
+    assert r["floor"] == flops["lora"] / flops["full"] and r["lora_full"] == pytest.approx(0.8)
+    assert r["share"] == pytest.approx(flops["full"] / 10e-3 / 50e9)
+    a = r["alone"]
+    assert a["full_ms"] > 0 and a["lora_ms"] > 0 and a["time_floor"] == pytest.approx(a["lora_ms"] / a["full_ms"])
+    assert a["share"] == pytest.approx(flops["full"] / (a["full_ms"] / 1e3) / 50e9)
+    assert ("torch" in r) == have_torch
+    if have_torch:
+        assert r["torch"]["lora_full"] == pytest.approx(0.7)
+        assert r["torch"]["share"] == pytest.approx(flops["full"] / 20e-3 / 40e9)
+    _, headline, _ = _headline()
+    text = "\n".join(headline.gemm_table([r], None) + headline.gemm_targets([r], None))
+    assert "What is reachable" in text and "| 16 | 5 |" in text
+    assert f"time floor of {a['time_floor']:.2f} vs the FLOP floor's {r['floor']:.2f}" in text
+    assert ("PyTorch's LoRA / full is 0.70 vs the same FLOP floor" in text) == have_torch
 
 
 def test_interleave_alternates_and_reports_medians(bench):
@@ -223,5 +338,5 @@ def test_bench_quick_end_to_end_with_the_headline(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     text = out.read_text()
     for s in ("Headline: fresh processes", "Whole process: `minipeft train", "Peak memory of one step", "BLAS: NumPy",
-              "Targets of issue 16", "In one process"):
+              "Targets of issue 16", "In one process", "What is reachable", "reachable (information, not a target)"):
         assert s in text, s

@@ -119,3 +119,30 @@ def test_the_headline_marks_the_gemm_targets_pass_or_fail():
     res["headline"]["lowest"]["vjps_per_block"] = [3, 0, 0, 3]
     assert "3 linear VJPs below it — **FAIL**" in h.render(res)
     assert "GEMM share" not in h.render({"headline": {}, "peaks": {}})  # an older results file: nothing added
+
+
+def test_the_reachable_figures_sit_under_the_gemm_targets_without_changing_them():
+    """Rows with the products-alone and PyTorch figures: the same target lines and marks, each
+    followed by one information line (no pass/FAIL), and the "What is reachable" table."""
+    h = _headline()
+    row = lambda d, share, lf: {"d": d, "T": 17, "batch": 64, "pairs": 2, "steps": 3, "full_ms": 10.0,  # noqa: E731
+                                "lora_ms": 10.0 * lf, "share": share, "lora_full": lf, "floor": 0.68}
+    rows = [row(64, 0.56, 0.72), row(256, 0.74, 0.80)]
+    plain = h.gemm_targets([dict(r) for r in rows], None)
+    for r, alone, torch in zip(rows, (0.81, 0.9), (0.47, 0.6)):
+        r["alone"] = {"full_ms": 4.0, "lora_ms": 2.9, "share": alone, "time_floor": 0.73}
+        r["torch"] = {"full_ms": 12.0, "lora_ms": 8.0, "share": torch, "lora_full": 0.66}
+    lines = h.gemm_targets(rows, None)
+    assert [x for x in lines if x.startswith("- ")] == plain  # the targets, unchanged
+    info = [x for x in lines if not x.startswith("- ")]
+    assert len(info) == len(plain) and all(x.startswith("  - reachable (information, not a target): ") for x in info)
+    assert not any("pass" in x or "FAIL" in x for x in info)
+    assert lines[lines.index(plain[0]) + 1] == ("  - reachable (information, not a target): the products alone reach 81 % "
+                                                "of the NumPy peak (the most this step could reach if everything else "
+                                                "cost nothing); PyTorch's full step reaches 47 % of its own peak")
+    assert "time floor of 0.73 vs the FLOP floor's 0.68 (+0.05); PyTorch's LoRA / full is 0.66 vs the same FLOP " \
+           "floor (-0.02)" in lines[lines.index(plain[2]) + 1]
+    table = "\n".join(h.gemm_table(rows, None))
+    assert "What is reachable" in table and "| 64 | 17 | 56 % | 4.0, 81 % | 2.9 | 0.73 | 0.68 | 0.72 | 12.0, 47 % | 0.66 (-0.02) |" \
+        in table
+    assert "What is reachable" not in "\n".join(h.gemm_table([row(64, 0.56, 0.72)], None))  # an older results file
