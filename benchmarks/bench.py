@@ -4,6 +4,7 @@
     python benchmarks/bench.py --quick      # d = 64, T = 17, float32 only (≈ 20 s)
     python benchmarks/bench.py --profile 128 65   # where a minipeft step spends its time
     python benchmarks/bench.py --memory-only      # the memory table and its targets alone (fresh processes)
+    python benchmarks/bench.py --gemm-only        # the GEMM section, what is reachable and its targets alone
 
 For every size (d ∈ {64, 128, 256}, T ∈ {17, 65} tokens, batch 64, N = 4 layers, h = 4,
 d_ff = 2d) and dtype (float32, float64) it builds the model once in minipeft and once in
@@ -528,7 +529,25 @@ def memory_only(args, info, have_torch, log, t_start):
     fws = ("mp", "torch") if have_torch else ("mp",)
     head = {"blas": headline.blas_kernels(torch),
             "memory": [fresh.memory(memory_kinds(args), D, T, args.mem_batch, dt, log, fws) for dt in args.dtype]}
-    data = {"info": info, "peaks": {}, "headline": head, "results": []}
+    return _write_partial(args, info, {"info": info, "peaks": {}, "headline": head, "results": []}, log, t_start)
+
+
+def gemm_only(args, info, have_torch, log, t_start):
+    """``--gemm-only``: the float32 BLAS peaks, the GEMM section (``gemm_steps``: every --d, --T;
+    ``lowest_layer``) and its targets with what is reachable, printed (and written to --out with
+    the raw numbers beside it, when given)."""
+    peaks = {"float32": {"numpy": measure.blas_peak("float32", n=args.peak_n)}}
+    if have_torch:
+        peaks["float32"]["torch"] = measure.blas_peak("float32", n=args.peak_n, matmul=torch.matmul)
+    log("BLAS peak float32: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks["float32"].items()))
+    head = {"blas": headline.blas_kernels(torch), "gemm": gemm_steps(args, peaks, log, have_torch),
+            "lowest": lowest_layer(args.d[0], args.T[0])}
+    return _write_partial(args, info, {"info": info, "peaks": peaks, "headline": head, "results": []}, log, t_start)
+
+
+def _write_partial(args, info, data, log, t_start):
+    """Print one part's headline (``--memory-only``, ``--gemm-only``) under the run's header; with
+    --out, write it and the raw numbers (.json)."""
     wall = time.perf_counter() - t_start
     text = (f"Measured {info['date']} with `{info['command']}` ({wall / 60:.1f} min).  \n"
             f"Machine: {info['machine']}; load average at start {_load(info['load'])}, at end "
@@ -561,6 +580,10 @@ def parse(argv):
     ap.add_argument("--memory-only", action="store_true",
                     help="only the fresh-process memory table (--mem-kinds at --fresh-size, --mem-batch, every "
                          "--dtype) and its targets: no timing, no BLAS peak; writes --out only when given")
+    ap.add_argument("--gemm-only", action="store_true",
+                    help="only the GEMM section (fresh full and LoRA steps of both frameworks and the products "
+                         "alone at every --d, --T; float32, --batch, --fresh-pairs, --fresh-steps) and its targets; "
+                         "writes --out only when given")
     ap.add_argument("--no-grad-compare", dest="grad_compare", action="store_false",
                     help="skip timing autograd.grad over the dict")
     ap.add_argument("--no-fresh", dest="fresh", action="store_false",
@@ -636,6 +659,8 @@ def main(argv=None):
     t_start = time.perf_counter()
     if args.memory_only:
         return memory_only(args, info, have_torch, log, t_start)
+    if args.gemm_only:
+        return gemm_only(args, info, have_torch, log, t_start)
     peaks = {}
     for dt in args.dtype:
         peaks[dt] = {"numpy": measure.blas_peak(dt, n=args.peak_n)}

@@ -246,6 +246,20 @@ def test_memory_only_prints_the_memory_table_and_its_targets(tmp_path):
     assert out.with_suffix(".json").exists()
 
 
+def test_gemm_only_prints_the_gemm_section_and_its_targets(tmp_path):
+    """--gemm-only on a tiny size, without PyTorch: minipeft's fresh steps, the products alone,
+    the targets with their information lines; nothing else timed."""
+    out = tmp_path / "gemm.md"
+    p = _run(["--gemm-only", "--d", "64", "--T", "5", "--batch", "2", "--fresh-pairs", "1", "--fresh-steps", "1",
+              "--peak-n", "256", "--out", str(out)], block_torch=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    text = out.read_text()
+    assert "What is reachable" in text and "(PyTorch not measured.)" in text and "| 64 | 5 |" in text
+    assert re.search(r"- full step ≥ 55 % of the NumPy float32 GEMM peak at d = 64, T = 5: \d+ % — ", text), text
+    assert "  - reachable (information, not a target): the products alone reach" in text
+    assert "checks passed" not in text and "Peak memory" not in text and out.with_suffix(".json").exists()
+
+
 @pytest.mark.parametrize("args,match", [(["--T", "18"], "T must be 1 \\+ g"), (["--d", "30"], "multiple of h"),
                                         (["--batch", "0"], "batch")])
 def test_bad_arguments_name_the_option(args, match):
