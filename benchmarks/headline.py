@@ -1,7 +1,8 @@
 """The benchmark's headline: fresh-process step and whole-command ratios, peak memory, the GEMM
 share of a step and LoRA / full against its floor (with what is reachable: the products alone
-and PyTorch's same figures), the BLAS kernels, and the targets of issue 16 — measured by bench.py (through fresh.py), rendered here from the results dict, so that
-bench.py's report and the README's generated table (readme_table.py) are one text.
+and PyTorch's same figures), the BLAS kernels, and the targets of issue 16 — measured by
+bench.py (through fresh.py), rendered here from the results dict, so that bench.py's report
+and the README's generated table (readme_table.py) are one text.
 
 Ratios are minipeft / PyTorch: below 1 minipeft is faster (or smaller).
 """
@@ -148,7 +149,8 @@ def reachable_table(gemm) -> list:
          "the best of a few calls on warm operands into a preallocated output); their share of the peak is "
          "the most the full step could reach if everything else cost nothing, and LoRA's GEMM time over the "
          "full step's is a time floor for LoRA / full beside the FLOP floor (the products do not all run at "
-         "one rate)."
+         "one rate). A share above 100 % means the products ran faster than the one large square GEMM that "
+         "defines the peak."
          + (" PyTorch: its twin model (`benchmarks/torch_model.py`) in fresh processes of its own, interleaved "
             "with minipeft's: its full step's GEMM share of *its own* peak (the same FLOP count) and its LoRA / "
             "full against the same FLOP floor." if t else " (PyTorch not measured.)"), "",

@@ -128,7 +128,8 @@ def test_gemm_products_sum_to_gemm_flops(bench, d):
             full, lora, fwd = (lists[k] for k in ("full", "lora", "forward"))
             assert not any("LoRA" in g.name for g in full + fwd)
             assert [g for g in lora if "dW" in g.name] == [g for g in lora if g.name == "head: dW = gᵀ x"]  # φ frozen
-            assert not any(g.name == "embed: dW = gᵀ x" for g in lora) and any(g.name == "embed: dW = gᵀ x" for g in full)
+            embed_dw = "embed: dW = gᵀ x"
+            assert not any(g.name == embed_dw for g in lora) and any(g.name == embed_dw for g in full)
             assert not any(g.name.startswith("embed: dX") for g in full)  # the patches are data
             assert {g.name for g in fwd} <= {g.name for g in full} and {g.name for g in fwd} <= {g.name for g in lora}
             byname = {g.name: g.count for g in lora}
