@@ -100,7 +100,6 @@ from ..nn.rmsnorm import rms_norm
 from ..nn.rope import rope
 from ..nn.swiglu import swiglu
 from ..nn.ff import frozen_mlp, linear_gelu
-from ..nn.qkv import linear_split, stack_pays
 from .config import Config
 from .inputs import check_batch, text_parts
 from .schema import LINEARS, anchor
@@ -131,43 +130,6 @@ def _proj(methods, thetas, bp, x, layer, name, cfg):
     Wm = bp[mod][W]
     lin = quant.linear if quant.is_quantized(Wm) else linear  # a frozen 4-bit W stays in its blocks
     return _seam(methods, thetas, "linear", lin(x, Wm, bp[mod].get(b)), x=x, layer=layer, name=name, cfg=cfg)
-
-
-def _qkv(methods, th, bp, x, layer, cfg):
-    """(Q, K, V) = (_proj(…, "q"), _proj(…, "k"), _proj(…, "v")): the three projections of one
-    input x (B, T, d) -> (B, T, d), (B, T, d_kv) twice, each through its "linear" seam.
-
-    Those whose seam no method fills in this block (``_stackable``) come from one product on
-    their stacked weights (``nn.qkv.linear_split``: the same numbers, one GEMM); the readable
-    twin is ``_qkv_composed``, three ``_proj`` calls (tests: the same bits forward)."""
-    names = _stackable(methods, bp, x, layer, cfg)
-    if len(names) < 2:
-        return _qkv_composed(methods, th, bp, x, layer, cfg)
-    a = bp["attn"]
-    Ys = dict(zip(names, linear_split(x, [a[LINEARS[n][1]] for n in names], [a.get(LINEARS[n][2]) for n in names])))
-    return tuple(Ys[n] if n in Ys else _proj(methods, th, bp, x, layer, n, cfg) for n in ("q", "k", "v"))
-
-
-def _qkv_composed(methods, th, bp, x, layer, cfg):
-    """Q, K, V as three ``_proj`` calls (the equations as written; ``_qkv``'s twin)."""
-    return tuple(_proj(methods, th, bp, x, layer, n, cfg) for n in ("q", "k", "v"))
-
-
-def _stackable(methods, bp, x, layer, cfg) -> tuple:
-    """Which of q, k, v may share one stacked product in this block: float (not 4-bit) weights,
-    no method touching its "linear" seam (a hook sees exactly its own projection's x and y, so
-    it keeps its own ``linear``), not turned by RoPE afterwards (a replaced Q or K would keep
-    the stacked output, V's base, alive: memory for nothing), and x with enough rows
-    (``nn.qkv.stack_pays``)."""
-    if not stack_pays(x):
-        return ()
-    hooked = set()
-    for m in methods:
-        if m.on_linear is not None:
-            hooked |= {n for (kind, ell, n) in m.hook_points(cfg.N) if kind in ("linear", "linear_in") and ell == layer}
-    a = bp["attn"]
-    return tuple(n for n in ("q", "k", "v") if n not in hooked and not (cfg.pos == "rope" and n != "v")
-                 and LINEARS[n][0] == "attn" and not quant.is_quantized(a[LINEARS[n][1]]))
 
 
 def patchify(images, patch):
@@ -274,7 +236,9 @@ def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None, ma
     X = _seam(methods, th, "layer_in", X, layer=layer, cfg=cfg)
 
     def msa(h1):
-        Q, K, V = _qkv(methods, th, bp, h1, layer, cfg)  # Q = h1 W_qᵀ + b_q, K, V (B, T, d_kv) likewise
+        Q = _proj(methods, th, bp, h1, layer, "q", cfg)
+        K = _proj(methods, th, bp, h1, layer, "k", cfg)
+        V = _proj(methods, th, bp, h1, layer, "v", cfg)  # K, V (B, T, d_kv)
         if cfg.pos == "rope":
             if positions is None or len(positions) != Q.shape[1]:
                 raise ValueError("methods: rows inserted inside the blocks (VPT-Deep) have no rotary position; "
