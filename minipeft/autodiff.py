@@ -16,7 +16,7 @@ from __future__ import annotations
 from autograd.core import VJPNode, add_outgrads, vspace
 from autograd.tracer import isbox, new_box, toposort, trace_stack
 
-from .tree import leaves_with_paths, map_leaves
+from .tree import leaves, rebuild
 
 
 def value_and_grad(fun, theta):
@@ -25,14 +25,13 @@ def value_and_grad(fun, theta):
     fun: tree -> scalar (0-d array or float). Leaves of θ that ``fun`` does not use get
     zero gradients. Works for any number of leaves in O(P) bookkeeping.
     """
-    pairs = leaves_with_paths(theta)
-    roots = [VJPNode.new_root() for _ in pairs]
+    flat = leaves(theta)
+    roots = [VJPNode.new_root() for _ in flat]
     with trace_stack.new_trace() as t:
-        boxes = {p: new_box(leaf, t, node) for (p, leaf), node in zip(pairs, roots)}
-        end = fun(map_leaves(lambda p, _: boxes[p], theta))
+        end = fun(rebuild(theta, [new_box(leaf, t, node) for leaf, node in zip(flat, roots)]))
         traced = isbox(end) and end._trace == t
     if not traced:
-        return end, map_leaves(lambda p, leaf: vspace(leaf).zeros(), theta)
+        return end, rebuild(theta, [vspace(leaf).zeros() for leaf in flat])
     value, end_node = end._value, end._node
     root_index = {id(node): i for i, node in enumerate(roots)}
     found = [None] * len(roots)
@@ -48,5 +47,4 @@ def value_and_grad(fun, theta):
         for parent, ingrad in zip(node.parents, ingrads):
             outgrads[parent] = add_outgrads(outgrads.get(parent), ingrad)
         ingrads = ingrad = None  # else this node's cotangents stay alive through the next node's VJP
-    grads = {p: (g if g is not None else vspace(leaf).zeros()) for (p, leaf), g in zip(pairs, found)}
-    return value, map_leaves(lambda p, _: grads[p], theta)
+    return value, rebuild(theta, [g if g is not None else vspace(leaf).zeros() for leaf, g in zip(flat, found)])

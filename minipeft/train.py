@@ -144,9 +144,13 @@ def adam_step(theta, grads, state, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_d
     c1, c2 = 1.0 - b1 ** t, 1.0 - b2 ** t
     hp = (lr, b1, b2, eps, weight_decay, 1.0 / c1, 1.0 / c2)
     bufs = (state.get("_bufs") or _buffers(theta)) if inplace else None
-    spares = dict(tree.leaves_with_paths(bufs[t % 2])) if inplace else {}
     leaves = tree.leaves_with_paths(theta)
-    g_, m_, v_ = (dict(tree.leaves_with_paths(x)) for x in (grads, state["m"], state["v"]))
+    paths = [p for p, _ in leaves]
+    # the state's trees were made by adam_init / adam_step from θ's nesting: their leaves, in
+    # order, are θ's (no paths to build); the gradient is the caller's, so it is matched by path
+    spares = dict(zip(paths, _state_leaves(bufs[t % 2], paths, "_bufs"))) if inplace else {}
+    m_, v_ = (dict(zip(paths, _state_leaves(state[k], paths, k))) for k in ("m", "v"))
+    g_ = dict(tree.leaves_with_paths(grads))
     scratch = _Scratch()
 
     def leaf(p, w):
@@ -168,13 +172,25 @@ def adam_step(theta, grads, state, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_d
     else:
         pack = None  # the state no longer matches its pack: every leaf on its own from now on
     out.update((p, leaf(p, w)) for p, w in leaves if p not in out)
-    new_t, new_m, new_v = (tree.map_leaves(lambda p, _: out[p][i], theta) for i in range(3))
+    new_t = tree.rebuild(theta, [out[p][0] for p in paths])
+    new_m, new_v = (state[k] if all(out[p][i] is x_[p] for p in paths)  # updated in place: the same tree
+                    else tree.rebuild(theta, [out[p][i] for p in paths]) for i, k, x_ in ((1, "m", m_), (2, "v", v_)))
     new_state = {"m": new_m, "v": new_v, "t": t}
     if inplace:
         new_state["_bufs"] = bufs
         if pack is not None:
             new_state["_pack"] = pack
     return new_t, new_state
+
+
+def _state_leaves(t, paths, key) -> list:
+    """The leaves of an Adam state tree (θ's nesting), in θ's leaf order; ValueError when it
+    does not have θ's number of leaves (a state made for another θ)."""
+    out = tree.leaves(t)
+    if len(out) != len(paths):
+        raise ValueError(f"adam_step: state[{key!r}] has {len(out)} leaves, θ has {len(paths)}: "
+                         f"a state made by adam_init for another θ")
+    return out
 
 
 def adam_leaf_composed(w, g, m_old, v_old, lr, b1, b2, eps, weight_decay, inv_c1, inv_c2):

@@ -57,6 +57,63 @@ def map_leaves(fn: Callable, tree, prefix: Path = ()):
     return fn(prefix, tree)
 
 
+def leaves(tree) -> list:
+    """The leaves alone, in ``leaves_with_paths``' order (no path tuples built: the walk a
+    training step repeats on θ, its gradient and Adam's state)."""
+    out = []
+    _gather(tree, out)
+    return out
+
+
+def _gather(node, out):
+    t = type(node)
+    if t is onp.ndarray:
+        out.append(node)
+    elif t is dict:
+        for c in node.values():
+            _gather(c, out)
+    elif t is list or t is tuple:
+        for c in node:
+            _gather(c, out)
+    elif _is_dict(node):
+        for k in node.keys():
+            _gather(node[k], out)
+    elif _is_seq(node):
+        for c in node:
+            _gather(c, out)
+    else:
+        out.append(node)
+
+
+def rebuild(tree, new_leaves):
+    """``tree``'s nesting with its leaves replaced, in ``leaves`` order, by ``new_leaves``
+    (a sequence of exactly as many): ``map_leaves`` without paths.
+    ``rebuild(t, leaves(t))`` is a copy of t's containers sharing its leaves."""
+    it = iter(new_leaves)
+    out = _rebuild(tree, it)
+    if next(it, _END) is not _END:
+        raise ValueError("rebuild: more new leaves than the tree has")
+    return out
+
+
+_END = object()
+
+
+def _rebuild(node, it):
+    t = type(node)
+    if t is dict:
+        return {k: _rebuild(c, it) for k, c in node.items()}
+    if t is not onp.ndarray:
+        if t is list or t is tuple or (not _is_dict(node) and _is_seq(node)):
+            return [_rebuild(c, it) for c in node]
+        if _is_dict(node):
+            return {k: _rebuild(node[k], it) for k in node.keys()}
+    leaf = next(it, _END)
+    if leaf is _END:
+        raise ValueError("rebuild: fewer new leaves than the tree has")
+    return leaf
+
+
 def split(params, predicate: Callable[[Path, Any], bool]):
     """Partition ``params`` into (θ, φ): θ holds the leaves with ``predicate(path, leaf)``.
 

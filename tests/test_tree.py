@@ -61,3 +61,28 @@ def test_replace_and_get():
     p = sample()
     q = tree.replace(p, ("blocks", 1, "b"), onp.full(2, 7.0))
     assert tree.get(q, ("blocks", 1, "b"))[0] == 7.0 and tree.get(p, ("blocks", 1, "b"))[0] == 1.0
+
+
+def test_leaves_and_rebuild_follow_leaves_with_paths_order():
+    p = sample()
+    p["empty"], p["tup"] = {}, (onp.ones(1), [onp.zeros(1)])
+    flat = tree.leaves(p)
+    assert len(flat) == len(tree.leaves_with_paths(p))
+    assert all(a is b for a, (_, b) in zip(flat, tree.leaves_with_paths(p)))
+    new = [a + 1 for a in flat]
+    back = tree.rebuild(p, new)
+    ref = tree.map_leaves(lambda path, a: a + 1, p)
+    assert [q for q, _ in tree.leaves_with_paths(back)] == [q for q, _ in tree.leaves_with_paths(ref)]
+    assert all(a is b for a, b in zip(tree.leaves(back), new))
+    assert back["empty"] == {} and back is not p
+    with pytest.raises(ValueError, match="fewer"):
+        tree.rebuild(p, flat[:-1])
+    with pytest.raises(ValueError, match="more"):
+        tree.rebuild(p, flat + [flat[0]])
+
+
+def test_adam_step_rejects_a_state_made_for_another_theta():
+    th = {"a": onp.ones(3), "b": onp.ones(2)}
+    state = mp.adam_init({"a": onp.ones(3)}, inplace=True)
+    with pytest.raises(ValueError, match="another θ"):
+        mp.adam_step(th, {"a": onp.ones(3), "b": onp.ones(2)}, state, inplace=True)
