@@ -95,6 +95,28 @@ def _col_sum(x2):
     return _ones(x2, x2.shape[0]) @ x2
 
 
+_GER = {}  # dtype -> BLAS ?ger (scipy.linalg.blas, imported on first use), or None for other dtypes
+
+
+def _add_outer(a2, u, v, alpha=1.0):
+    """a2 += α u vᵀ in place, a2 (M, n), u (M,), v (n,); returns a2.  For a C-contiguous host
+    float32/float64 a2, one BLAS ``?ger`` call on its transpose view: NumPy's broadcast
+    ``a2 += α u[:, None] v`` pays a fixed cost per row, several times the arithmetic on rows
+    of 64-512. Where u or v is a vector of ones and α = ±1 (per-row shifts, per-column
+    biases), each element gets one rounded add: the same numbers as NumPy's."""
+    dt = a2.dtype
+    if type(a2) is onp.ndarray and dt not in _GER:
+        from scipy.linalg import blas  # a dependency of scikit-learn
+        _GER[dt] = {onp.dtype(onp.float32): blas.sger, onp.dtype(onp.float64): blas.dger}.get(dt)
+    ger = _GER.get(dt) if type(a2) is onp.ndarray else None
+    if ger is not None and a2.flags.c_contiguous and a2.size:
+        r = ger(alpha, v, u, a=a2.T, overwrite_a=True)  # a2ᵀ += α v uᵀ
+        if r.ctypes.data == a2.ctypes.data:  # updated in place (F-contiguous a2ᵀ of its dtype)
+            return a2
+    a2 += (alpha * u)[:, None] * v
+    return a2
+
+
 #: elements per block of a chunked element-wise chain: small enough that the block's
 #: temporaries stay in the L2 cache, large enough that NumPy's per-call cost is noise
 _BLOCK = 1 << 16
@@ -168,17 +190,46 @@ defvjp(linear, _linear_vjp_x, _linear_vjp_W, _linear_vjp_b)
 _LN = _Stash()
 
 
-def _ln_stats(x, eps):
-    # exercise layer-norm [2 pts] "Transformer": x̂ = (x − μ) / sqrt(σ² + ε) and 1/sqrt(σ² + ε) (..., 1), last axis
+def _ln_stats(x, eps, out=None):
+    # exercise layer-norm [2 pts] "Transformer": x̂ = (x − μ) / sqrt(σ² + ε) and 1/sqrt(σ² + ε) (..., 1), last axis (x̂ into ``out`` if given)
     inv_d = 1.0 / x.shape[-1]
-    xc = x - _row_sum(x) * inv_d  # x − μ
+    xc = _sub_rows(x, _row_sum(x) * inv_d, out)  # x − μ
     rstd = 1.0 / onp.sqrt(_row_dot(xc, xc) * inv_d + eps)  # 1/σ, (..., 1)
     xc *= rstd
     return xc, rstd  # x̂ (..., d), 1/σ (..., 1)
     # end exercise
 
 
-@primitive
+def _sub_rows(x, m, out=None):
+    """x − m, m (..., 1) one number per row of x (..., n), into ``out`` (a new array if None):
+    x copied, then m subtracted as the rank-one update −m 1ᵀ (``_add_outer``), the same
+    numbers as ``x - m``."""
+    out = _empty(x) if out is None else out
+    out[...] = x
+    _add_outer(out.reshape(-1, x.shape[-1]), m.reshape(-1), _ones(x, x.shape[-1]), -1.0)
+    return out
+
+
+def _ln_values(x, gamma, beta, eps=1e-5, stash=True):
+    """LN(x) into one new array; ``stash``: x̂ and 1/σ are kept for the VJP (``_LN``), else
+    x̂ is formed in the output's own buffer and nothing else of x's size is allocated."""
+    x2 = x.reshape(-1, x.shape[-1])  # (M, d)
+    y = _empty(x)
+    y2 = y.reshape(x2.shape)  # a view of y
+    stats = []  # (rows, x̂, 1/σ) of each row block, handed to the VJP
+    for sl in _ln_blocks(x2):
+        yb = y2[sl]
+        xhat, rstd = _ln_stats(x2[sl], eps, out=None if stash else yb)
+        onp.multiply(xhat, gamma, out=yb)
+        _add_outer(yb, _ones(yb, yb.shape[0]), beta)  # + β
+        if stash:
+            stats.append((sl, xhat, rstd))
+    return _LN.put(y, stats) if stash else y
+
+
+_layer_norm_node = primitive(_ln_values)  # what autograd traces: its VJP reads the stash
+
+
 def layer_norm(x, gamma, beta, eps=1e-5):
     """Layer normalisation over the last axis (equations.md, "Transformer").
 
@@ -186,18 +237,13 @@ def layer_norm(x, gamma, beta, eps=1e-5):
 
     x: (..., d), gamma, beta: (d,)  ->  (..., d).  With x̂ = (x − μ)/σ, ĝ = g ⊙ γ:
         ∂L/∂x = (1/σ)(ĝ − mean(ĝ) − x̂ ⊙ mean(ĝ ⊙ x̂)),  ∂L/∂γ = Σ_rows g ⊙ x̂,  ∂L/∂β = Σ_rows g
-    (means over the last axis).
+    (means over the last axis).  Traced by autograd (x, γ or β), it is one node
+    (``_layer_norm_node``) that keeps x̂ and 1/σ for its VJP; untraced (a forward pass with
+    no gradient), x̂ is formed in the output's own buffer and nothing is kept.
     """
-    x2 = x.reshape(-1, x.shape[-1])  # (M, d)
-    y = _empty(x)
-    y2 = y.reshape(x2.shape)  # a view of y
-    stats = []  # (rows, x̂, 1/σ) of each row block, handed to the VJP
-    for sl in _ln_blocks(x2):
-        xhat, rstd = _ln_stats(x2[sl], eps)
-        onp.multiply(xhat, gamma, out=y2[sl])
-        y2[sl] += beta
-        stats.append((sl, xhat, rstd))
-    return _LN.put(y, stats)
+    if isbox(x) or isbox(gamma) or isbox(beta):
+        return _layer_norm_node(x, gamma, beta, eps)
+    return _ln_values(x, gamma, beta, eps, stash=False)
 
 
 def _ln_block_stats(x, eps):
@@ -233,11 +279,11 @@ def _ln_vjp(argnums, ans, args, kwargs):
         g2 = g.reshape(-1, d)
         dx = (onp.empty(shape, dtype) if proto is None else _empty(proto)) if 0 in argnums else None
         dx2 = None if dx is None else dx.reshape(-1, d)
-        dgamma = dbeta = None
+        dgamma = dbeta = t = None
         for sl, xhat, rstd in stats:
-            gb, t = g2[sl], None
+            gb = g2[sl]
             if 1 in argnums:
-                t = gb * xhat  # g ⊙ x̂ (block), its buffer reused below
+                t = onp.multiply(gb, xhat, out=None if t is None else t[:xhat.shape[0]])  # g ⊙ x̂
                 part = _col_sum(t)  # Σ_rows g ⊙ x̂
                 dgamma = part if dgamma is None else dgamma + part
             if 2 in argnums:
@@ -245,9 +291,9 @@ def _ln_vjp(argnums, ans, args, kwargs):
                 dbeta = part if dbeta is None else dbeta + part
             if dx2 is not None:
                 gx = onp.multiply(gb, gamma, out=dx2[sl])  # ĝ
-                c = _row_dot(gx, xhat) * (1.0 / d)
-                t = xhat * c if t is None else onp.multiply(xhat, c, out=t)  # x̂ ⊙ mean(ĝ ⊙ x̂)
-                t += _row_sum(gx) * (1.0 / d)  # + mean(ĝ)
+                c = _row_dot(gx, xhat) * (1.0 / d)  # mean(ĝ ⊙ x̂), (rows, 1)
+                t = onp.multiply(xhat, c, out=None if t is None else t[:xhat.shape[0]])  # (t's buffer reused)
+                _add_outer(t, _row_sum(gx)[:, 0] * (1.0 / d), _ones(gx, d))  # x̂ ⊙ mean(ĝ ⊙ x̂) + mean(ĝ)
                 gx -= t
                 gx *= rstd
         grads = {0: dx, 1: dgamma, 2: dbeta}
@@ -256,7 +302,7 @@ def _ln_vjp(argnums, ans, args, kwargs):
     return vjp
 
 
-defvjp_argnums(layer_norm, _ln_vjp)
+defvjp_argnums(_layer_norm_node, _ln_vjp)
 
 
 # ------------------------------------------------------------------------------ gelu
