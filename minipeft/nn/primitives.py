@@ -95,6 +95,25 @@ def _col_sum(x2):
     return _ones(x2, x2.shape[0]) @ x2
 
 
+def _scipy_blas():
+    """scipy.linalg.blas, its BLAS library held to NumPy's BLAS thread count (threadpoolctl):
+    loaded on first use, after an entry point limited the libraries then loaded
+    (runtime.apply), it would otherwise start one thread per core, which on these
+    small element-wise updates only contend. ``?ger`` has no sum, so its bits do not
+    depend on the thread count."""
+    from scipy.linalg import blas  # a dependency of scikit-learn
+    try:
+        from threadpoolctl import ThreadpoolController
+        libs = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+        ours = [lib.num_threads for lib in libs if "numpy" in lib.filepath]
+        for lib in libs:
+            if ours and "numpy" not in lib.filepath and lib.num_threads != min(ours):
+                lib.set_num_threads(min(ours))
+    except Exception:  # pragma: no cover - threadpoolctl missing or a library it cannot drive
+        pass
+    return blas
+
+
 _GER = {}  # dtype -> BLAS ?ger (scipy.linalg.blas, imported on first use), or None for other dtypes
 
 
@@ -106,7 +125,7 @@ def _add_outer(a2, u, v, alpha=1.0):
     biases), each element gets one rounded add: the same numbers as NumPy's."""
     dt = a2.dtype
     if type(a2) is onp.ndarray and dt not in _GER:
-        from scipy.linalg import blas  # a dependency of scikit-learn
+        blas = _scipy_blas()
         _GER[dt] = {onp.dtype(onp.float32): blas.sger, onp.dtype(onp.float64): blas.dger}.get(dt)
     ger = _GER.get(dt) if type(a2) is onp.ndarray else None
     if ger is not None and a2.flags.c_contiguous and a2.size:
@@ -275,27 +294,33 @@ def _ln_vjp(argnums, ans, args, kwargs):
     proto = None if type(x) is onp.ndarray else x  # a device array: its module makes dx
 
     def vjp(g):
-        # one pass over the row blocks computes every requested gradient while g's block is in cache
+        # one pass over the row blocks computes every requested gradient while g's block is in
+        # cache. With s = 1/σ, ∂L/∂x = s ĝ − s mean(ĝ) − s mean(ĝ ⊙ x̂) x̂, every row statistic
+        # a matrix-vector product: mean(ĝ) = g γ / d, mean(ĝ ⊙ x̂) = (g ⊙ x̂) γ / d; s ĝ = g ⊙ (s γᵀ)
         g2 = g.reshape(-1, d)
         dx = (onp.empty(shape, dtype) if proto is None else _empty(proto)) if 0 in argnums else None
         dx2 = None if dx is None else dx.reshape(-1, d)
         dgamma = dbeta = t = None
         for sl, xhat, rstd in stats:
             gb = g2[sl]
-            if 1 in argnums:
+            if 0 in argnums or 1 in argnums:
                 t = onp.multiply(gb, xhat, out=None if t is None else t[:xhat.shape[0]])  # g ⊙ x̂
+            if 1 in argnums:
                 part = _col_sum(t)  # Σ_rows g ⊙ x̂
                 dgamma = part if dgamma is None else dgamma + part
             if 2 in argnums:
                 part = _col_sum(gb)  # Σ_rows g
                 dbeta = part if dbeta is None else dbeta + part
             if dx2 is not None:
-                gx = onp.multiply(gb, gamma, out=dx2[sl])  # ĝ
-                c = _row_dot(gx, xhat) * (1.0 / d)  # mean(ĝ ⊙ x̂), (rows, 1)
-                t = onp.multiply(xhat, c, out=None if t is None else t[:xhat.shape[0]])  # (t's buffer reused)
-                _add_outer(t, _row_sum(gx)[:, 0] * (1.0 / d), _ones(gx, d))  # x̂ ⊙ mean(ĝ ⊙ x̂) + mean(ĝ)
-                gx -= t
-                gx *= rstd
+                s = rstd[:, 0]  # (rows,)
+                sm = s * ((t @ gamma) * (1.0 / d))  # s mean(ĝ ⊙ x̂)
+                sa = s * ((gb @ gamma) * (1.0 / d))  # s mean(ĝ)
+                gx = dx2[sl]
+                gx[...] = 0
+                _add_outer(gx, s, gamma)  # s γᵀ
+                gx *= gb  # s ĝ
+                gx -= onp.multiply(xhat, sm[:, None], out=t)  # − s mean(ĝ ⊙ x̂) x̂ (t's buffer reused)
+                _add_outer(gx, sa, _ones(gx, d), -1.0)  # − s mean(ĝ)
         grads = {0: dx, 1: dgamma, 2: dbeta}
         return tuple(grads[i] for i in argnums)
 
