@@ -13,8 +13,11 @@ gradient that is actually computed needs it — the PEFT memory saving.
 
 Speed notes (measured by benchmarks/bench.py; one BLAS thread): row sums are BLAS
 matrix-vector products with a ones vector, several times faster than ``sum(-1)`` on
-short rows; elementwise chains update one buffer in place, because every fresh
-temporary costs page faults on first touch; ``layer_norm`` and ``gelu`` hand x̂, 1/σ and
+short rows, and row dots NumPy's ``vecdot``; a per-row shift or a per-column bias added
+to a whole array is one BLAS rank-one update (``_add_outer``), where NumPy's broadcast
+pays a fixed cost per row; elementwise chains update one buffer in place, because every
+fresh temporary costs page faults on first touch; a forward with no gradient (nothing
+traced) keeps nothing for a VJP; ``layer_norm`` and ``gelu`` hand x̂, 1/σ and
 tanh(·) from the forward to their VJPs instead of recomputing them (``_Stash``);
 softmax and both GELUs walk the array in row blocks of about ``_BLOCK`` numbers,
 each block going through the whole chain (statistics, then the update that reads them)
