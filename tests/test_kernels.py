@@ -92,7 +92,7 @@ def test_add_outer_is_numpys_broadcast_add(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_untraced_layer_norm_is_the_traced_value_and_keeps_nothing(dtype):
+def test_untraced_layer_norm_is_the_traced_value_and_keeps_nothing(blocks, dtype):
     """A forward with no gradient (x̂ formed in the output's buffer, nothing stashed) gives the
     traced node's very numbers, equals the composed twin, and leaves x untouched."""
     x, gam, bet = _x((3, 37, 50), dtype, 6, 2.0, 5.0), _x(50, dtype, 7, 0.3, 1.0), _x(50, dtype, 8, 0.3)

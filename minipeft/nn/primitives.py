@@ -285,11 +285,16 @@ def _ln_block_stats(x, eps):
 
 
 def _ln_blocks(x2):
-    """LayerNorm's row blocks: one, the whole (M, d) array. Its chain is short (two row
-    statistics, the normalisation, γ and β), and blocks of ``_BLOCK`` numbers measured slower
-    than one pass at MiniLM's sizes (benchmarks/kernel_bench.py); the VJP still computes all
-    three gradients in one pass."""
-    return [slice(0, x2.shape[0])]
+    """LayerNorm's row blocks. Up to 16 ``_BLOCK`` numbers, one: the whole (M, d) array (its
+    chain is short, and at those sizes, MiniLM's and the toy ViT's at batch 64, one pass
+    measured as fast as blocks: benchmarks/kernel_bench.py); above, blocks of whole rows of
+    about 4 ``_BLOCK`` numbers (1 MiB of float32, an L2 cache), each going through the
+    statistics, the normalisation and γ, β while it is in cache. The VJP walks the same
+    blocks, computing all three gradients in one pass."""
+    M, d = x2.shape[0], max(x2.shape[-1], 1)
+    if M * d <= 16 * _BLOCK:
+        return [slice(0, M)]
+    return _blocks(M, type(x2) is not onp.ndarray, max(1, 4 * _BLOCK // d))
 
 
 def _ln_vjp(argnums, ans, args, kwargs):
