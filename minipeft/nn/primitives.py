@@ -225,14 +225,14 @@ _LN = _Stash()
 def _ln_stats(x, eps, out=None):
     # exercise layer-norm [2 pts] "Transformer": x̂ = (x − μ) / sqrt(σ² + ε) and 1/sqrt(σ² + ε) (..., 1), last axis (x̂ into ``out`` if given)
     inv_d = 1.0 / x.shape[-1]
-    xc = _sub_rows(x, _row_sum(x) * inv_d, out)  # x − μ
+    xc = _shift_rows(x, _row_sum(x) * inv_d, out)  # x − μ
     rstd = 1.0 / onp.sqrt(_row_dot(xc, xc) * inv_d + eps)  # 1/σ, (..., 1)
     xc *= rstd
     return xc, rstd  # x̂ (..., d), 1/σ (..., 1)
     # end exercise
 
 
-def _sub_rows(x, m, out=None):
+def _shift_rows(x, m, out=None):
     """x − m, m (..., 1) one number per row of x (..., n), into ``out`` (a new array if None):
     x copied, then m subtracted as the rank-one update −m 1ᵀ (``_add_outer``), the same
     numbers as ``x - m``."""
