@@ -79,6 +79,34 @@ def test_layer_norm_one_gradient_at_a_time(dtype):
         onp.testing.assert_array_equal(vjp(g), all3[i])
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_add_outer_is_numpys_broadcast_add(dtype):
+    """The BLAS rank-one update (float32/float64; NumPy for other dtypes and strided arrays)
+    gives NumPy's numbers for a per-row shift and a per-column bias, in place."""
+    a, m, b = _x((37, 50), dtype, 9), _x(37, dtype, 10), _x(50, dtype, 11)
+    for arr in (a.copy(), onp.asfortranarray(a)):
+        want = arr - m[:, None] + b
+        out = P._add_outer(P._add_outer(arr, m, P._ones(arr, 50), -1.0), P._ones(arr, 37), b)
+        assert out is arr and arr.dtype == onp.dtype(dtype)
+        onp.testing.assert_array_equal(arr, want)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_untraced_layer_norm_is_the_traced_value_and_keeps_nothing(blocks, dtype):
+    """A forward with no gradient (x̂ formed in the output's buffer, nothing stashed) gives the
+    traced node's very numbers, equals the composed twin, and leaves x untouched."""
+    x, gam, bet = _x((3, 37, 50), dtype, 6, 2.0, 5.0), _x(50, dtype, 7, 0.3, 1.0), _x(50, dtype, 8, 0.3)
+    keep = x.copy()
+    P._LN.put(None, None)
+    y = P.layer_norm(x, gam, bet, 1e-12)
+    assert P._LN.slot == (None, None)  # nothing kept for a VJP that will never run
+    onp.testing.assert_array_equal(x, keep)
+    _, traced = make_vjp(lambda a: P.layer_norm(a, gam, bet, 1e-12))(x)
+    assert y.dtype == onp.dtype(dtype)
+    onp.testing.assert_array_equal(y, traced)
+    _close(y, R.layer_norm(x, gam, bet, 1e-12), dtype, "untraced LN value")
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_softmax_equals_its_twin(blocks, dtype):
     z = _x((3, 41, 29), dtype, 6, scale=4.0)

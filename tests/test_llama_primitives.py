@@ -64,6 +64,20 @@ def test_rms_norm_matches_the_loop_and_its_gradients_finite_differences():
     finite_diff_check(lambda a: (rms_norm(x, a, 1e-5) * w).sum(), g)
 
 
+def test_untraced_rms_norm_is_the_traced_value_and_keeps_nothing():
+    """A forward with no gradient gives the traced node's very numbers and stashes nothing."""
+    from autograd import make_vjp
+
+    from minipeft.nn import rmsnorm as RN
+    for dt in ("float64", "float32"):
+        r = onp.random.default_rng(3)
+        x, g = r.standard_normal((3, 5, 16)).astype(dt), (1 + 0.1 * r.standard_normal(16)).astype(dt)
+        RN._RMS.put(None, None)
+        y = rms_norm(x, g, 1e-5)
+        assert RN._RMS.slot == (None, None) and y.dtype == onp.dtype(dt)
+        onp.testing.assert_array_equal(y, make_vjp(lambda a: rms_norm(a, g, 1e-5))(x)[1])
+
+
 def test_swiglu_matches_the_loop_and_its_gradients_finite_differences():
     G, U = 3 * RNG.standard_normal((2, 3, 5)), RNG.standard_normal((2, 3, 5))
     onp.testing.assert_allclose(swiglu(G, U), naive_swiglu(G, U), rtol=1e-12, atol=1e-14)

@@ -214,7 +214,7 @@ def test_no_backward_work_below_the_lowest_trainable_parameter(tiny_cfg):
         return spy
 
     defvjp(P.linear, count("dX", P._linear_vjp_x), P._linear_vjp_W, P._linear_vjp_b)
-    defvjp_argnums(P.layer_norm, count("ln", P._ln_vjp))
+    defvjp_argnums(P._layer_norm_node, count("ln", P._ln_vjp))
     defvjp_argnums(A.attention_weights, count("attn", A._attention_weights_vjp))
 
     def fused(argnums, *rest):  # W₁'s dX inside the fused GELU(x W₁ᵀ + b₁) node
@@ -239,7 +239,7 @@ def test_no_backward_work_below_the_lowest_trainable_parameter(tiny_cfg):
         _, g = value_and_grad(lambda th: mp.loss(th, phi, x, y, cfg, [lora]), theta)
     finally:
         defvjp(P.linear, P._linear_vjp_x, P._linear_vjp_W, P._linear_vjp_b)
-        defvjp_argnums(P.layer_norm, P._ln_vjp)
+        defvjp_argnums(P._layer_norm_node, P._ln_vjp)
         defvjp_argnums(A.attention_weights, A._attention_weights_vjp)
         defvjp_argnums(FF.linear_gelu, FF._linear_gelu_vjp)
         defvjp_argnums(FF.frozen_mlp, FF._frozen_mlp_vjp)

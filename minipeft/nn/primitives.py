@@ -13,8 +13,11 @@ gradient that is actually computed needs it — the PEFT memory saving.
 
 Speed notes (measured by benchmarks/bench.py; one BLAS thread): row sums are BLAS
 matrix-vector products with a ones vector, several times faster than ``sum(-1)`` on
-short rows; elementwise chains update one buffer in place, because every fresh
-temporary costs page faults on first touch; ``layer_norm`` and ``gelu`` hand x̂, 1/σ and
+short rows, and row dots NumPy's ``vecdot``; a per-row shift or a per-column bias added
+to a whole array is one BLAS rank-one update (``_add_outer``), where NumPy's broadcast
+pays a fixed cost per row; elementwise chains update one buffer in place, because every
+fresh temporary costs page faults on first touch; a forward with no gradient (nothing
+traced) keeps nothing for a VJP; ``layer_norm`` and ``gelu`` hand x̂, 1/σ and
 tanh(·) from the forward to their VJPs instead of recomputing them (``_Stash``);
 softmax and both GELUs walk the array in row blocks of about ``_BLOCK`` numbers,
 each block going through the whole chain (statistics, then the update that reads them)
@@ -86,13 +89,64 @@ def _row_sum(x):
 
 
 def _row_dot(a, b):
-    """Σ_j a_j b_j over the last axis, keepdims, with no (..., n) temporary.  -> (..., 1)."""
+    """Σ_j a_j b_j over the last axis, keepdims, with no (..., n) temporary.  -> (..., 1).
+    NumPy ≥ 2's ``vecdot`` ufunc (a SIMD dot per row, about twice ``einsum``'s speed on rows
+    of 64-512; a device array's module computes it where it has it); ``einsum`` otherwise."""
+    if _VECDOT is not None:
+        try:
+            return _VECDOT(a, b)[..., None]
+        except TypeError:  # a device array module without vecdot declines the ufunc
+            pass
     return onp.einsum("...j,...j->...", a, b)[..., None]
+
+
+_VECDOT = getattr(onp, "vecdot", None)  # NumPy ≥ 2.0
 
 
 def _col_sum(x2):
     """Σ over the rows of a 2-D array as one BLAS product onesᵀ x.  (M, n) -> (n,)."""
     return _ones(x2, x2.shape[0]) @ x2
+
+
+def _scipy_blas():
+    """scipy.linalg.blas, its BLAS library held to NumPy's BLAS thread count (threadpoolctl):
+    loaded on first use, after an entry point limited the libraries then loaded
+    (runtime.apply), it would otherwise start one thread per core, which on these
+    small element-wise updates only contend. ``?ger`` has no sum, so its bits do not
+    depend on the thread count."""
+    from scipy.linalg import blas  # a dependency of scikit-learn
+    try:
+        from threadpoolctl import ThreadpoolController
+        libs = [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+        ours = [lib.num_threads for lib in libs if "numpy" in lib.filepath]
+        for lib in libs:
+            if ours and "numpy" not in lib.filepath and lib.num_threads != min(ours):
+                lib.set_num_threads(min(ours))
+    except Exception:  # pragma: no cover - threadpoolctl missing or a library it cannot drive
+        pass
+    return blas
+
+
+_GER = {}  # dtype -> BLAS ?ger (scipy.linalg.blas, imported on first use), or None for other dtypes
+
+
+def _add_outer(a2, u, v, alpha=1.0):
+    """a2 += α u vᵀ in place, a2 (M, n), u (M,), v (n,); returns a2.  For a C-contiguous host
+    float32/float64 a2, one BLAS ``?ger`` call on its transpose view: NumPy's broadcast
+    ``a2 += α u[:, None] v`` pays a fixed cost per row, several times the arithmetic on rows
+    of 64-512. Where u or v is a vector of ones and α = ±1 (per-row shifts, per-column
+    biases), each element gets one rounded add: the same numbers as NumPy's."""
+    dt = a2.dtype
+    if type(a2) is onp.ndarray and dt not in _GER:
+        blas = _scipy_blas()
+        _GER[dt] = {onp.dtype(onp.float32): blas.sger, onp.dtype(onp.float64): blas.dger}.get(dt)
+    ger = _GER.get(dt) if type(a2) is onp.ndarray else None
+    if ger is not None and a2.flags.c_contiguous and a2.size:
+        r = ger(alpha, v, u, a=a2.T, overwrite_a=True)  # a2ᵀ += α v uᵀ
+        if r.ctypes.data == a2.ctypes.data:  # updated in place (F-contiguous a2ᵀ of its dtype)
+            return a2
+    a2 += (alpha * u)[:, None] * v
+    return a2
 
 
 #: elements per block of a chunked element-wise chain: small enough that the block's
@@ -168,17 +222,46 @@ defvjp(linear, _linear_vjp_x, _linear_vjp_W, _linear_vjp_b)
 _LN = _Stash()
 
 
-def _ln_stats(x, eps):
-    # exercise layer-norm [2 pts] "Transformer": x̂ = (x − μ) / sqrt(σ² + ε) and 1/sqrt(σ² + ε) (..., 1), last axis
+def _ln_stats(x, eps, out=None):
+    # exercise layer-norm [2 pts] "Transformer": x̂ = (x − μ) / sqrt(σ² + ε) and 1/sqrt(σ² + ε) (..., 1), last axis (x̂ into ``out`` if given)
     inv_d = 1.0 / x.shape[-1]
-    xc = x - _row_sum(x) * inv_d  # x − μ
+    xc = _shift_rows(x, _row_sum(x) * inv_d, out)  # x − μ
     rstd = 1.0 / onp.sqrt(_row_dot(xc, xc) * inv_d + eps)  # 1/σ, (..., 1)
     xc *= rstd
     return xc, rstd  # x̂ (..., d), 1/σ (..., 1)
     # end exercise
 
 
-@primitive
+def _shift_rows(x, m, out=None):
+    """x − m, m (..., 1) one number per row of x (..., n), into ``out`` (a new array if None):
+    x copied, then m subtracted as the rank-one update −m 1ᵀ (``_add_outer``), the same
+    numbers as ``x - m``."""
+    out = _empty(x) if out is None else out
+    out[...] = x
+    _add_outer(out.reshape(-1, x.shape[-1]), m.reshape(-1), _ones(x, x.shape[-1]), -1.0)
+    return out
+
+
+def _ln_values(x, gamma, beta, eps=1e-5, stash=True):
+    """LN(x) into one new array; ``stash``: x̂ and 1/σ are kept for the VJP (``_LN``), else
+    x̂ is formed in the output's own buffer and nothing else of x's size is allocated."""
+    x2 = x.reshape(-1, x.shape[-1])  # (M, d)
+    y = _empty(x)
+    y2 = y.reshape(x2.shape)  # a view of y
+    stats = []  # (rows, x̂, 1/σ) of each row block, handed to the VJP
+    for sl in _ln_blocks(x2):
+        yb = y2[sl]
+        xhat, rstd = _ln_stats(x2[sl], eps, out=None if stash else yb)
+        onp.multiply(xhat, gamma, out=yb)
+        _add_outer(yb, _ones(yb, yb.shape[0]), beta)  # + β
+        if stash:
+            stats.append((sl, xhat, rstd))
+    return _LN.put(y, stats) if stash else y
+
+
+_layer_norm_node = primitive(_ln_values)  # what autograd traces: its VJP reads the stash
+
+
 def layer_norm(x, gamma, beta, eps=1e-5):
     """Layer normalisation over the last axis (equations.md, "Transformer").
 
@@ -186,18 +269,13 @@ def layer_norm(x, gamma, beta, eps=1e-5):
 
     x: (..., d), gamma, beta: (d,)  ->  (..., d).  With x̂ = (x − μ)/σ, ĝ = g ⊙ γ:
         ∂L/∂x = (1/σ)(ĝ − mean(ĝ) − x̂ ⊙ mean(ĝ ⊙ x̂)),  ∂L/∂γ = Σ_rows g ⊙ x̂,  ∂L/∂β = Σ_rows g
-    (means over the last axis).
+    (means over the last axis).  Traced by autograd (x, γ or β), it is one node
+    (``_layer_norm_node``) that keeps x̂ and 1/σ for its VJP; untraced (a forward pass with
+    no gradient), x̂ is formed in the output's own buffer and nothing is kept.
     """
-    x2 = x.reshape(-1, x.shape[-1])  # (M, d)
-    y = _empty(x)
-    y2 = y.reshape(x2.shape)  # a view of y
-    stats = []  # (rows, x̂, 1/σ) of each row block, handed to the VJP
-    for sl in _ln_blocks(x2):
-        xhat, rstd = _ln_stats(x2[sl], eps)
-        onp.multiply(xhat, gamma, out=y2[sl])
-        y2[sl] += beta
-        stats.append((sl, xhat, rstd))
-    return _LN.put(y, stats)
+    if isbox(x) or isbox(gamma) or isbox(beta):
+        return _layer_norm_node(x, gamma, beta, eps)
+    return _ln_values(x, gamma, beta, eps, stash=False)
 
 
 def _ln_block_stats(x, eps):
@@ -207,11 +285,16 @@ def _ln_block_stats(x, eps):
 
 
 def _ln_blocks(x2):
-    """LayerNorm's row blocks: one, the whole (M, d) array. Its chain is short (two row
-    statistics, the normalisation, γ and β), and blocks of ``_BLOCK`` numbers measured slower
-    than one pass at MiniLM's sizes (benchmarks/kernel_bench.py); the VJP still computes all
-    three gradients in one pass."""
-    return [slice(0, x2.shape[0])]
+    """LayerNorm's row blocks. Up to 16 ``_BLOCK`` numbers, one: the whole (M, d) array (its
+    chain is short, and at those sizes, MiniLM's and the toy ViT's at batch 64, one pass
+    measured as fast as blocks: benchmarks/kernel_bench.py); above, blocks of whole rows of
+    about 4 ``_BLOCK`` numbers (1 MiB of float32, an L2 cache), each going through the
+    statistics, the normalisation and γ, β while it is in cache. The VJP walks the same
+    blocks, computing all three gradients in one pass."""
+    M, d = x2.shape[0], max(x2.shape[-1], 1)
+    if M * d <= 16 * _BLOCK:
+        return [slice(0, M)]
+    return _blocks(M, type(x2) is not onp.ndarray, max(1, 4 * _BLOCK // d))
 
 
 def _ln_vjp(argnums, ans, args, kwargs):
@@ -229,34 +312,40 @@ def _ln_vjp(argnums, ans, args, kwargs):
     proto = None if type(x) is onp.ndarray else x  # a device array: its module makes dx
 
     def vjp(g):
-        # one pass over the row blocks computes every requested gradient while g's block is in cache
+        # one pass over the row blocks computes every requested gradient while g's block is in
+        # cache. With s = 1/σ, ∂L/∂x = s ĝ − s mean(ĝ) − s mean(ĝ ⊙ x̂) x̂, every row statistic
+        # a matrix-vector product: mean(ĝ) = g γ / d, mean(ĝ ⊙ x̂) = (g ⊙ x̂) γ / d; s ĝ = g ⊙ (s γᵀ)
         g2 = g.reshape(-1, d)
         dx = (onp.empty(shape, dtype) if proto is None else _empty(proto)) if 0 in argnums else None
         dx2 = None if dx is None else dx.reshape(-1, d)
-        dgamma = dbeta = None
+        dgamma = dbeta = t = None
         for sl, xhat, rstd in stats:
-            gb, t = g2[sl], None
+            gb = g2[sl]
+            if 0 in argnums or 1 in argnums:
+                t = onp.multiply(gb, xhat, out=None if t is None else t[:xhat.shape[0]])  # g ⊙ x̂
             if 1 in argnums:
-                t = gb * xhat  # g ⊙ x̂ (block), its buffer reused below
                 part = _col_sum(t)  # Σ_rows g ⊙ x̂
                 dgamma = part if dgamma is None else dgamma + part
             if 2 in argnums:
                 part = _col_sum(gb)  # Σ_rows g
                 dbeta = part if dbeta is None else dbeta + part
             if dx2 is not None:
-                gx = onp.multiply(gb, gamma, out=dx2[sl])  # ĝ
-                c = _row_dot(gx, xhat) * (1.0 / d)
-                t = xhat * c if t is None else onp.multiply(xhat, c, out=t)  # x̂ ⊙ mean(ĝ ⊙ x̂)
-                t += _row_sum(gx) * (1.0 / d)  # + mean(ĝ)
-                gx -= t
-                gx *= rstd
+                s = rstd[:, 0]  # (rows,)
+                sm = s * ((t @ gamma) * (1.0 / d))  # s mean(ĝ ⊙ x̂)
+                sa = s * ((gb @ gamma) * (1.0 / d))  # s mean(ĝ)
+                gx = dx2[sl]
+                gx[...] = 0
+                _add_outer(gx, s, gamma)  # s γᵀ
+                gx *= gb  # s ĝ
+                gx -= onp.multiply(xhat, sm[:, None], out=t)  # − s mean(ĝ ⊙ x̂) x̂ (t's buffer reused)
+                _add_outer(gx, sa, _ones(gx, d), -1.0)  # − s mean(ĝ)
         grads = {0: dx, 1: dgamma, 2: dbeta}
         return tuple(grads[i] for i in argnums)
 
     return vjp
 
 
-defvjp_argnums(layer_norm, _ln_vjp)
+defvjp_argnums(_layer_norm_node, _ln_vjp)
 
 
 # ------------------------------------------------------------------------------ gelu

@@ -10,27 +10,43 @@ x: (..., d), g: (d,) -> (..., d). A fused primitive with a hand-written VJP (as
 """
 from __future__ import annotations
 
+import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
+from autograd.tracer import isbox
 
-from .primitives import _Stash, _col_sum, _row_dot
+from .primitives import _Stash, _col_sum, _empty, _row_dot
 
 _RMS = _Stash()
 
 
-def _rms_stats(x, eps):
-    """(x̂ (..., d), r (..., 1)) with r = 1/sqrt(mean(x²) + ε), x̂ = r x."""
+def _rms_stats(x, eps, out=None):
+    """(x̂ (..., d), r (..., 1)) with r = 1/sqrt(mean(x²) + ε), x̂ = r x (into ``out`` if given)."""
     r = 1.0 / (_row_dot(x, x) * (1.0 / x.shape[-1]) + eps) ** 0.5  # (..., 1)
-    return x * r, r
+    return onp.multiply(x, r, out=out), r
 
 
-@primitive
+def _rms_values(x, gamma, eps=1e-5, stash=True):
+    """RMSNorm(x) into one new array; ``stash``: x̂ and r are kept for the VJP (``_RMS``),
+    else x̂ is formed in the output's own buffer and nothing is kept."""
+    y = _empty(x)
+    xhat, r = _rms_stats(x, eps, out=None if stash else y)
+    onp.multiply(xhat, gamma, out=y)
+    return _RMS.put(y, (xhat, r)) if stash else y
+
+
+_rms_norm_node = primitive(_rms_values)  # what autograd traces: its VJP reads the stash
+
+
 def rms_norm(x, gamma, eps=1e-5):
     """RMSNorm(x) = γ ⊙ x / sqrt(mean(x²) + ε) over the last axis (module docstring).
 
-    x: (..., d), gamma: (d,) (Llama's "weight", the notes' g)  ->  (..., d).
+    x: (..., d), gamma: (d,) (Llama's "weight", the notes' g)  ->  (..., d).  Traced by
+    autograd (x or γ), one node (``_rms_norm_node``) that keeps x̂ and r for its VJP;
+    untraced (a forward pass with no gradient), nothing is kept.
     """
-    xhat, r = _rms_stats(x, eps)
-    return _RMS.put(xhat * gamma, (xhat, r))
+    if isbox(x) or isbox(gamma):
+        return _rms_norm_node(x, gamma, eps)
+    return _rms_values(x, gamma, eps, stash=False)
 
 
 def _rms_vjp(argnums, ans, args, kwargs):
@@ -57,4 +73,4 @@ def _rms_vjp(argnums, ans, args, kwargs):
     return vjp
 
 
-defvjp_argnums(rms_norm, _rms_vjp)
+defvjp_argnums(_rms_norm_node, _rms_vjp)
