@@ -13,7 +13,9 @@ GELU'(U) is written to the one buffer the backward pass keeps. Two buffers, no r
 
 The forward pass uses it where nothing sits between the two (no method touches the
 "linear" seam of mlp1, see ``Method.hook_points``) and something is differentiated
-(forming GELU'(U) is wasted work in a forward pass that no VJP reads).
+(forming GELU'(U) is wasted work in a forward pass that no VJP reads). A forward pass
+alone, for either GELU form, takes ``linear_gelu_values``: the same numbers, H written over
+U block by block, no GELU' (and for the erf form b₁ added per block, not in a pass of its own).
 
 ``frozen_mlp`` goes one step further where W₁, b₁, W₂, b₂ are all frozen and no method
 touches the MLP between its input and W₂'s output (LoRA on q, v; prompt tuning): the whole

@@ -408,11 +408,27 @@ def _gelu_erf32_block(xb, yb, db, a, e, r, q):
         r += _HALF32
     onp.multiply(a, s, out=e)  # a s (exp(−a²/2) is no longer read)
     if db is not None:
-        onp.copysign(r, xb, out=db)
+        _copysign32(r, xb, db)  # s is no longer read
         db += _HALF32  # GELU'(x)
     onp.add(xb, a, out=yb)
     yb *= _HALF32  # max(x, 0)
     yb -= e  # GELU(x)
+
+
+_ABS_BITS, _SIGN_BITS = onp.int32(0x7FFFFFFF), onp.int32(-0x80000000)
+
+
+def _copysign32(m, x, out):
+    """out = copysign(m, x) (|m| with x's sign) of float32 rows, bit for bit; on the host as
+    three integer operations on the bits, (m & 0x7FFFFFFF) | (x & 0x80000000), which NumPy
+    vectorizes (its ``copysign`` loop costs several times one of them).  m is overwritten."""
+    if type(x) is not onp.ndarray:
+        onp.copysign(m, x, out=out)
+        return
+    mi, oi = m.view(onp.int32), out.view(onp.int32)
+    onp.bitwise_and(mi, _ABS_BITS, out=mi)
+    onp.bitwise_and(x.view(onp.int32), _SIGN_BITS, out=oi)
+    onp.bitwise_or(oi, mi, out=oi)
 
 
 def _gelu_erf_blocks(x, y, keep=None, b=None):
