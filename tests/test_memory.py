@@ -358,7 +358,31 @@ def test_untraced_linear_gelu_is_gelu_of_linear_bit_for_bit(monkeypatch, block, 
     assert P._GELU_ERF.take(got) is None  # nothing stashed: no GELU' was formed
 
 
-def test_untraced_forward_runs_the_mlp_hidden_layer_in_one_buffer():
+def test_untraced_linear_gelu_allocates_one_buffer_of_the_hidden_size():
+    """A forward pass alone: ``linear_gelu_values`` (erf) allocates H (its U, overwritten) and
+    nothing else of that size (its block temporaries are reused: warmed up first); the two
+    calls gelu_erf(linear(·)) hold U and H at once (the detector works)."""
+    x, W, b, _ = _ff_case("float32")
+    x = onp.tile(x, (16, 1, 1))  # H of 9600 × 96
+    H_bytes = x.shape[0] * x.shape[1] * W.shape[0] * 4
+    peaks = {}
+    for name, fn in (("fused", lambda: FF.linear_gelu_values(x, W, b, exact=True)),
+                     ("two", lambda: P.gelu_erf(P.linear(x, W, b)))):
+        fn()  # warm-up: the per-thread block scratch
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            out = fn()
+            peaks[name] = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        del out
+    assert peaks["fused"] <= 1.1 * H_bytes, (peaks, H_bytes)
+    assert peaks["two"] >= 1.9 * H_bytes, (peaks, H_bytes)
+
+
+def test_untraced_forward_takes_the_fused_mlp_hidden_layer():
     """An untraced BERT forward (erf GELU) takes ``linear_gelu_values`` in every block, with the
     same bits as the unfused linear then gelu_erf; a traced one does not (it needs GELU')."""
     from test_bert_forks import TINY, batch
