@@ -382,6 +382,20 @@ def test_untraced_linear_gelu_allocates_one_buffer_of_the_hidden_size():
     assert peaks["two"] >= 1.9 * H_bytes, (peaks, H_bytes)
 
 
+@pytest.mark.parametrize("act", ["gelu_tanh", "gelu_erf"])
+def test_a_bias_free_gelu_model_runs_the_plain_mlp(act):
+    """bias=False (no b₁ in the params): neither fused path applies, the forward and its
+    gradient run through linear then the GELU (no lookup of the missing b₁)."""
+    import dataclasses
+
+    from test_bert_forks import TINY, batch
+    cfg = dataclasses.replace(TINY, bias=False, act=act)
+    params = mp.init_params(cfg, 0, "float32")
+    assert "b_1" not in params["blocks"][0]["mlp"]
+    assert mp.forward(params, batch(), cfg).shape == (3, cfg.n_classes)
+    value_and_grad(lambda t: mp.forward(t, batch(), cfg).sum(), params)
+
+
 def test_untraced_forward_takes_the_fused_mlp_hidden_layer():
     """An untraced BERT forward (erf GELU) takes ``linear_gelu_values`` in every block, with the
     same bits as the unfused linear then gelu_erf; a traced one does not (it needs GELU')."""

@@ -270,7 +270,7 @@ def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None, ma
             H = swiglu(_proj(methods, th, bp, h2, layer, "gate", cfg), _proj(methods, th, bp, h2, layer, "mlp1", cfg))
         elif _fuse_mlp1(methods, bp, h2, layer, cfg):  # the same numbers as one node (nn/ff.py)
             H = linear_gelu(h2, bp["mlp"]["W_1"], bp["mlp"]["b_1"])  # (B, T, d_ff)
-        elif not _traced(bp, h2) and _plain_mlp1(methods, bp, layer, cfg):  # a forward pass alone: the same numbers
+        elif _plain_mlp1(methods, bp, layer, cfg) and not _traced(bp, h2):  # a forward pass alone: the same numbers
             H = linear_gelu_values(h2, bp["mlp"]["W_1"], bp["mlp"]["b_1"], exact=cfg.act == "gelu_erf")
         else:
             H = act(_proj(methods, th, bp, h2, layer, "mlp1", cfg))  # (B, T, d_ff)
@@ -297,14 +297,14 @@ def _plain_mlp1(methods, bp, layer, cfg: Config) -> bool:
 
 def _traced(bp, h2) -> bool:
     """Whether mlp1's input or weights are traced (a gradient is being taken through them)."""
-    return isbox(h2) or isbox(bp["mlp"]["W_1"]) or isbox(bp["mlp"]["b_1"])
+    return isbox(h2) or isbox(bp["mlp"]["W_1"]) or isbox(bp["mlp"].get("b_1"))
 
 
 def _fuse_mlp1(methods, bp, h2, layer, cfg: Config) -> bool:
     """Whether GELU(h2 W₁ᵀ + b₁) may run as the one node ``linear_gelu``: a plain mlp1
     (``_plain_mlp1``) with the tanh GELU, and something traced (the fused node forms GELU'
     for the backward pass, wasted work in a forward pass alone: ``linear_gelu_values``)."""
-    return cfg.act == "gelu_tanh" and _traced(bp, h2) and _plain_mlp1(methods, bp, layer, cfg)
+    return cfg.act == "gelu_tanh" and _plain_mlp1(methods, bp, layer, cfg) and _traced(bp, h2)
 
 
 def _fuse_mlp(methods, bp, h2, layer, cfg: Config) -> bool:
