@@ -236,6 +236,19 @@ def test_float32_exact_gelu_constants_are_the_fits_output():
     assert err < 2.0 ** -24
 
 
+def test_float32_copysign_on_the_bits_is_numpys_copysign():
+    """The float32 GELU' kernel's sign step, (m & 0x7FFFFFFF) | (x & 0x80000000) on the bits,
+    against ``numpy.copysign`` byte for byte, ±0, ±inf and NaN included."""
+    r = onp.random.default_rng(16)
+    m, x = (r.standard_normal(999).astype(onp.float32) for _ in range(2))
+    m[:6] = [-0.0, 0.0, onp.nan, -onp.inf, 1e-45, -1e-45]
+    x[:6] = [-0.0, 0.0, -onp.inf, onp.nan, -1.0, 3.0]
+    want = onp.copysign(m, x)
+    out = onp.empty_like(m)
+    P._copysign32(m.copy(), x, out)
+    assert out.tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_exact_gelu_vjp_recomputes_when_not_handed_over(dtype):
     x = _x((3, 70), dtype, 11, 2.0)

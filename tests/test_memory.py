@@ -339,6 +339,92 @@ def test_linear_gelu_is_gelu_of_linear_bit_for_bit(dtype):
         assert fused[1][k].tobytes() == two[1][k].tobytes(), k
 
 
+@pytest.mark.parametrize("exact", [True, False], ids=["erf", "tanh"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("block", [None, 64], ids=["default-blocks", "tiny-blocks"])
+def test_untraced_linear_gelu_is_gelu_of_linear_bit_for_bit(monkeypatch, block, dtype, exact):
+    """A forward pass alone: GELU(x Wᵀ + b) with b added block by block in U's own buffer (erf)
+    against the two calls gelu_erf(linear(x, W, b)) / gelu(linear(x, W, b)), byte for byte,
+    with the kernels' blocks and with ragged blocks of 64 numbers (a few rows of 96 each)."""
+    if block is not None:
+        monkeypatch.setattr(P, "_BLOCK", block)
+        monkeypatch.setattr(FF, "_FF_BLOCK", block)
+    x, W, b, _ = _ff_case(dtype)
+    act = P.gelu_erf if exact else P.gelu
+    got = FF.linear_gelu_values(x, W, b, exact=exact)
+    want = act(P.linear(x, W, b))
+    assert got.dtype == onp.dtype(dtype) and got.shape == want.shape
+    assert got.tobytes() == want.tobytes()
+    assert P._GELU_ERF.take(got) is None  # nothing stashed: no GELU' was formed
+
+
+def test_untraced_linear_gelu_allocates_one_buffer_of_the_hidden_size():
+    """A forward pass alone: ``linear_gelu_values`` (erf) allocates H (its U, overwritten) and
+    nothing else of that size (its block temporaries are reused: warmed up first); the two
+    calls gelu_erf(linear(·)) hold U and H at once (the detector works)."""
+    x, W, b, _ = _ff_case("float32")
+    x = onp.tile(x, (16, 1, 1))  # H of 9600 × 96
+    H_bytes = x.shape[0] * x.shape[1] * W.shape[0] * 4
+    peaks = {}
+    for name, fn in (("fused", lambda: FF.linear_gelu_values(x, W, b, exact=True)),
+                     ("two", lambda: P.gelu_erf(P.linear(x, W, b)))):
+        fn()  # warm-up: the per-thread block scratch
+        gc.collect()
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            out = fn()
+            peaks[name] = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        del out
+    assert peaks["fused"] <= 1.1 * H_bytes, (peaks, H_bytes)
+    assert peaks["two"] >= 1.9 * H_bytes, (peaks, H_bytes)
+
+
+@pytest.mark.parametrize("act", ["gelu_tanh", "gelu_erf"])
+def test_a_bias_free_gelu_model_runs_the_plain_mlp(act):
+    """bias=False (no b₁ in the params): neither fused path applies, the forward and its
+    gradient run through linear then the GELU (no lookup of the missing b₁)."""
+    import dataclasses
+
+    from test_bert_forks import TINY, batch
+    cfg = dataclasses.replace(TINY, bias=False, act=act)
+    params = mp.init_params(cfg, 0, "float32")
+    assert "b_1" not in params["blocks"][0]["mlp"]
+    assert mp.forward(params, batch(), cfg).shape == (3, cfg.n_classes)
+    value_and_grad(lambda t: mp.forward(t, batch(), cfg).sum(), params)
+
+
+def test_untraced_forward_takes_the_fused_mlp_hidden_layer():
+    """An untraced BERT forward (erf GELU) takes ``linear_gelu_values`` in every block, with the
+    same bits as the unfused linear then gelu_erf; a traced one does not (it needs GELU')."""
+    from test_bert_forks import TINY, batch
+    cfg = TINY
+    params = randomize(mp.init_params(cfg, 0, "float32"), seed=2)
+    x = batch()
+    calls = []
+    real = FWD.linear_gelu_values
+
+    def spy(*a, **k):
+        calls.append(k.get("exact"))
+        return real(*a, **k)
+
+    FWD.linear_gelu_values = spy
+    try:
+        fused = mp.forward(params, x, cfg)
+        value_and_grad(lambda t: mp.forward(t, x, cfg).sum(), params)
+    finally:
+        FWD.linear_gelu_values = real
+    assert calls == [True] * cfg.N
+    plain, FWD._plain_mlp1 = FWD._plain_mlp1, (lambda *a: False)
+    try:
+        unfused = mp.forward(params, x, cfg)
+    finally:
+        FWD._plain_mlp1 = plain
+    assert onp.asarray(fused).tobytes() == onp.asarray(unfused).tobytes()
+
+
 def _traced_forward_bytes(fn, x):
     """(peak, kept) bytes that NumPy allocated while the traced forward ``fn(x * 1.0)`` ran: the
     most held at once, and what was still held when it returned (what the backward will find)."""

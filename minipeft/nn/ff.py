@@ -13,7 +13,9 @@ GELU'(U) is written to the one buffer the backward pass keeps. Two buffers, no r
 
 The forward pass uses it where nothing sits between the two (no method touches the
 "linear" seam of mlp1, see ``Method.hook_points``) and something is differentiated
-(forming GELU'(U) is wasted work in a forward pass that no VJP reads).
+(forming GELU'(U) is wasted work in a forward pass that no VJP reads). A forward pass
+alone, for either GELU form, takes ``linear_gelu_values``: the same numbers, H written over
+U block by block, no GELU' (and for the erf form b₁ added per block, not in a pass of its own).
 
 ``frozen_mlp`` goes one step further where W₁, b₁, W₂, b₂ are all frozen and no method
 touches the MLP between its input and W₂'s output (LoRA on q, v; prompt tuning): the whole
@@ -31,7 +33,8 @@ from __future__ import annotations
 import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 
-from .primitives import _blocks, _gelu_derivative, _gelu_tanh, _linear_vjp_W, _linear_vjp_b, _linear_vjp_x, linear
+from .primitives import (_blocks, _gelu_derivative, _gelu_erf_blocks, _gelu_tanh, _linear_vjp_W, _linear_vjp_b,
+                         _linear_vjp_x, linear)
 
 
 _SLOT = [None, None]  # (H, GELU'(U)) of the last forward, taken by the VJP maker built for that H
@@ -70,6 +73,23 @@ def _gelu_in_place(H, D=None):
         if Df is not None:
             Df[sl] = _gelu_derivative(u, t)  # reads u and t (t's buffer is overwritten)
         u[...] = y
+
+
+def linear_gelu_values(x, W, b, exact=False):
+    """H = GELU(x Wᵀ + b) in a forward pass with nothing traced (no GELU' is formed).
+
+    x: (..., d_in), W: (d_out, d_in), b: (d_out,)  ->  H: (..., d_out).  exact: the erf form
+    (``gelu_erf``), else the tanh form (``gelu``).  One buffer of the hidden size: U = x Wᵀ is
+    ``linear``'s own product, and H is written over it block by block (erf: b is added to each
+    block while it is in cache, rather than in a pass of its own). The same numbers as
+    ``gelu_erf(linear(x, W, b))`` / ``gelu(linear(x, W, b))``, bit for bit.
+    """
+    if not exact:
+        H = linear.fun(x, W, b)
+        _gelu_in_place(H)
+        return H
+    U = linear.fun(x, W)  # x Wᵀ (..., d_out), no bias yet
+    return _gelu_erf_blocks(U, U, b=b)
 
 
 def _linear_gelu_vjp(argnums, ans, args, kwargs):

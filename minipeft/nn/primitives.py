@@ -27,6 +27,7 @@ while it is in cache, so the array is read from memory once rather than once per
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as onp
 from autograd.extend import defvjp, defvjp_argnums, primitive
@@ -172,6 +173,23 @@ def _empty(x):
     """A C-contiguous array of x's shape and dtype, by x's array module (its row view
     ``reshape(-1, n)`` is then a view, so writes through it land)."""
     return onp.empty(x.shape, x.dtype) if type(x) is onp.ndarray else onp.empty_like(x)
+
+
+_SCRATCH = threading.local()  # per thread: dtype -> one flat host buffer, reused by _scratch
+
+
+def _scratch(x, k, m):
+    """k rows of m numbers in x's dtype, to use as a block chain's temporaries: on the host,
+    views into one buffer per thread and dtype that is kept and reused (grown when too small),
+    so a call faults no fresh pages in; on a device, new arrays.  Overwritten by the next call
+    on the same thread: the rows must not outlive the caller."""
+    if type(x) is not onp.ndarray:
+        return [onp.empty_like(x, shape=(m,)) for _ in range(k)]
+    bufs = _SCRATCH.__dict__
+    buf = bufs.get(x.dtype)
+    if buf is None or buf.shape[0] < k * m:
+        buf = bufs[x.dtype] = onp.empty(k * m, x.dtype)
+    return [buf[i * m:(i + 1) * m] for i in range(k)]
 
 
 # --------------------------------------------------------------------------- linear
@@ -440,12 +458,17 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 #: made by ``benchmarks/gelu_erf_fit.py`` (tests/test_kernels.py checks they are its output)
 _PHI_P = (48.93103790283203, 42.7879753112793, 17.854324340820312, 3.9503283500671387, 0.3989472985267639)
 _PHI_R = (97.86207580566406, 163.65863037109375, 117.35786437988281, 45.738895416259766, 9.902671813964844)
+#: the block's constants as float32 scalars (the values a float32 ufunc rounds the Python
+#: floats to, so the same bits): NumPy converts such an operand faster on each call
+_P32, _R32 = tuple(map(onp.float32, _PHI_P)), tuple(map(onp.float32, _PHI_R))
+_HALF32, _NHALF32, _INV_SQRT_2PI32 = onp.float32(0.5), onp.float32(-0.5), onp.float32(_INV_SQRT_2PI)
 
 
 def _gelu_erf32_block(xb, yb, db, a, e, r, q):
     """GELU(x) into yb and (unless db is None) GELU'(x) into db for one float32 block xb,
     through the scratch rows a, e, r, q (of xb's size; q may be db itself), every step in
-    place.  With a = |x|, s = Φ(−a) (above):
+    place; yb may be xb itself (x is read for the last time as yb is written).  With
+    a = |x|, s = Φ(−a) (above):
 
         GELU(x)  = max(x, 0) − a s                      (max(x, 0) = ½ (x + a), exact)
         GELU'(x) = Φ(x) + x φ(x) = ½ + sign(x) (½ + a φ(a) − s),  φ(a) = exp(−a²/2)/√(2π)
@@ -454,66 +477,97 @@ def _gelu_erf32_block(xb, yb, db, a, e, r, q):
     """
     onp.absolute(xb, out=a)
     onp.multiply(a, a, out=e)
-    e *= -0.5
+    e *= _NHALF32
     onp.exp(e, out=e)  # exp(−a²/2)
-    s = onp.multiply(a, _PHI_P[-1], out=q)  # P(a) by Horner
-    s += _PHI_P[-2]
-    for c in _PHI_P[-3::-1]:
+    s = onp.multiply(a, _P32[-1], out=q)  # P(a) by Horner
+    s += _P32[-2]
+    for c in _P32[-3::-1]:
         s *= a
         s += c
-    onp.add(a, _PHI_R[-1], out=r)  # R(a), monic
-    for c in _PHI_R[-2::-1]:
+    onp.add(a, _R32[-1], out=r)  # R(a), monic
+    for c in _R32[-2::-1]:
         r *= a
         r += c
     s /= r
     s *= e  # s = Φ(−a)
     if db is not None:
-        onp.multiply(a, _INV_SQRT_2PI, out=r)
+        onp.multiply(a, _INV_SQRT_2PI32, out=r)
         r *= e  # a φ(a)
         r -= s
-        r += 0.5
-    onp.add(xb, a, out=yb)
-    yb *= 0.5  # max(x, 0)
-    a *= s
-    yb -= a  # GELU(x)
+        r += _HALF32
+    onp.multiply(a, s, out=e)  # a s (exp(−a²/2) is no longer read)
     if db is not None:
-        onp.copysign(r, xb, out=db)
-        db += 0.5  # GELU'(x)
+        _copysign32(r, xb, db)  # s is no longer read
+        db += _HALF32  # GELU'(x)
+    onp.add(xb, a, out=yb)
+    yb *= _HALF32  # max(x, 0)
+    yb -= e  # GELU(x)
+
+
+_ABS_BITS, _SIGN_BITS = onp.int32(0x7FFFFFFF), onp.int32(-0x80000000)
+
+
+def _copysign32(m, x, out):
+    """out = copysign(m, x) (|m| with x's sign) of float32 rows, bit for bit; on the host as
+    three integer operations on the bits, (m & 0x7FFFFFFF) | (x & 0x80000000), which NumPy
+    vectorizes (its ``copysign`` loop costs several times one of them).  m is overwritten."""
+    if type(x) is not onp.ndarray:
+        onp.copysign(m, x, out=out)
+        return
+    mi, oi = m.view(onp.int32), out.view(onp.int32)
+    onp.bitwise_and(mi, _ABS_BITS, out=mi)
+    onp.bitwise_and(x.view(onp.int32), _SIGN_BITS, out=oi)
+    onp.bitwise_or(oi, mi, out=oi)
+
+
+def _gelu_erf_blocks(x, y, keep=None, b=None):
+    """y = GELU(x) = x Φ(x) of any float array, block by block (each block's chain in cache);
+    returns y.  y: an array like x to write into (x itself: in place).  keep: None, or an
+    array like x that receives what the VJP reads (float32: GELU'(x), formed in the same pass
+    by ``_gelu_erf32_block``; other dtypes: Φ(x), by SciPy's erf).  b: None, or a bias
+    (x.shape[-1],) added to x first, block by block in x's own buffer (which must be the
+    caller's to overwrite: U = x W₁ᵀ of ``linear_gelu``), so y = GELU(x + b).
+    """
+    f32 = x.dtype == onp.float32
+    xf, yf = x.reshape(-1), y.reshape(-1)  # flat views (x copied if strided)
+    kf = None if keep is None else keep.reshape(-1)
+    n = x.shape[-1] if x.ndim else 1
+    step = None if b is None else max(1, _BLOCK // max(n, 1)) * n  # whole rows, for b
+    sls = _blocks(xf.shape[0], type(x) is not onp.ndarray, step)
+    m = sls[0].stop - sls[0].start if sls else 0
+    scratch = _scratch(xf, (4 if keep is None else 3) if f32 else 1, min(m, xf.shape[0]))
+    for sl in sls:
+        xb, kb = xf[sl], (None if kf is None else kf[sl])
+        if b is not None:
+            u = xb.reshape(-1, n)
+            u += b  # x + b, in x's buffer
+        rows = [t[:xb.shape[0]] for t in scratch]
+        if f32:
+            _gelu_erf32_block(xb, yf[sl], kb, *rows, *([] if kb is None else [kb]))
+            continue
+        p = onp.multiply(xb, _INV_SQRT2, out=rows[0] if kb is None else kb)
+        host = type(p) is onp.ndarray
+        p = _erf(p, out=p) if host else _erf(p)  # (SciPy writes in place)
+        p += 1.0
+        p *= 0.5  # Φ(x)
+        if not host and kb is not None:
+            kb[...] = p
+        onp.multiply(xb, p, out=yf[sl])
+    return y
 
 
 def _gelu_erf32(x, derivative=True):
     """(GELU(x), GELU'(x) or None) of a float32 array, block by block (``_gelu_erf32_block``)."""
-    y, d = _empty(x), (_empty(x) if derivative else None)
-    xf, yf = x.reshape(-1), y.reshape(-1)  # flat views (x copied if strided)
-    df = None if d is None else d.reshape(-1)
-    sls = _blocks(xf.shape[0], type(x) is not onp.ndarray)
-    scratch = [onp.empty_like(xf[sls[0]]) for _ in range(3 if derivative else 4)] if sls else []
-    for sl in sls:
-        xb = xf[sl]
-        rows = [t[:xb.shape[0]] for t in scratch]
-        db = None if df is None else df[sl]
-        _gelu_erf32_block(xb, yf[sl], db, *rows, *([db] if derivative else []))
-    return y, d
+    d = _empty(x) if derivative else None
+    return _gelu_erf_blocks(x, _empty(x), d), d
 
 
 def _gelu_erf_values(x, stash=True):
     """GELU(x) = x Φ(x); ``stash``: also hand the VJP what it reads (float32: GELU'(x), formed
     in the same pass; other dtypes: Φ(x))."""
-    if x.dtype == onp.float32:
-        y, dydx = _gelu_erf32(x, derivative=stash)
-        return _GELU_ERF.put(y, (True, dydx)) if stash else y
-    y, Phi = _empty(x), _empty(x)
-    xf, yf, pf = x.reshape(-1), y.reshape(-1), Phi.reshape(-1)  # flat views (x copied if strided)
-    for sl in _blocks(xf.shape[0], type(x) is not onp.ndarray):  # each block's chain in cache
-        p = onp.multiply(xf[sl], _INV_SQRT2, out=pf[sl])
-        host = type(p) is onp.ndarray
-        p = _erf(p, out=p) if host else _erf(p)  # (SciPy writes in place)
-        p += 1.0
-        p *= 0.5  # Φ(x)
-        if not host:
-            pf[sl] = p
-        onp.multiply(xf[sl], p, out=yf[sl])
-    return _GELU_ERF.put(y, (False, Phi)) if stash else y
+    keep = _empty(x) if stash else None
+    y = _gelu_erf_blocks(x, _empty(x), keep)
+    return _GELU_ERF.put(y, (x.dtype == onp.float32, keep)) if stash else y
 
 
 _gelu_erf_node = primitive(_gelu_erf_values)  # what autograd traces: its VJP reads the stash

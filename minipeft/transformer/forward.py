@@ -99,7 +99,7 @@ from ..nn.gqa import repeat_kv
 from ..nn.rmsnorm import rms_norm
 from ..nn.rope import rope
 from ..nn.swiglu import swiglu
-from ..nn.ff import frozen_mlp, linear_gelu
+from ..nn.ff import frozen_mlp, linear_gelu, linear_gelu_values
 from .config import Config
 from .inputs import check_batch, text_parts
 from .schema import LINEARS, anchor
@@ -270,6 +270,8 @@ def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None, ma
             H = swiglu(_proj(methods, th, bp, h2, layer, "gate", cfg), _proj(methods, th, bp, h2, layer, "mlp1", cfg))
         elif _fuse_mlp1(methods, bp, h2, layer, cfg):  # the same numbers as one node (nn/ff.py)
             H = linear_gelu(h2, bp["mlp"]["W_1"], bp["mlp"]["b_1"])  # (B, T, d_ff)
+        elif _plain_mlp1(methods, bp, layer, cfg) and not _traced(bp, h2):  # a forward pass alone: the same numbers
+            H = linear_gelu_values(h2, bp["mlp"]["W_1"], bp["mlp"]["b_1"], exact=cfg.act == "gelu_erf")
         else:
             H = act(_proj(methods, th, bp, h2, layer, "mlp1", cfg))  # (B, T, d_ff)
         x_norm = h2 if any(m.on_mlp is not None for m in methods) else None  # read by the "mlp" seam only
@@ -282,17 +284,27 @@ def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None, ma
     return _residual(methods, th, params, X1, "ln2", layer, cfg, mlp)  # X_ℓ
 
 
-def _fuse_mlp1(methods, bp, h2, layer, cfg: Config) -> bool:
-    """Whether GELU(h2 W₁ᵀ + b₁) may run as the one node ``linear_gelu``: tanh GELU, no
-    method touching mlp1's "linear" seam in this block, and something traced (the fused
-    node forms GELU' for the backward pass, wasted work in a forward pass alone)."""
-    if cfg.act != "gelu_tanh" or not cfg.bias or LINEARS["mlp1"] != ("mlp", "W_1", "b_1"):
+def _plain_mlp1(methods, bp, layer, cfg: Config) -> bool:
+    """Whether mlp1 is the plain GELU(h2 W₁ᵀ + b₁): a GELU activation, a bias, a W₁ that is
+    not block-quantized (that goes through quant.linear), no method touching mlp1's "linear"
+    seam in this block."""
+    if cfg.act not in ("gelu_tanh", "gelu_erf") or not cfg.bias or LINEARS["mlp1"] != ("mlp", "W_1", "b_1"):
         return False
-    if quant.is_quantized(bp["mlp"]["W_1"]):  # a 4-bit base goes through quant.linear
-        return False
-    if not (isbox(h2) or isbox(bp["mlp"]["W_1"]) or isbox(bp["mlp"]["b_1"])):
+    if quant.is_quantized(bp["mlp"]["W_1"]):
         return False
     return not any(("linear", layer, "mlp1") in m.hook_points(cfg.N) for m in methods)
+
+
+def _traced(bp, h2) -> bool:
+    """Whether mlp1's input or weights are traced (a gradient is being taken through them)."""
+    return isbox(h2) or isbox(bp["mlp"]["W_1"]) or isbox(bp["mlp"].get("b_1"))
+
+
+def _fuse_mlp1(methods, bp, h2, layer, cfg: Config) -> bool:
+    """Whether GELU(h2 W₁ᵀ + b₁) may run as the one node ``linear_gelu``: a plain mlp1
+    (``_plain_mlp1``) with the tanh GELU, and something traced (the fused node forms GELU'
+    for the backward pass, wasted work in a forward pass alone: ``linear_gelu_values``)."""
+    return cfg.act == "gelu_tanh" and _plain_mlp1(methods, bp, layer, cfg) and _traced(bp, h2)
 
 
 def _fuse_mlp(methods, bp, h2, layer, cfg: Config) -> bool:
