@@ -4,9 +4,11 @@
 (split heads, Q Kᵀ, softmax, ·V, concat heads): the version to read beside the notes.
 ``attention`` computes the same with two fused primitives, ``attention_weights`` and
 ``attend``, each with a hand-written VJP: two graph nodes per layer instead of about
-fifteen, heads read as strided views of (B, T, d) with no transposed copies, and the
-softmax backward fused into the score gradient. Tests check both agree in value and
-gradient.
+fifteen, heads read as strided views of (B, T, d) with no transposed copies, the key mask
+added inside softmax's blocks, and the softmax backward fused into the score gradient, which
+is formed a group of heads at a time in one reused buffer and read by ∂Q's and ∂K's products
+while it is in cache. Tests check both agree in value and gradient (tests/test_kernels.py,
+tests/test_attention_kernels.py).
 """
 from __future__ import annotations
 
@@ -77,7 +79,7 @@ def _head_groups(A):
     """(batch, head) index tuples covering scores A (B, h, T, S) in groups of whole heads, as
     softmax's blocks (``_softmax_blocks``): a few heads of one batch element, or a few whole
     batch elements."""
-    return _softmax_blocks(A.reshape(A.shape[:2] + (-1,)))
+    return _softmax_blocks(A, A.shape[:2] + (A.shape[2] * A.shape[3],))
 
 
 @primitive
@@ -117,18 +119,19 @@ def _attention_weights_vjp(argnums, A, args, kwargs):
                          for i in argnums)
         # a group of heads at a time: its ∂L/∂S is formed in one reused buffer and read by both
         # products while it is in cache
-        out = {i: onp.empty((A.shape[0], A.shape[2 + i], h, (Kh if i == 0 else Qh).shape[-1]), dtype=A.dtype)
+        other = {0: Kh, 1: Qh}  # what ∂Q, ∂K read
+        out = {i: onp.empty((A.shape[0], A.shape[2 + i], h, other[i].shape[-1]), dtype=onp.result_type(A, other[i]))
                for i in argnums}  # ∂Q (B, T, h, d_h), ∂K (B, S, h, d_h): concat_heads layout
         heads = {i: o.transpose(0, 2, 1, 3) for i, o in out.items()}  # (B, h, ·, d_h) views
         groups = _head_groups(A)
-        buf = onp.empty(A[groups[0]].size, A.dtype)
+        buf = onp.empty(A[groups[0]].size if groups else 0, A.dtype)
         for g in groups:
             dS = _softmax_vjp_of(A[g], G[g], scale, out=buf[:A[g].size].reshape(A[g].shape))
             if 0 in out:
                 onp.matmul(dS, Kh[g], out=heads[0][g])  # ∂L/∂S K
             if 1 in out:
                 onp.matmul(dS.swapaxes(-1, -2), Qh[g], out=heads[1][g])  # ∂L/∂Sᵀ Q
-        return tuple(out[i].reshape(out[i].shape[:2] + (-1,)) for i in argnums)
+        return tuple(out[i].reshape(out[i].shape[:2] + (h * other[i].shape[-1],)) for i in argnums)  # (B, ·, d)
 
     return vjp
 

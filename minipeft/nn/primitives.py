@@ -16,10 +16,10 @@ matrix-vector products with a ones vector, several times faster than ``sum(-1)``
 short rows; elementwise chains update one buffer in place, because every fresh
 temporary costs page faults on first touch; ``layer_norm`` and ``gelu`` hand x̂, 1/σ and
 tanh(·) from the forward to their VJPs instead of recomputing them (``_Stash``);
-softmax and both GELUs walk the array in row blocks of about ``_BLOCK`` numbers,
-each block going through the whole chain (statistics, then the update that reads them)
-while it is in cache, so the array is read from memory once rather than once per step
-(benchmarks/kernel_bench.py measures them against PyTorch's).
+softmax (in blocks of ``_SOFTMAX_BLOCKS`` times that) and both GELUs walk the array in row
+blocks of about ``_BLOCK`` numbers, each block going through the whole chain (statistics,
+then the update that reads them) while it is in cache, so the array is read from memory once
+rather than once per step (benchmarks/kernel_bench.py measures them against PyTorch's).
 """
 from __future__ import annotations
 
@@ -481,13 +481,13 @@ defvjp(_gelu_erf_node, _gelu_erf_vjp)
 # --------------------------------------------------------------------------- softmax
 #: rows up to this long take their maximum as log₂ n shifted element-wise maxima over the
 #: whole flat block (``_row_max``): NumPy's ``max(axis=-1)`` pays a fixed cost per row that
-#: dominates on short rows (the attention scores of short texts); longer rows use it
+#: dominates on short rows (the attention scores of short texts); longer rows use
+#: ``fmax.reduce``: the same maxima as ``max`` in less time (it skips a NaN that ``max`` keeps,
+#: but a row holding a NaN has a NaN sum either way, so its softmax is NaN all the same)
 _SHORT_ROW = 64
-#: softmax's blocks are this many ``_BLOCK``s (about 1 MiB of float32, the L2 size): its chain is
-#: short (six NumPy calls a block), so a larger block pays the fixed cost of each call on more
-#: numbers, and the block still stays in cache (benchmarks/kernel_bench.py measures the choice).
-#: Rows longer than ``_SHORT_ROW`` take their maximum with ``fmax.reduce``: the same numbers as
-#: ``max`` (a row holding a NaN has a NaN sum either way, so its softmax is NaN), in less time.
+#: softmax's blocks are this many ``_BLOCK``s (1 MiB of float32, an L2 cache's size): its chain
+#: is short (six NumPy calls a block, each with a fixed cost), so a larger block pays that cost on
+#: more numbers while the block still fits in cache
 _SOFTMAX_BLOCKS = 4
 
 
@@ -554,10 +554,10 @@ def _sub_rows(x2, m):
     return onp.subtract(x2, m, out=x2)
 
 
-def _softmax_blocks(z):
-    """``_lead_blocks`` of z's shape in blocks of ``_SOFTMAX_BLOCKS`` · ``_BLOCK`` numbers (one
-    block on a device)."""
-    return [()] if type(z) is not onp.ndarray else _lead_blocks(z.shape, _SOFTMAX_BLOCKS * _BLOCK)
+def _softmax_blocks(z, shape=None):
+    """``_lead_blocks`` of z's shape (or of ``shape``) in blocks of ``_SOFTMAX_BLOCKS`` · ``_BLOCK``
+    numbers (one block on a device)."""
+    return [()] if type(z) is not onp.ndarray else _lead_blocks(shape or z.shape, _SOFTMAX_BLOCKS * _BLOCK)
 
 
 def _softmax_scratch(z):
@@ -589,7 +589,7 @@ def _softmax(z, inplace=False, scale=None, bias=None, scratch=None):
         src, eb = src.reshape(-1, n), eb.reshape(-1, n)  # the block's rows (views: e is C-contiguous)
         if scratch:
             m = _row_max(src, scratch)
-        else:  # (fmax: see _SOFTMAX_BLOCKS)
+        else:  # (fmax: see _SHORT_ROW)
             m = onp.fmax.reduce(src, axis=-1, keepdims=True) if host else src.max(axis=-1, keepdims=True)
         if in_e:
             _sub_rows(eb, m)  # z − max z, in place
