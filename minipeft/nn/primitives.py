@@ -609,7 +609,9 @@ def _softmax_vjp_of(y, g, scale=None, out=None):
     y2, g2, d2 = y.reshape(-1, n), g.reshape(-1, n), dz.reshape(-1, n)
     for sl in _softmax_blocks(y2):
         yb, db = y2[sl], d2[sl]
-        onp.subtract(g2[sl], _row_dot(g2[sl], yb), out=db)
+        c = _row_dot(g2[sl], yb)
+        db[...] = g2[sl]
+        _sub_rows(db, c)  # g − Σ_j g_j y_j
         db *= yb
         if scale is not None:
             db *= scale
