@@ -12,11 +12,13 @@ from minipeft.nn.attention import _attention_weights_vjp, attention, attention_c
 from test_kernels import _close, _vjp_pair, _x, blocks  # noqa: F401  (blocks: a fixture)
 
 
+@pytest.mark.parametrize("n", [P._GER_ROW + 13, 5])
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
-def test_row_subtraction_is_numpys_bit_for_bit(dtype):
-    """x − m per row as one BLAS rank-one update (float32, float64) = NumPy's x − m, inf and NaN included."""
-    x = _x((37, 29), dtype, 0, scale=50.0)
-    x[3, 4], x[5, :], x[6, 7] = -onp.inf, -onp.inf, onp.nan
+def test_row_subtraction_is_numpys_bit_for_bit(dtype, n):
+    """x − m per row as one BLAS rank-one update (float32, float64; rows of at least ``_GER_ROW``)
+    = NumPy's x − m, inf and NaN included."""
+    x = _x((37, n), dtype, 0, scale=50.0)
+    x[3, 4], x[5, :], x[6, 2] = -onp.inf, -onp.inf, onp.nan
     m = onp.fmax.reduce(x, axis=-1, keepdims=True)
     with onp.errstate(invalid="ignore"):  # −∞ − (−∞) = NaN, on both sides
         want = x - m

@@ -535,19 +535,22 @@ def _sub(a, index):
 
 
 _GER = {}  # dtype -> BLAS ?ger (scipy.linalg.blas, imported on first use) or None
+#: ``?ger`` walks the rows one BLAS axpy each: below rows of this length NumPy's subtraction is
+#: as fast or faster
+_GER_ROW = 32
 
 
 def _sub_rows(x2, m):
     """x2 −= m per row, in place: x2 (M, n) C-contiguous host array, m (M, 1).  As the rank-one
     update x2ᵀ += (−1) 1 mᵀ, one BLAS ``?ger`` call for float32 / float64 (the same numbers as
     ``x2 - m``: −1 · 1 · m_i = −m_i exactly, then one rounded add), without NumPy's per-row
-    cost on short rows; other dtypes: NumPy."""
+    cost; rows shorter than ``_GER_ROW`` and other dtypes: NumPy."""
     dt = x2.dtype
     if dt not in _GER and type(x2) is onp.ndarray:
         from scipy.linalg import blas  # a dependency of scikit-learn
         _GER[dt] = {onp.dtype(onp.float32): blas.sger, onp.dtype(onp.float64): blas.dger}.get(dt)
     ger = _GER.get(dt)
-    if ger is not None and type(x2) is onp.ndarray and x2.flags.c_contiguous:
+    if ger is not None and type(x2) is onp.ndarray and x2.flags.c_contiguous and x2.shape[1] >= _GER_ROW:
         r = ger(-1.0, _ones(x2, x2.shape[1]), m.reshape(-1), a=x2.T, overwrite_a=True)
         if r.ctypes.data == x2.ctypes.data:  # updated in place (F-contiguous xᵀ of x's dtype)
             return x2
