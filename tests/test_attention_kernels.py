@@ -26,7 +26,11 @@ def test_row_subtraction_is_numpys_bit_for_bit(dtype, n):
         assert P._sub_rows(got, m) is got
         strided = x.T.copy().T  # not C-contiguous: NumPy's subtraction, in place
         onp.testing.assert_array_equal(P._sub_rows(strided, m), want)
+        into = onp.empty_like(x)  # into another buffer, x untouched
+        assert P._sub_rows(x, m, out=into) is into
+        onp.testing.assert_array_equal(P._sub_rows(x.T.copy().T, m, out=onp.empty_like(x)), want)
     onp.testing.assert_array_equal(got, want)
+    onp.testing.assert_array_equal(into, want)
 
 
 @pytest.mark.parametrize("shape", [(3, 41, 29), (8, 12, 32, 32), (2, 3, 5, 7), (5,), (4, 600), (2, 1, 300, 3)])

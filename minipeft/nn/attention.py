@@ -113,7 +113,8 @@ def _attention_weights_vjp(argnums, A, args, kwargs):
     Qh = _heads(Q, h) if 1 in argnums else None
 
     def vjp(G):
-        if type(A) is not onp.ndarray:  # a device array: one kernel per step over everything
+        groups = _head_groups(A)
+        if len(groups) <= 1:  # all heads at once (a device array: one kernel per step over everything)
             dS = _softmax_vjp_of(A, G, scale)  # A ⊙ (G − Σ_s G A) / sqrt(d_h), in one buffer
             return tuple(_heads_matmul(dS, Kh, h) if i == 0 else _heads_matmul(dS.transpose(0, 1, 3, 2), Qh, h)
                          for i in argnums)
@@ -123,8 +124,7 @@ def _attention_weights_vjp(argnums, A, args, kwargs):
         out = {i: onp.empty((A.shape[0], A.shape[2 + i], h, other[i].shape[-1]), dtype=onp.result_type(A, other[i]))
                for i in argnums}  # ∂Q (B, T, h, d_h), ∂K (B, S, h, d_h): concat_heads layout
         heads = {i: o.transpose(0, 2, 1, 3) for i, o in out.items()}  # (B, h, ·, d_h) views
-        groups = _head_groups(A)
-        buf = onp.empty(A[groups[0]].size if groups else 0, A.dtype)
+        buf = onp.empty(A[groups[0]].size, A.dtype)
         for g in groups:
             dS = _softmax_vjp_of(A[g], G[g], scale, out=buf[:A[g].size].reshape(A[g].shape))
             if 0 in out:

@@ -540,21 +540,26 @@ _GER = {}  # dtype -> BLAS ?ger (scipy.linalg.blas, imported on first use) or No
 _GER_ROW = 32
 
 
-def _sub_rows(x2, m):
-    """x2 −= m per row, in place: x2 (M, n) C-contiguous host array, m (M, 1).  As the rank-one
-    update x2ᵀ += (−1) 1 mᵀ, one BLAS ``?ger`` call for float32 / float64 (the same numbers as
-    ``x2 - m``: −1 · 1 · m_i = −m_i exactly, then one rounded add), without NumPy's per-row
-    cost; rows shorter than ``_GER_ROW`` and other dtypes: NumPy."""
-    dt = x2.dtype
-    if dt not in _GER and type(x2) is onp.ndarray:
+def _sub_rows(x2, m, out=None):
+    """x2 − m per row into ``out`` (default: x2 itself): x2 (M, n) host array, m (M, 1), out a
+    C-contiguous (M, n).  As the rank-one update outᵀ += (−1) 1 mᵀ of a copy of x2, one BLAS
+    ``?ger`` call for float32 / float64 (the same numbers as ``x2 - m``: −1 · 1 · m_i = −m_i
+    exactly, then one rounded add), without NumPy's per-row cost; rows shorter than
+    ``_GER_ROW`` and other dtypes: NumPy."""
+    out = x2 if out is None else out
+    dt = out.dtype
+    if dt not in _GER and type(out) is onp.ndarray:
         from scipy.linalg import blas  # a dependency of scikit-learn
         _GER[dt] = {onp.dtype(onp.float32): blas.sger, onp.dtype(onp.float64): blas.dger}.get(dt)
     ger = _GER.get(dt)
-    if ger is not None and type(x2) is onp.ndarray and x2.flags.c_contiguous and x2.shape[1] >= _GER_ROW:
-        r = ger(-1.0, _ones(x2, x2.shape[1]), m.reshape(-1), a=x2.T, overwrite_a=True)
-        if r.ctypes.data == x2.ctypes.data:  # updated in place (F-contiguous xᵀ of x's dtype)
-            return x2
-    return onp.subtract(x2, m, out=x2)
+    if ger is not None and type(out) is onp.ndarray and out.flags.c_contiguous and out.shape[1] >= _GER_ROW:
+        if out is not x2:
+            out[...] = x2
+        r = ger(-1.0, _ones(out, out.shape[1]), m.reshape(-1), a=out.T, overwrite_a=True)
+        if r.ctypes.data == out.ctypes.data:  # updated in place (F-contiguous outᵀ of out's dtype)
+            return out
+        out[...] = x2  # (not updated in place: NumPy below)
+    return onp.subtract(x2, m, out=out)
 
 
 def _softmax_blocks(z, shape=None):
@@ -582,7 +587,6 @@ def _softmax(z, inplace=False, scale=None, bias=None, scratch=None):
     """
     n, e, host = z.shape[-1], (z if inplace else _empty(z)), type(z) is onp.ndarray
     scratch = scratch if scratch is not None else _softmax_scratch(z)
-    in_e = inplace or scale is not None or bias is not None  # the block's numbers are in e
     for ix in _softmax_blocks(z):  # (one block on a device: one kernel per step over everything)
         src, eb = z[ix], e[ix]
         if scale is not None:
@@ -594,10 +598,7 @@ def _softmax(z, inplace=False, scale=None, bias=None, scratch=None):
             m = _row_max(src, scratch)
         else:  # (fmax: see _SHORT_ROW)
             m = onp.fmax.reduce(src, axis=-1, keepdims=True) if host else src.max(axis=-1, keepdims=True)
-        if in_e:
-            _sub_rows(eb, m)  # z − max z, in place
-        else:
-            onp.subtract(src, m, out=eb)
+        _sub_rows(src, m, out=eb)  # z − max z
         onp.exp(eb, out=eb)
         eb /= _row_sum(eb)  # one matrix-vector product over the block's rows
     return e
@@ -612,9 +613,7 @@ def _softmax_vjp_of(y, g, scale=None, out=None):
     y2, g2, d2 = y.reshape(-1, n), g.reshape(-1, n), dz.reshape(-1, n)
     for sl in _softmax_blocks(y2):
         yb, db = y2[sl], d2[sl]
-        c = _row_dot(g2[sl], yb)
-        db[...] = g2[sl]
-        _sub_rows(db, c)  # g − Σ_j g_j y_j
+        _sub_rows(g2[sl], _row_dot(g2[sl], yb), out=db)  # g − Σ_j g_j y_j
         db *= yb
         if scale is not None:
             db *= scale
