@@ -537,7 +537,7 @@ def _sub(a, index):
 _GER = {}  # dtype -> BLAS ?ger (scipy.linalg.blas, imported on first use) or None
 #: ``?ger`` walks the rows one BLAS axpy each: below rows of this length NumPy's subtraction is
 #: as fast or faster
-_GER_ROW = 32
+_GER_ROW = 64
 
 
 def _sub_rows(x2, m, out=None):
