@@ -16,9 +16,9 @@ minipeft: ``autograd.make_vjp`` of the primitive (what a training step runs); to
 op with ``requires_grad`` inputs and ``.backward(g)``. Before timing, each pair's output and
 input gradient are checked to agree (relative error, float32). Timing interleaves the sides
 (measure.py, CPU time, median of per-round ratios, each round a few calls); below 1 means
-minipeft is faster. ``--baseline DIR`` loads DIR/minipeft/nn/primitives.py as a second,
-standalone module and times its kernels in the same rounds (not attention, which lives in
-another module), so "before / after" is measured side by side too.
+minipeft is faster. ``--baseline DIR`` loads DIR/minipeft/nn/primitives.py and attention.py as
+a second, standalone package and times its kernels in the same rounds, so "before / after" is
+measured side by side too.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ import importlib.util  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+import types  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as onp  # noqa: E402
@@ -40,6 +41,8 @@ from autograd import make_vjp  # noqa: E402
 
 from minipeft.nn import primitives as P  # noqa: E402
 from minipeft.nn.attention import attention_weights  # noqa: E402
+
+ATTENTION = {P: attention_weights}  # primitives module -> the attention_weights built on it
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import headline  # noqa: E402
@@ -57,7 +60,7 @@ CALL_S = 0.005
 def cases(torch, shape, rng, base=None):
     """[(name, {side: fn}, torch fn, [inputs])] at one shape; fns of several inputs take them
     all (gradients of the first are checked; of all, computed). ``base``: a second primitives
-    module, timed as the side "base" where it has the kernel."""
+    module (``load_base``), timed as the side "base"."""
     _, B, n, D, H, D_FF, eps, act = shape
     F = torch.nn.functional
     g1, b1 = (rng.standard_normal(D).astype("float32") for _ in range(2))
@@ -69,7 +72,7 @@ def cases(torch, shape, rng, base=None):
 
     def sides(name, f):
         out = {"minipeft": f(P)}
-        if base is not None and name != "attention weights":
+        if base is not None:
             out["base"] = f(base)
         return out
 
@@ -82,7 +85,7 @@ def cases(torch, shape, rng, base=None):
          [(3 * rng.standard_normal((B, H, n, n))).astype("float32")]),
         (act_case[0], sides(act_case[0], act_case[1]), act_case[2],
          [rng.standard_normal((B * n, D_FF)).astype("float32")]),
-        ("attention weights", sides("attention weights", lambda M: lambda q, k: attention_weights(q, k, H)),
+        ("attention weights", sides("attention weights", lambda M: lambda q, k: ATTENTION[M](q, k, H)),
          lambda q, k: torch.softmax(heads(q) @ heads(k).transpose(-1, -2) * scale, -1),
          [rng.standard_normal((B, n, D)).astype("float32") for _ in range(2)]),
     ]
@@ -125,14 +128,23 @@ def repeated(fn, reps):
 
 
 def load_base(root):
-    """DIR/minipeft/nn/primitives.py as a standalone module (it imports only NumPy, autograd, math)."""
-    path = Path(root) / "minipeft" / "nn" / "primitives.py"
-    if not path.is_file():
-        raise SystemExit(f"--baseline: no {path}")
-    spec = importlib.util.spec_from_file_location("baseline_primitives", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """DIR/minipeft/nn/primitives.py and attention.py as the standalone package ``baseline_nn``
+    (they import only NumPy, SciPy, autograd, math and each other; nn/__init__.py is not run);
+    returns its primitives module, its attention_weights registered in ``ATTENTION``."""
+    folder = Path(root) / "minipeft" / "nn"
+    pkg = types.ModuleType("baseline_nn")
+    pkg.__path__ = [str(folder)]
+    sys.modules["baseline_nn"] = pkg
+    mods = {}
+    for name in ("primitives", "attention"):
+        path = folder / f"{name}.py"
+        if not path.is_file():
+            raise SystemExit(f"--baseline: no {path}")
+        spec = importlib.util.spec_from_file_location(f"baseline_nn.{name}", path)
+        mods[name] = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mods[name])
+    ATTENTION[mods["primitives"]] = mods["attention"].attention_weights
+    return mods["primitives"]
 
 
 torch_ = None
@@ -142,7 +154,8 @@ def main():
     global torch_
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--baseline", default=None, help="another checkout whose minipeft/nn/primitives.py is timed too")
+    ap.add_argument("--baseline", default=None,
+                    help="another checkout whose minipeft/nn/primitives.py and attention.py are timed too")
     ap.add_argument("--only", default=None, help="only shapes of this model (MiniLM or toy)")
     ap.add_argument("--out", default=None, help="also write the table to this markdown file")
     a = ap.parse_args()

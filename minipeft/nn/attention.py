@@ -4,9 +4,11 @@
 (split heads, Q Kᵀ, softmax, ·V, concat heads): the version to read beside the notes.
 ``attention`` computes the same with two fused primitives, ``attention_weights`` and
 ``attend``, each with a hand-written VJP: two graph nodes per layer instead of about
-fifteen, heads read as strided views of (B, T, d) with no transposed copies, and the
-softmax backward fused into the score gradient. Tests check both agree in value and
-gradient.
+fifteen, heads read as strided views of (B, T, d) with no transposed copies, the key mask
+added inside softmax's blocks, and the softmax backward fused into the score gradient, which
+is formed a group of heads at a time in one reused buffer and read by ∂Q's and ∂K's products
+while it is in cache. Tests check both agree in value and gradient (tests/test_kernels.py,
+tests/test_attention_kernels.py).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import autograd.numpy as np
 import numpy as onp
 from autograd.extend import defvjp, defvjp_argnums, primitive
 
-from .primitives import _softmax, _softmax_vjp_of, softmax
+from .primitives import _softmax, _softmax_blocks, _softmax_vjp_of, softmax
 
 
 def split_heads(X, h):
@@ -73,15 +75,22 @@ def key_bias(mask, dtype):
     return bias[:, None, None, :] if mask.ndim == 2 else bias[:, None]
 
 
+def _head_groups(A):
+    """(batch, head) index tuples covering scores A (B, h, T, S) in groups of whole heads, as
+    softmax's blocks (``_softmax_blocks``): a few heads of one batch element, or a few whole
+    batch elements."""
+    return _softmax_blocks(A, A.shape[:2] + (A.shape[2] * A.shape[3],))
+
+
 @primitive
 def attention_weights(Q, K, h, mask=None):
     """Attention weights of every head (equations.md, "Transformer").
 
         A = softmax(Q Kᵀ / sqrt(d_h) + M)        per head; M_s = 0 (key s visible) or −∞ (hidden)
 
-    Q: (B, T, d), K: (B, S, d), mask: None (every key visible) or (B, S) bool, True =
-    visible, at least one per row  ->  A: (B, h, T, S), each row summing to 1, exactly 0
-    on hidden keys (padding).
+    Q: (B, T, d), K: (B, S, d), mask: None (every key visible), (B, S) bool, True =
+    visible, at least one per row, or (B or 1, T, S) per query (causal)  ->  A: (B, h, T, S),
+    each row summing to 1, exactly 0 on hidden keys (padding).
     Gradient, with G = ∂L/∂A:  ∂L/∂S = A ⊙ (G − Σ_s G A) (the softmax VJP), then
     ∂L/∂Q = concat_heads(∂L/∂S K) / sqrt(d_h),  ∂L/∂K = concat_heads(∂L/∂Sᵀ Q) / sqrt(d_h)
     (zero in the hidden columns, where A = 0).
@@ -89,12 +98,8 @@ def attention_weights(Q, K, h, mask=None):
     # exercise attention [3 pts] "Transformer": A = softmax(Q Kᵀ / sqrt(d_h) + M) per head, (B, h, T, S), plain NumPy (M: −∞ on hidden keys)
     scale = 1.0 / math.sqrt(Q.shape[-1] // h)
     S = onp.matmul(_heads(Q, h), _heads(K, h).transpose(0, 1, 3, 2))  # (B, h, T, S)
-    if mask is not None and mask.ndim == 3:  # a per-query (causal) mask, (B or 1, T, S): M added whole
-        S *= scale
-        S += key_bias(mask, S.dtype)  # (B or 1, 1, T, S), broadcast over heads
-        return _softmax(S, inplace=True)  # A in S's buffer
-    bias = None if mask is None else key_bias(mask, S.dtype)[:, 0, 0]  # M: (B, S), one row per batch element
-    return _softmax(S, inplace=True, scale=scale, bias=bias)  # A in S's buffer: softmax(scale · S + M)
+    M = None if mask is None else key_bias(mask, S.dtype)  # (B, 1, 1, S), or (B or 1, 1, T, S) per query
+    return _softmax(S, inplace=True, scale=scale, bias=M)  # A in S's buffer: softmax(scale · S + M)
     # end exercise
 
 
@@ -108,10 +113,25 @@ def _attention_weights_vjp(argnums, A, args, kwargs):
     Qh = _heads(Q, h) if 1 in argnums else None
 
     def vjp(G):
-        dS = _softmax_vjp_of(A, G, scale)  # A ⊙ (G − Σ_s G A) / sqrt(d_h), in one buffer
-        return tuple(_heads_matmul(dS, Kh, h) if i == 0  # ∂Q (B, T, d)
-                     else _heads_matmul(dS.transpose(0, 1, 3, 2), Qh, h)  # ∂K (B, S, d)
-                     for i in argnums)
+        groups = _head_groups(A)
+        if len(groups) <= 1:  # all heads at once (a device array: one kernel per step over everything)
+            dS = _softmax_vjp_of(A, G, scale)  # A ⊙ (G − Σ_s G A) / sqrt(d_h), in one buffer
+            return tuple(_heads_matmul(dS, Kh, h) if i == 0 else _heads_matmul(dS.transpose(0, 1, 3, 2), Qh, h)
+                         for i in argnums)
+        # a group of heads at a time: its ∂L/∂S is formed in one reused buffer and read by both
+        # products while it is in cache
+        other = {0: Kh, 1: Qh}  # what ∂Q, ∂K read
+        out = {i: onp.empty((A.shape[0], A.shape[2 + i], h, other[i].shape[-1]), dtype=onp.result_type(A, other[i]))
+               for i in argnums}  # ∂Q (B, T, h, d_h), ∂K (B, S, h, d_h): concat_heads layout
+        heads = {i: o.transpose(0, 2, 1, 3) for i, o in out.items()}  # (B, h, ·, d_h) views
+        buf = onp.empty(A[groups[0]].size, A.dtype)
+        for g in groups:
+            dS = _softmax_vjp_of(A[g], G[g], scale, out=buf[:A[g].size].reshape(A[g].shape))
+            if 0 in out:
+                onp.matmul(dS, Kh[g], out=heads[0][g])  # ∂L/∂S K
+            if 1 in out:
+                onp.matmul(dS.swapaxes(-1, -2), Qh[g], out=heads[1][g])  # ∂L/∂Sᵀ Q
+        return tuple(out[i].reshape(out[i].shape[:2] + (h * other[i].shape[-1],)) for i in argnums)  # (B, ·, d)
 
     return vjp
 

@@ -19,10 +19,10 @@ pays a fixed cost per row; elementwise chains update one buffer in place, becaus
 fresh temporary costs page faults on first touch; a forward with no gradient (nothing
 traced) keeps nothing for a VJP; ``layer_norm`` and ``gelu`` hand x̂, 1/σ and
 tanh(·) from the forward to their VJPs instead of recomputing them (``_Stash``);
-softmax and both GELUs walk the array in row blocks of about ``_BLOCK`` numbers,
-each block going through the whole chain (statistics, then the update that reads them)
-while it is in cache, so the array is read from memory once rather than once per step
-(benchmarks/kernel_bench.py measures them against PyTorch's).
+softmax (in blocks of ``_SOFTMAX_BLOCKS`` times that) and both GELUs walk the array in row
+blocks of about ``_BLOCK`` numbers, each block going through the whole chain (statistics,
+then the update that reads them) while it is in cache, so the array is read from memory once
+rather than once per step (benchmarks/kernel_bench.py measures them against PyTorch's).
 """
 from __future__ import annotations
 
@@ -624,8 +624,14 @@ defvjp(_gelu_erf_node, _gelu_erf_vjp)
 # --------------------------------------------------------------------------- softmax
 #: rows up to this long take their maximum as log₂ n shifted element-wise maxima over the
 #: whole flat block (``_row_max``): NumPy's ``max(axis=-1)`` pays a fixed cost per row that
-#: dominates on short rows (the attention scores of short texts); longer rows use it
+#: dominates on short rows (the attention scores of short texts); longer rows use
+#: ``fmax.reduce``: the same maxima as ``max`` in less time (it skips a NaN that ``max`` keeps,
+#: but a row holding a NaN has a NaN sum either way, so its softmax is NaN all the same)
 _SHORT_ROW = 64
+#: softmax's blocks are this many ``_BLOCK``s (1 MiB of float32, an L2 cache's size): its chain
+#: is short (six NumPy calls a block, each with a fixed cost), so a larger block pays that cost on
+#: more numbers while the block still fits in cache
+_SOFTMAX_BLOCKS = 4
 
 
 def _row_max(src, scratch):
@@ -648,56 +654,109 @@ def _row_max(src, scratch):
     return m.reshape(src.shape[:-1] + (1,))
 
 
-def _softmax(z, inplace=False, scale=None, bias=None):
-    """softmax over the last axis of z, or of ``scale`` · z + ``bias`` when given (the
-    attention scores: scale = 1/sqrt(d_h), bias the key mask's 0 / −∞ row of each batch
-    element, bias: (B, n) for z: (B, ..., n)); ``inplace`` overwrites z (a C-contiguous
-    buffer the caller owns). Whole rows go through scale, bias, max, exp and the
-    normalisation one block at a time while the block is in cache; the bias row of
-    batch element b is broadcast over its heads and queries, never materialised.
-    """
-    n = z.shape[-1]
-    e = z if inplace else _empty(z)
-    host = type(z) is onp.ndarray
-    scratch = [] if not host or n > _SHORT_ROW else [onp.empty(min(z.size, max(_BLOCK, n)), z.dtype) for _ in range(2)]
+def _lead_blocks(shape, size=None):
+    """Index tuples covering an array of ``shape`` (..., n) in blocks of whole rows, each about
+    ``size`` numbers (default ``_BLOCK``; at least one row): the leading axes are walked one index
+    at a time down to the first axis whose sub-arrays fit, which is cut into slices (``_blocks``).
+    For attention scores (B, h, T, S) the blocks are a few whole heads of one batch element, or
+    a few whole batch elements; for a 2-D array (M, n), row blocks."""
+    size = size or _BLOCK
+    if len(shape) < 2:
+        return [()]
+    k, sub = len(shape) - 2, shape[-1]  # the axis to slice, the numbers under one index of it
+    while k > 0 and sub * shape[k] <= size:
+        sub *= shape[k]
+        k -= 1
+    return [idx + (sl,) for idx in onp.ndindex(*shape[:k]) for sl in _blocks(shape[k], False, max(1, size // max(sub, 1)))]
 
-    def rows(zb, eb, bb):  # zb, eb: (..., n); bb: None or broadcastable to zb
-        src = zb
+
+def _sub(a, index):
+    """The block ``index`` (from ``_lead_blocks`` of the full shape) of an array ``a`` that
+    broadcasts to that shape (same number of axes; its length-1 axes are kept whole)."""
+    return a[tuple(i if a.shape[ax] > 1 else (0 if isinstance(i, int) else slice(None))
+                   for ax, i in enumerate(index))]
+
+
+_GER = {}  # dtype -> BLAS ?ger (scipy.linalg.blas, imported on first use) or None
+#: ``?ger`` walks the rows one BLAS axpy each: below rows of this length NumPy's subtraction is
+#: as fast or faster
+_GER_ROW = 64
+
+
+def _sub_rows(x2, m, out=None):
+    """x2 − m per row into ``out`` (default: x2 itself): x2 (M, n) host array, m (M, 1), out a
+    C-contiguous (M, n).  As the rank-one update outᵀ += (−1) 1 mᵀ of a copy of x2, one BLAS
+    ``?ger`` call for float32 / float64 (the same numbers as ``x2 - m``: −1 · 1 · m_i = −m_i
+    exactly, then one rounded add), without NumPy's per-row cost; rows shorter than
+    ``_GER_ROW`` and other dtypes: NumPy."""
+    out = x2 if out is None else out
+    dt = out.dtype
+    if dt not in _GER and type(out) is onp.ndarray:
+        from scipy.linalg import blas  # a dependency of scikit-learn
+        _GER[dt] = {onp.dtype(onp.float32): blas.sger, onp.dtype(onp.float64): blas.dger}.get(dt)
+    ger = _GER.get(dt)
+    if ger is not None and type(out) is onp.ndarray and out.flags.c_contiguous and out.shape[1] >= _GER_ROW:
+        if out is not x2:
+            out[...] = x2
+        r = ger(-1.0, _ones(out, out.shape[1]), m.reshape(-1), a=out.T, overwrite_a=True)
+        if r.ctypes.data == out.ctypes.data:  # updated in place (F-contiguous outᵀ of out's dtype)
+            return out
+        out[...] = x2  # (not updated in place: NumPy below)
+    return onp.subtract(x2, m, out=out)
+
+
+def _softmax_blocks(z, shape=None):
+    """``_lead_blocks`` of z's shape (or of ``shape``) in blocks of ``_SOFTMAX_BLOCKS`` · ``_BLOCK``
+    numbers (one block on a device)."""
+    return [()] if type(z) is not onp.ndarray else _lead_blocks(shape or z.shape, _SOFTMAX_BLOCKS * _BLOCK)
+
+
+def _softmax_scratch(z):
+    """Scratch for ``_row_max`` of one ``_softmax`` block of z (None for long rows or a device array)."""
+    n = z.shape[-1]
+    if type(z) is not onp.ndarray or n > _SHORT_ROW:
+        return None
+    return [onp.empty(min(z.size, max(_SOFTMAX_BLOCKS * _BLOCK, n)), z.dtype) for _ in range(2)]
+
+
+def _softmax(z, inplace=False, scale=None, bias=None, scratch=None):
+    """softmax over the last axis of z, or of ``scale`` · z + ``bias`` when given (the
+    attention scores: scale = 1/sqrt(d_h), bias the key mask's 0 / −∞, an array with z's
+    number of axes that broadcasts to z, e.g. (B, 1, 1, S) for scores (B, h, T, S));
+    ``inplace`` overwrites z (a C-contiguous buffer the caller owns); ``scratch``: that of
+    ``_softmax_scratch`` (made here when None). Whole rows go through scale, bias, max, exp
+    and the normalisation one block (``_lead_blocks``) at a time while the block is in cache;
+    the bias is broadcast within each block, never materialised.
+    """
+    n, e, host = z.shape[-1], (z if inplace else _empty(z)), type(z) is onp.ndarray
+    scratch = scratch if scratch is not None else _softmax_scratch(z)
+    for ix in _softmax_blocks(z):  # (one block on a device: one kernel per step over everything)
+        src, eb = z[ix], e[ix]
         if scale is not None:
             src = onp.multiply(src, scale, out=eb)
-        if bb is not None:
-            src = onp.add(src, bb, out=eb)
-        m = _row_max(src, scratch) if scratch else src.max(axis=-1, keepdims=True)
-        onp.subtract(src, m, out=eb)
+        if bias is not None:
+            src = onp.add(src, _sub(bias, ix) if ix else bias, out=eb)
+        src, eb = src.reshape(-1, n), eb.reshape(-1, n)  # the block's rows (views: e is C-contiguous)
+        if scratch:
+            m = _row_max(src, scratch)
+        else:  # (fmax: see _SHORT_ROW)
+            m = onp.fmax.reduce(src, axis=-1, keepdims=True) if host else src.max(axis=-1, keepdims=True)
+        _sub_rows(src, m, out=eb)  # z − max z
         onp.exp(eb, out=eb)
-        eb /= _row_sum(eb)
-
-    B = 1 if bias is None else z.shape[0]
-    z3, e3 = z.reshape(B, -1, n), e.reshape(B, -1, n)  # (B, R, n): the rows of each batch element; e3 a view
-    b3 = None if bias is None else bias[:, None, :]  # (B, 1, n)
-    if type(z) is not onp.ndarray:  # a device array: one kernel per step over everything
-        rows(z3, e3, b3)
-        return e
-    R, per = z3.shape[1], max(1, _BLOCK // max(n, 1))  # rows per batch element, rows per block
-    if R >= per:  # blocks of rows within each batch element
-        for b in range(B):
-            for sl in _blocks(R, False, per):
-                rows(z3[b, sl], e3[b, sl], None if b3 is None else b3[b])
-    else:  # blocks of whole batch elements
-        for sl in _blocks(B, False, max(1, per // R)):
-            rows(z3[sl], e3[sl], None if b3 is None else b3[sl])
+        eb /= _row_sum(eb)  # one matrix-vector product over the block's rows
     return e
 
 
-def _softmax_vjp_of(y, g, scale=None):
+def _softmax_vjp_of(y, g, scale=None, out=None):
     """y ⊙ (g − Σ_j g_j y_j) over the last axis (times ``scale`` when given), row block by
-    row block into one new buffer; y and g are read once each."""
+    row block into one new buffer (or into ``out``, C-contiguous of y's shape); y and g are
+    read once each."""
     n = y.shape[-1]
-    dz = _empty(y)
+    dz = _empty(y) if out is None else out
     y2, g2, d2 = y.reshape(-1, n), g.reshape(-1, n), dz.reshape(-1, n)
-    for sl in _row_blocks(y2):
+    for sl in _softmax_blocks(y2):
         yb, db = y2[sl], d2[sl]
-        onp.subtract(g2[sl], _row_dot(g2[sl], yb), out=db)
+        _sub_rows(g2[sl], _row_dot(g2[sl], yb), out=db)  # g − Σ_j g_j y_j
         db *= yb
         if scale is not None:
             db *= scale

@@ -1,0 +1,87 @@
+"""softmax's and attention's fused kernels (nn/primitives.py softmax section, nn/attention.py)
+beyond test_kernels.py's twins: the BLAS row subtraction is NumPy's subtraction bit for bit, the
+blocks cover every row once, a NaN row stays NaN, the per-query (causal) mask path equals the
+composed equation, and the grouped backward of ``attention_weights`` does not depend on the
+group size.
+"""
+import numpy as onp
+import pytest
+
+from minipeft.nn import primitives as P
+from minipeft.nn.attention import _attention_weights_vjp, attention, attention_composed, attention_weights
+from test_kernels import _close, _vjp_pair, _x, blocks  # noqa: F401  (blocks: a fixture)
+
+
+@pytest.mark.parametrize("n", [P._GER_ROW + 13, 5])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_row_subtraction_is_numpys_bit_for_bit(dtype, n):
+    """x − m per row as one BLAS rank-one update (float32, float64; rows of at least ``_GER_ROW``)
+    = NumPy's x − m, inf and NaN included."""
+    x = _x((37, n), dtype, 0, scale=50.0)
+    x[3, 4], x[5, :], x[6, 2] = -onp.inf, -onp.inf, onp.nan
+    m = onp.fmax.reduce(x, axis=-1, keepdims=True)
+    with onp.errstate(invalid="ignore"):  # −∞ − (−∞) = NaN, on both sides
+        want = x - m
+        got = x.copy()
+        assert P._sub_rows(got, m) is got
+        strided = x.T.copy().T  # not C-contiguous: NumPy's subtraction, in place
+        onp.testing.assert_array_equal(P._sub_rows(strided, m), want)
+        into = onp.empty_like(x)  # into another buffer, x untouched
+        assert P._sub_rows(x, m, out=into) is into
+        onp.testing.assert_array_equal(P._sub_rows(x.T.copy().T, m, out=onp.empty_like(x)), want)
+    onp.testing.assert_array_equal(got, want)
+    onp.testing.assert_array_equal(into, want)
+
+
+@pytest.mark.parametrize("shape", [(3, 41, 29), (8, 12, 32, 32), (2, 3, 5, 7), (5,), (4, 600), (2, 1, 300, 3)])
+@pytest.mark.parametrize("size", [64, 1000, 1 << 18])
+def test_blocks_cover_every_row_once(shape, size):
+    seen = onp.zeros(shape, int)
+    for ix in P._lead_blocks(shape, size):
+        seen[ix] += 1
+        assert seen[ix].shape[-1] == shape[-1]  # whole rows
+        assert seen[ix].size <= max(size, shape[-1]) or len(shape) < 2
+    assert (seen == 1).all()
+
+
+@pytest.mark.parametrize("n", [7, 29, 100])
+def test_a_row_holding_a_nan_gives_nan(n):
+    """fmax ignores a NaN where max keeps it, but the row's sum is NaN either way."""
+    z = _x((4, n), "float32", 1)
+    z[1, 3] = onp.nan
+    y = P.softmax(z)
+    assert onp.isnan(y[1]).all() and onp.isfinite(y[[0, 2, 3]]).all()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_per_query_mask_equals_the_composed_attention(blocks, dtype):
+    """A causal (per-query) mask, added inside softmax's blocks = the composed equation."""
+    B, T, d, h = 3, 7, 16, 4
+    Q, K, V = _x((B, T, d), dtype, 2), _x((B, T, d), dtype, 3), _x((B, T, d), dtype, 4)
+    mask = onp.tril(onp.ones((T, T), bool))[None]  # (1, T, S)
+    fast = lambda q, k, v: attention(q, k, v, h, return_weights=True, mask=mask)[1]  # noqa: E731
+    twin = lambda q, k, v: attention_composed(q, k, v, h, return_weights=True, mask=mask)[1]  # noqa: E731
+    (Af, gf, _), (Ar, gr, _) = _vjp_pair(fast, twin, (Q, K, V), (0, 1), dtype)
+    assert (Af[:, :, ~mask[0]] == 0).all()
+    _close(Af, Ar, dtype, "causal attention weights")
+    for name, a, b in zip("QK", gf, gr):
+        _close(a, b, dtype, f"∂L/∂{name} through the causal weights")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_attention_weights_backward_does_not_depend_on_the_group_size(monkeypatch, dtype):
+    """∂L/∂S is formed a group of heads at a time; every head's products are the same calls
+    whatever the groups, so ∂Q and ∂K are the same bits with groups of one head."""
+    B, T, S, d, h = 3, 9, 11, 24, 4
+    Q, K = _x((B, T, d), dtype, 5), _x((B, S, d), dtype, 6)
+    mask = onp.arange(S)[None] < onp.array([[11], [5], [8]])
+    A = attention_weights(Q, K, h, mask)
+    G = _x(A.shape, dtype, 7)
+    args = (Q, K, h, mask)
+    want = _attention_weights_vjp((0, 1), A, args, {})(G)
+    monkeypatch.setattr(P, "_BLOCK", 8)  # groups of one head, ragged row blocks inside
+    got = _attention_weights_vjp((0, 1), A, args, {})(G)
+    for a, b in zip(got, want):
+        onp.testing.assert_array_equal(a, b)
+    (dK,) = _attention_weights_vjp((1,), A, args, {})(G)  # one gradient alone
+    onp.testing.assert_array_equal(dK, want[1])
