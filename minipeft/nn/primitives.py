@@ -150,6 +150,26 @@ def _add_outer(a2, u, v, alpha=1.0):
     return a2
 
 
+#: ``?ger`` walks the rows one BLAS axpy each: below rows of this length NumPy's subtraction is
+#: as fast or faster
+_GER_ROW = 64
+
+
+def _sub_rows(x2, m, out=None):
+    """x2 − m per row into ``out`` (default: x2 itself): x2 (M, n) array, m (M, 1), out (M, n).
+    For C-contiguous host float32 / float64 rows of at least ``_GER_ROW`` numbers, a copy of x2
+    then the rank-one update −m 1ᵀ (``_add_outer``: one BLAS ``?ger`` call, the same numbers as
+    ``x2 - m``: −1 · 1 · m_i = −m_i exactly, then one rounded add), without NumPy's per-row
+    cost; otherwise NumPy's subtraction."""
+    out = x2 if out is None else out
+    if (type(out) is onp.ndarray and out.dtype in (onp.float32, onp.float64) and out.flags.c_contiguous
+            and out.shape[1] >= _GER_ROW):
+        if out is not x2:
+            out[...] = x2
+        return _add_outer(out, m.reshape(-1), _ones(out, out.shape[1]), -1.0)
+    return onp.subtract(x2, m, out=out)
+
+
 #: elements per block of a chunked element-wise chain: small enough that the block's
 #: temporaries stay in the L2 cache, large enough that NumPy's per-call cost is noise
 _BLOCK = 1 << 16
@@ -160,13 +180,6 @@ def _blocks(n, device, size=None):
     device, where one kernel over everything is the fast way)."""
     step = n if device else (size or _BLOCK)
     return [slice(i, i + step) for i in range(0, n, max(step, 1))]
-
-
-def _row_blocks(x2):
-    """Row slices of a 2-D (M, n) array, each about ``_BLOCK`` numbers (whole rows): a
-    row-wise chain (statistics, then the update that reads them) runs on one block while
-    it is in cache, instead of streaming the whole array through memory once per step."""
-    return _blocks(x2.shape[0], type(x2) is not onp.ndarray, max(1, _BLOCK // max(x2.shape[-1], 1)))
 
 
 def _empty(x):
@@ -251,12 +264,11 @@ def _ln_stats(x, eps, out=None):
 
 
 def _shift_rows(x, m, out=None):
-    """x − m, m (..., 1) one number per row of x (..., n), into ``out`` (a new array if None):
-    x copied, then m subtracted as the rank-one update −m 1ᵀ (``_add_outer``), the same
-    numbers as ``x - m``."""
+    """x − m, m (..., 1) one number per row of x (..., n), into ``out`` (a new C-contiguous
+    array if None): ``_sub_rows`` on the 2-D row views, the same numbers as ``x - m``."""
     out = _empty(x) if out is None else out
-    out[...] = x
-    _add_outer(out.reshape(-1, x.shape[-1]), m.reshape(-1), _ones(x, x.shape[-1]), -1.0)
+    n = x.shape[-1]
+    _sub_rows(x.reshape(-1, n), m.reshape(-1, 1), out=out.reshape(-1, n))
     return out
 
 
@@ -675,34 +687,6 @@ def _sub(a, index):
     broadcasts to that shape (same number of axes; its length-1 axes are kept whole)."""
     return a[tuple(i if a.shape[ax] > 1 else (0 if isinstance(i, int) else slice(None))
                    for ax, i in enumerate(index))]
-
-
-_GER = {}  # dtype -> BLAS ?ger (scipy.linalg.blas, imported on first use) or None
-#: ``?ger`` walks the rows one BLAS axpy each: below rows of this length NumPy's subtraction is
-#: as fast or faster
-_GER_ROW = 64
-
-
-def _sub_rows(x2, m, out=None):
-    """x2 − m per row into ``out`` (default: x2 itself): x2 (M, n) host array, m (M, 1), out a
-    C-contiguous (M, n).  As the rank-one update outᵀ += (−1) 1 mᵀ of a copy of x2, one BLAS
-    ``?ger`` call for float32 / float64 (the same numbers as ``x2 - m``: −1 · 1 · m_i = −m_i
-    exactly, then one rounded add), without NumPy's per-row cost; rows shorter than
-    ``_GER_ROW`` and other dtypes: NumPy."""
-    out = x2 if out is None else out
-    dt = out.dtype
-    if dt not in _GER and type(out) is onp.ndarray:
-        from scipy.linalg import blas  # a dependency of scikit-learn
-        _GER[dt] = {onp.dtype(onp.float32): blas.sger, onp.dtype(onp.float64): blas.dger}.get(dt)
-    ger = _GER.get(dt)
-    if ger is not None and type(out) is onp.ndarray and out.flags.c_contiguous and out.shape[1] >= _GER_ROW:
-        if out is not x2:
-            out[...] = x2
-        r = ger(-1.0, _ones(out, out.shape[1]), m.reshape(-1), a=out.T, overwrite_a=True)
-        if r.ctypes.data == out.ctypes.data:  # updated in place (F-contiguous outᵀ of out's dtype)
-            return out
-        out[...] = x2  # (not updated in place: NumPy below)
-    return onp.subtract(x2, m, out=out)
 
 
 def _softmax_blocks(z, shape=None):
