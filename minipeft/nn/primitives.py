@@ -91,8 +91,8 @@ def _row_sum(x):
 
 def _row_dot(a, b):
     """Σ_j a_j b_j over the last axis, keepdims, with no (..., n) temporary.  -> (..., 1).
-    NumPy ≥ 2's ``vecdot`` ufunc (a SIMD dot per row, about twice ``einsum``'s speed on rows
-    of 64-512; a device array's module computes it where it has it); ``einsum`` otherwise."""
+    NumPy ≥ 2's ``vecdot`` ufunc (a SIMD dot per row, faster than ``einsum`` on short rows,
+    benchmarks/kernel_bench.py; a device array's module computes it where it has it); ``einsum`` otherwise."""
     if _VECDOT is not None:
         try:
             return _VECDOT(a, b)[..., None]
@@ -134,8 +134,8 @@ _GER = {}  # dtype -> BLAS ?ger (scipy.linalg.blas, imported on first use), or N
 def _add_outer(a2, u, v, alpha=1.0):
     """a2 += α u vᵀ in place, a2 (M, n), u (M,), v (n,); returns a2.  For a C-contiguous host
     float32/float64 a2, one BLAS ``?ger`` call on its transpose view: NumPy's broadcast
-    ``a2 += α u[:, None] v`` pays a fixed cost per row, several times the arithmetic on rows
-    of 64-512. Where u or v is a vector of ones and α = ±1 (per-row shifts, per-column
+    ``a2 += α u[:, None] v`` pays a fixed cost per row, which dominates the arithmetic on short
+    rows (benchmarks/kernel_bench.py). Where u or v is a vector of ones and α = ±1 (per-row shifts, per-column
     biases), each element gets one rounded add: the same numbers as NumPy's."""
     dt = a2.dtype
     if type(a2) is onp.ndarray and dt not in _GER:
@@ -522,7 +522,7 @@ _ABS_BITS, _SIGN_BITS = onp.int32(0x7FFFFFFF), onp.int32(-0x80000000)
 def _copysign32(m, x, out):
     """out = copysign(m, x) (|m| with x's sign) of float32 rows, bit for bit; on the host as
     three integer operations on the bits, (m & 0x7FFFFFFF) | (x & 0x80000000), which NumPy
-    vectorizes (its ``copysign`` loop costs several times one of them).  m is overwritten."""
+    vectorizes (its ``copysign`` loop is not vectorized).  m is overwritten."""
     if type(x) is not onp.ndarray:
         onp.copysign(m, x, out=out)
         return
