@@ -85,3 +85,39 @@ def test_attention_weights_backward_does_not_depend_on_the_group_size(monkeypatc
         onp.testing.assert_array_equal(a, b)
     (dK,) = _attention_weights_vjp((1,), A, args, {})(G)  # one gradient alone
     onp.testing.assert_array_equal(dK, want[1])
+
+
+@pytest.mark.parametrize("argnums", [(0, 1, 2), (0,), (1,), (2,), (0, 2)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_one_node_attention_has_the_bits_of_its_two_nodes(blocks, dtype, argnums):
+    """``attention`` traced without its weights is one node (``_attention_node``), whose backward
+    walks groups of heads once; its value and every requested gradient are the bits of
+    ``attend(attention_weights(·))``, two nodes, and close to the composed equation."""
+    from autograd.extend import defvjp_argnums
+
+    from minipeft.nn.attention import _attention_node, _attention_vjp, attend
+    B, T, S, d, h = 3, 9, 11, 24, 4
+    Q, K, V = _x((B, T, d), dtype, 11), _x((B, S, d), dtype, 12), _x((B, S, d), dtype, 13)
+    made = []
+
+    def maker(nums, *rest):  # counts the one node's VJPs
+        made.append(nums)
+        return _attention_vjp(nums, *rest)
+
+    for mask in (None, onp.arange(S)[None] < onp.array([[11], [5], [8]])):
+        one = lambda q, k, v: attention(q, k, v, h, mask=mask)  # noqa: E731
+        two = lambda q, k, v: attend(attention_weights(q, k, h, mask), v)  # noqa: E731
+        defvjp_argnums(_attention_node, maker)
+        try:
+            (Zf, gf, _), (Zt, gt, _) = _vjp_pair(one, two, (Q, K, V), argnums, dtype)
+        finally:
+            defvjp_argnums(_attention_node, _attention_vjp)
+        onp.testing.assert_array_equal(Zf, Zt)
+        for a, b in zip(gf, gt):
+            assert a.dtype == onp.dtype(dtype)
+            onp.testing.assert_array_equal(a, b)
+        (_, gc, _), (_, gr, _) = _vjp_pair(one, lambda q, k, v: attention_composed(q, k, v, h, mask=mask),
+                                           (Q, K, V), argnums, dtype)
+        for a, b in zip(gc, gr):
+            _close(a, b, dtype, "∂L through the one-node attention")
+    assert made == [argnums, argnums]  # the traced call was the one node
