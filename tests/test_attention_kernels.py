@@ -87,16 +87,17 @@ def test_attention_weights_backward_does_not_depend_on_the_group_size(monkeypatc
     onp.testing.assert_array_equal(dK, want[1])
 
 
+@pytest.mark.parametrize("T,S", [(9, 11), (20, 23)])  # tiny blocks: whole heads; rows of a head split
 @pytest.mark.parametrize("argnums", [(0, 1, 2), (0,), (1,), (2,), (0, 2)])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_one_node_attention_has_the_bits_of_its_two_nodes(blocks, dtype, argnums):
-    """``attention`` traced without its weights is one node (``_attention_node``), whose backward
-    walks groups of heads once; its value and every requested gradient are the bits of
-    ``attend(attention_weights(·))``, two nodes, and close to the composed equation."""
+def test_one_node_attention_has_the_bits_of_its_two_nodes(blocks, dtype, argnums, T, S):
+    """``attention`` traced without its weights is one node (``_attention_node``): its forward
+    and its backward walk blocks of heads once; its value and every requested gradient are the
+    bits of ``attend(attention_weights(·))``, two nodes, and close to the composed equation."""
     from autograd.extend import defvjp_argnums
 
     from minipeft.nn.attention import _attention_node, _attention_vjp, attend
-    B, T, S, d, h = 3, 9, 11, 24, 4
+    B, d, h = 3, 24, 4
     Q, K, V = _x((B, T, d), dtype, 11), _x((B, S, d), dtype, 12), _x((B, S, d), dtype, 13)
     made = []
 
@@ -104,7 +105,7 @@ def test_one_node_attention_has_the_bits_of_its_two_nodes(blocks, dtype, argnums
         made.append(nums)
         return _attention_vjp(nums, *rest)
 
-    for mask in (None, onp.arange(S)[None] < onp.array([[11], [5], [8]])):
+    for mask in (None, onp.arange(S)[None] < onp.array([[S], [5], [8]])):
         one = lambda q, k, v: attention(q, k, v, h, mask=mask)  # noqa: E731
         two = lambda q, k, v: attend(attention_weights(q, k, h, mask), v)  # noqa: E731
         defvjp_argnums(_attention_node, maker)

@@ -729,11 +729,13 @@ def _softmax(z, inplace=False, scale=None, bias=None, scratch=None):
     scratch = scratch if scratch is not None else _softmax_scratch(z)
     for ix in _softmax_blocks(z):  # (one block on a device: one kernel per step over everything)
         src, eb = z[ix], e[ix]
+        held = inplace  # whether src is already in eb's buffer
         if scale is not None:
-            src = onp.multiply(src, scale, out=eb)
+            src, held = onp.multiply(src, scale, out=eb), True
         if bias is not None:
-            src = onp.add(src, _sub(bias, ix) if ix else bias, out=eb)
-        src, eb = src.reshape(-1, n), eb.reshape(-1, n)  # the block's rows (views: e is C-contiguous)
+            src, held = onp.add(src, _sub(bias, ix) if ix else bias, out=eb), True
+        eb = eb.reshape(-1, n)  # the block's rows (a view: e is C-contiguous)
+        src = eb if held else src.reshape(-1, n)  # in eb's buffer: the same view, so _sub_rows copies nothing
         if scratch:
             m = _row_max(src, scratch)
         else:  # (fmax: see _SHORT_ROW)
