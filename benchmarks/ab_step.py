@@ -11,7 +11,8 @@ answers their CPU time (``time.process_time``: its own threads only). The contro
 in turn, this side first in even rounds and the baseline first in odd ones, so a slow spell of a
 shared machine lands on both; a ratio is the median of the per-round ratios (this / baseline),
 with their interquartile range. ``--bits`` also compares the step's loss and every gradient (of
-θ, before Adam's update) between the two sides, bit for bit.
+θ, before Adam's update) between the two sides, bit for bit; ``--minilm-bits 32 128`` the same for
+all-MiniLM-L6-v2 (forward logits, LoRA and full steps, some keys padded).
 """
 from __future__ import annotations
 
@@ -56,6 +57,11 @@ def worker():
             for _ in range(req["run"]):
                 step()
             out = {"cpu": time.process_time() - c0}
+        elif "minilm" in req:  # bits on all-MiniLM-L6-v2: forward logits, LoRA and full loss and gradients
+            n, path = req["minilm"]
+            arrays = minilm_bits(n)
+            onp.savez(path, **arrays)
+            out = {"saved": len(arrays)}
         else:  # bits: the loss and θ's gradients of one step, before any update
             params, methods, pred = case.setup(kind)
             theta, phi = mp.split(params, pred)
@@ -66,6 +72,42 @@ def worker():
             onp.savez(req["bits"], **arrays)
             out = {"saved": len(arrays)}
         print(json.dumps(out), flush=True)
+
+
+def minilm_bits(n):
+    """{name: array}: all-MiniLM-L6-v2 (float32) at 8 × n tokens of minilm_bench.py's batch, half the
+    texts ending in 5 padding tokens: the forward's logits, and the loss and every gradient of a
+    LoRA (r = 8 on q, v, B ≠ 0) step and of a full fine-tuning step."""
+    import minipeft as mp
+    from minipeft import tree
+    from minipeft.methods import method_class
+    from minipeft.models import minilm as M
+
+    import minilm_bench as mb
+    params, cfg, tok = M.load(n_classes=mb.CLASSES, pool="mean", dtype="float32")
+    x, y = mb.batch(tok, n)
+    x[::2, 2, -5:] = 0  # padding: hidden keys
+    out = {"forward": onp.asarray(mp.forward(params, x, cfg))}
+    lora = method_class("lora")(r=mb.RANK, alpha=float(mb.RANK), targets=("q", "v"))
+    p = mp.attach(params, [lora], cfg, seed=0)
+    rng = onp.random.default_rng(0)
+    for blk in p["lora"]["blocks"]:
+        for t in blk.values():
+            t["B"] = (0.01 * rng.standard_normal(t["B"].shape)).astype("float32")
+    for name, prm, methods in (("lora", p, [lora]), ("full", params, [mp.FullFineTune()])):
+        _, grads = mb.mp_step(prm, cfg, methods, x, y)
+        loss, g = grads()
+        out[f"{name}/loss"] = onp.asarray(loss)
+        out.update({f"{name}/" + "/".join(map(str, q)): onp.asarray(v) for q, v in tree.leaves_with_paths(g)})
+    return out
+
+
+def compare(x, y):
+    """'identical (k arrays)' or the largest max |Δ| / max |value| over the arrays."""
+    if sorted(x.files) == sorted(y.files) and all(onp.array_equal(x[f], y[f]) for f in x.files):
+        return f"identical ({len(x.files)} arrays)"
+    worst = max(float(onp.abs(x[f].astype(float) - y[f]).max() / max(onp.abs(y[f]).max(), 1e-30)) for f in x.files)
+    return f"differ: max |Δ|/max|value| {worst:.1e}"
 
 
 class Side:
@@ -97,6 +139,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=21)
     ap.add_argument("--steps", type=int, default=3, help="steps per side per round")
     ap.add_argument("--bits", action="store_true", help="also compare loss and gradients bit for bit")
+    ap.add_argument("--minilm-bits", type=int, nargs="*", default=[], metavar="TOKENS",
+                    help="also compare all-MiniLM-L6-v2's logits, loss and gradients at 8 × TOKENS (installed weights)")
     a = ap.parse_args()
     this = HERE.parent
     sides = {"this": Side(this), "base": Side(Path(a.baseline).resolve())}
@@ -118,14 +162,7 @@ def main():
                     paths = {k: f"/tmp/ab_step_{os.getpid()}_{k}.npz" for k in sides}
                     for k, s in sides.items():
                         s.ask(bits=paths[k])
-                    x, y = onp.load(paths["this"]), onp.load(paths["base"])
-                    same = sorted(x.files) == sorted(y.files) and all(onp.array_equal(x[f], y[f]) for f in x.files)
-                    if same:
-                        bits = f"identical ({len(x.files)} arrays)"
-                    else:
-                        worst = max(float(onp.abs(x[f].astype(float) - y[f]).max() / max(onp.abs(y[f]).max(), 1e-30))
-                                    for f in x.files)
-                        bits = f"differ: max |Δ|/max|value| {worst:.1e}"
+                    bits = compare(onp.load(paths["this"]), onp.load(paths["base"]))
                     for p in paths.values():
                         os.remove(p)
                 ratios = []
@@ -135,6 +172,14 @@ def main():
                     ratios.append(t["this"] / t["base"])
                 q = onp.percentile(ratios, [25, 50, 75])
                 print(f"| {d} | {kind} | {q[1]:.3f} | {q[0]:.3f}-{q[2]:.3f} | {bits} |", flush=True)
+        for n in a.minilm_bits:
+            paths = {k: f"/tmp/ab_step_{os.getpid()}_minilm_{k}.npz" for k in sides}
+            for k, s in sides.items():
+                s.ask(minilm=[n, paths[k]])
+            print(f"all-MiniLM-L6-v2, 8 × {n} tokens (half padded): forward logits, LoRA and full loss and gradients: "
+                  f"{compare(onp.load(paths['this']), onp.load(paths['base']))}", flush=True)
+            for p in paths.values():
+                os.remove(p)
     finally:
         for s in sides.values():
             s.close()

@@ -206,8 +206,8 @@ def _attention_vjp(argnums, Z, args, kwargs):
     def vjp(G):
         Gh = _heads(G, h)  # (B, h, T, d_h) view
         groups = _head_groups(A)
-        if len(groups) <= 1 or type(G) is not onp.ndarray or not A.dtype == G.dtype == V.dtype:
-            # one group (a device array: one kernel per step), or mixed dtypes: the two nodes' VJPs
+        if type(A) is not onp.ndarray or type(G) is not onp.ndarray or not A.dtype == G.dtype == V.dtype:
+            # a device array (one kernel per step over everything), or mixed dtypes: the two nodes' VJPs
             dV = _heads_matmul(A.transpose(0, 1, 3, 2), Gh, h) if 2 in argnums else None  # (B, S, d)
             dQK = weights_vjp(onp.matmul(Gh, Vh.transpose(0, 1, 3, 2))) if qk else ()  # through ∂L/∂A (B, h, T, S)
             return tuple(dQK) + ((dV,) if 2 in argnums else ())
