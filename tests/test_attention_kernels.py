@@ -122,3 +122,18 @@ def test_one_node_attention_has_the_bits_of_its_two_nodes(blocks, dtype, argnums
         for a, b in zip(gc, gr):
             _close(a, b, dtype, "∂L through the one-node attention")
     assert made == [argnums, argnums]  # the traced call was the one node
+
+
+def test_one_node_attention_with_a_cotangent_of_another_dtype_has_the_bits_of_its_two_nodes():
+    """A float64 cotangent on float32 attention: the one node falls back to the two nodes' VJPs."""
+    from autograd import make_vjp
+
+    from minipeft.nn.attention import attend
+    B, T, S, d, h = 2, 5, 6, 8, 2
+    Q, K, V = _x((B, T, d), "float32", 14), _x((B, S, d), "float32", 15), _x((B, S, d), "float32", 16)
+    G = _x((B, T, d), "float64", 17)
+    got = make_vjp(lambda q, k, v: attention(q, k, v, h), (0, 1, 2))(Q, K, V)[0](G)
+    want = make_vjp(lambda q, k, v: attend(attention_weights(q, k, h), v), (0, 1, 2))(Q, K, V)[0](G)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        onp.testing.assert_array_equal(a, b)

@@ -7,8 +7,10 @@
 fifteen, heads read as strided views of (B, T, d) with no transposed copies, the key mask
 added inside softmax's blocks, and the softmax backward fused into the score gradient, which
 is formed a group of heads at a time in one reused buffer and read by ∂Q's and ∂K's products
-while it is in cache. Tests check both agree in value and gradient (tests/test_kernels.py,
-tests/test_attention_kernels.py).
+while it is in cache. Traced without the weights returned (a training step), the two are one
+node, ``_attention_node``, whose backward forms ∂L/∂A = G Vᵀ in that buffer too, so no
+(B, h, T, S) gradient array is made (the same bits as the two nodes). Tests check all agree in
+value and gradient (tests/test_kernels.py, tests/test_attention_kernels.py).
 """
 from __future__ import annotations
 
@@ -205,12 +207,12 @@ def _attention_vjp(argnums, Z, args, kwargs):
 
     def vjp(G):
         Gh = _heads(G, h)  # (B, h, T, d_h) view
-        groups = _head_groups(A)
         if type(A) is not onp.ndarray or type(G) is not onp.ndarray or not A.dtype == G.dtype == V.dtype:
             # a device array (one kernel per step over everything), or mixed dtypes: the two nodes' VJPs
             dV = _heads_matmul(A.transpose(0, 1, 3, 2), Gh, h) if 2 in argnums else None  # (B, S, d)
             dQK = weights_vjp(onp.matmul(Gh, Vh.transpose(0, 1, 3, 2))) if qk else ()  # through ∂L/∂A (B, h, T, S)
             return tuple(dQK) + ((dV,) if 2 in argnums else ())
+        groups = _head_groups(A)
         other = {0: Kh, 1: Qh, 2: Gh}  # what ∂Q, ∂K, ∂V read besides A or ∂L/∂S
         out = {i: onp.empty(args[i].shape[:2] + (h, other[i].shape[-1]), dtype=onp.result_type(A, other[i]))
                for i in argnums}  # ∂Q (B, T, h, d_h), ∂K, ∂V (B, S, h, d_h): concat_heads layout
