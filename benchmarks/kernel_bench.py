@@ -12,6 +12,8 @@ Each kernel is timed as one forward and one backward (the VJP of a fixed cotange
   gelu_erf     ½ x (1 + erf(x/√2)), x (batch·n, d_ff) (MiniLM);  gelu_tanh the tanh form
   attention    A = softmax(Q Kᵀ/√d_h) per head, Q, K (batch, n, d) -> (batch, h, n, n)
                (minipeft's fused ``attention_weights``; in torch the same equations)
+  attention Z  Z = concat_heads(A V), Q, K, V (batch, n, d) -> (batch, n, d) (minipeft's
+               ``attention``, traced: one node, forward and backward; in torch the same equations)
 minipeft: ``autograd.make_vjp`` of the primitive (what a training step runs); torch: the
 op with ``requires_grad`` inputs and ``.backward(g)``. Before timing, each pair's output and
 input gradient are checked to agree (relative error, float32). Timing interleaves the sides
@@ -40,9 +42,10 @@ import numpy as onp  # noqa: E402
 from autograd import make_vjp  # noqa: E402
 
 from minipeft.nn import primitives as P  # noqa: E402
-from minipeft.nn.attention import attention_weights  # noqa: E402
+from minipeft.nn.attention import attention, attention_weights  # noqa: E402
 
 ATTENTION = {P: attention_weights}  # primitives module -> the attention_weights built on it
+ATTENTION_Z = {P: attention}  # primitives module -> the attention built on it
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import headline  # noqa: E402
@@ -88,6 +91,10 @@ def cases(torch, shape, rng, base=None):
         ("attention weights", sides("attention weights", lambda M: lambda q, k: ATTENTION[M](q, k, H)),
          lambda q, k: torch.softmax(heads(q) @ heads(k).transpose(-1, -2) * scale, -1),
          [rng.standard_normal((B, n, D)).astype("float32") for _ in range(2)]),
+        ("attention Z", sides("attention Z", lambda M: lambda q, k, v: ATTENTION_Z[M](q, k, v, H)),
+         lambda q, k, v: (torch.softmax(heads(q) @ heads(k).transpose(-1, -2) * scale, -1) @ heads(v))
+         .transpose(1, 2).reshape(B, n, D),
+         [rng.standard_normal((B, n, D)).astype("float32") for _ in range(3)]),
     ]
 
 
@@ -130,7 +137,7 @@ def repeated(fn, reps):
 def load_base(root):
     """DIR/minipeft/nn/primitives.py and attention.py as the standalone package ``baseline_nn``
     (they import only NumPy, SciPy, autograd, math and each other; nn/__init__.py is not run);
-    returns its primitives module, its attention_weights registered in ``ATTENTION``."""
+    returns its primitives module, its attention_weights and attention registered in ``ATTENTION``, ``ATTENTION_Z``."""
     folder = Path(root) / "minipeft" / "nn"
     pkg = types.ModuleType("baseline_nn")
     pkg.__path__ = [str(folder)]
@@ -144,6 +151,7 @@ def load_base(root):
         mods[name] = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mods[name])
     ATTENTION[mods["primitives"]] = mods["attention"].attention_weights
+    ATTENTION_Z[mods["primitives"]] = mods["attention"].attention
     return mods["primitives"]
 
 

@@ -85,3 +85,55 @@ def test_attention_weights_backward_does_not_depend_on_the_group_size(monkeypatc
         onp.testing.assert_array_equal(a, b)
     (dK,) = _attention_weights_vjp((1,), A, args, {})(G)  # one gradient alone
     onp.testing.assert_array_equal(dK, want[1])
+
+
+@pytest.mark.parametrize("T,S", [(9, 11), (20, 23)])  # tiny blocks: whole heads; rows of a head split
+@pytest.mark.parametrize("argnums", [(0, 1, 2), (0,), (1,), (2,), (0, 2)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_one_node_attention_has_the_bits_of_its_two_nodes(blocks, dtype, argnums, T, S):
+    """``attention`` traced without its weights is one node (``_attention_node``): its forward
+    and its backward walk blocks of heads once; its value and every requested gradient are the
+    bits of ``attend(attention_weights(·))``, two nodes, and close to the composed equation."""
+    from autograd.extend import defvjp_argnums
+
+    from minipeft.nn.attention import _attention_node, _attention_vjp, attend
+    B, d, h = 3, 24, 4
+    Q, K, V = _x((B, T, d), dtype, 11), _x((B, S, d), dtype, 12), _x((B, S, d), dtype, 13)
+    made = []
+
+    def maker(nums, *rest):  # counts the one node's VJPs
+        made.append(nums)
+        return _attention_vjp(nums, *rest)
+
+    for mask in (None, onp.arange(S)[None] < onp.array([[S], [5], [8]])):
+        one = lambda q, k, v: attention(q, k, v, h, mask=mask)  # noqa: E731
+        two = lambda q, k, v: attend(attention_weights(q, k, h, mask), v)  # noqa: E731
+        defvjp_argnums(_attention_node, maker)
+        try:
+            (Zf, gf, _), (Zt, gt, _) = _vjp_pair(one, two, (Q, K, V), argnums, dtype)
+        finally:
+            defvjp_argnums(_attention_node, _attention_vjp)
+        onp.testing.assert_array_equal(Zf, Zt)
+        for a, b in zip(gf, gt):
+            assert a.dtype == onp.dtype(dtype)
+            onp.testing.assert_array_equal(a, b)
+        (_, gc, _), (_, gr, _) = _vjp_pair(one, lambda q, k, v: attention_composed(q, k, v, h, mask=mask),
+                                           (Q, K, V), argnums, dtype)
+        for a, b in zip(gc, gr):
+            _close(a, b, dtype, "∂L through the one-node attention")
+    assert made == [argnums, argnums]  # the traced call was the one node
+
+
+def test_one_node_attention_with_a_cotangent_of_another_dtype_has_the_bits_of_its_two_nodes():
+    """A float64 cotangent on float32 attention: the one node falls back to the two nodes' VJPs."""
+    from autograd import make_vjp
+
+    from minipeft.nn.attention import attend
+    B, T, S, d, h = 2, 5, 6, 8, 2
+    Q, K, V = _x((B, T, d), "float32", 14), _x((B, S, d), "float32", 15), _x((B, S, d), "float32", 16)
+    G = _x((B, T, d), "float64", 17)
+    got = make_vjp(lambda q, k, v: attention(q, k, v, h), (0, 1, 2))(Q, K, V)[0](G)
+    want = make_vjp(lambda q, k, v: attend(attention_weights(q, k, h), v), (0, 1, 2))(Q, K, V)[0](G)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        onp.testing.assert_array_equal(a, b)

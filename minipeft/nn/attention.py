@@ -7,8 +7,10 @@
 fifteen, heads read as strided views of (B, T, d) with no transposed copies, the key mask
 added inside softmax's blocks, and the softmax backward fused into the score gradient, which
 is formed a group of heads at a time in one reused buffer and read by ∂Q's and ∂K's products
-while it is in cache. Tests check both agree in value and gradient (tests/test_kernels.py,
-tests/test_attention_kernels.py).
+while it is in cache. Traced without the weights returned (a training step), the two are one
+node, ``_attention_node``, whose backward forms ∂L/∂A = G Vᵀ in that buffer too, so no
+(B, h, T, S) gradient array is made (the same bits as the two nodes). Tests check all agree in
+value and gradient (tests/test_kernels.py, tests/test_attention_kernels.py).
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ import math
 import autograd.numpy as np
 import numpy as onp
 from autograd.extend import defvjp, defvjp_argnums, primitive
+from autograd.tracer import isbox
 
-from .primitives import _softmax, _softmax_blocks, _softmax_vjp_of, softmax
+from .primitives import _softmax, _softmax_blocks, _softmax_vjp_of, _Stash, softmax
 
 
 def split_heads(X, h):
@@ -164,6 +167,77 @@ def _attend_vjp_V(Z, A, V):
 defvjp(attend, _attend_vjp_A, _attend_vjp_V)
 
 
+_ATTN = _Stash()  # _attention_node's forward hands its weights A to its VJP
+
+
+def _attention_values(Q, K, V, h, mask=None):
+    """Z = attend(attention_weights(Q, K, h, mask), V), A kept for the VJP (``_ATTN``)."""
+    A = attention_weights(Q, K, h, mask)  # (B, h, T, S)
+    return _ATTN.put(attend(A, V), A)  # Z (B, T, d)
+
+
+_attention_node = primitive(_attention_values)  # what autograd traces when the weights are not returned
+
+
+def _attention_vjp(argnums, Z, args, kwargs):
+    """The VJP of ``attend(attention_weights(Q, K, h, mask), V)`` as one node. With G = ∂L/∂Z
+    split into heads, per head:
+
+        ∂L/∂V = concat_heads(Aᵀ G),  ∂L/∂A = G Vᵀ,  ∂L/∂S = A ⊙ (∂L/∂A − Σ_s ∂L/∂A ⊙ A) / sqrt(d_h),
+        ∂L/∂Q = concat_heads(∂L/∂S K),  ∂L/∂K = concat_heads(∂L/∂Sᵀ Q)
+
+    the same products and the same softmax backward as ``attend``'s and ``attention_weights``'
+    VJPs (the same bits), but a group of heads at a time: ∂L/∂A is formed in one reused buffer,
+    turned into ∂L/∂S there in place, and read by ∂Q's and ∂K's products while it is in cache;
+    the group's A is read by ∂V's product and the softmax backward in the same visit. No
+    (B, h, T, S) array is made for ∂L/∂A or ∂L/∂S."""
+    Q, K, V, h = args[:4]
+    mask = args[4] if len(args) > 4 else kwargs.get("mask")
+    if any(i not in (0, 1, 2) for i in argnums):
+        raise ValueError("attention: h and mask are not differentiable")
+    A = _ATTN.take(Z)
+    if A is None:  # not handed over: recompute
+        A = attention_weights(Q, K, h, mask)
+    qk = tuple(i for i in argnums if i < 2)  # ∂Q, ∂K: through ∂L/∂A = G Vᵀ, which reads V
+    weights_vjp = _attention_weights_vjp(qk, A, (Q, K, h, mask), {}) if qk else None
+    Vh = _heads(V, h) if qk else None
+    scale = 1.0 / math.sqrt(Q.shape[-1] // h)
+    Kh = _heads(K, h) if 0 in argnums else None
+    Qh = _heads(Q, h) if 1 in argnums else None
+
+    def vjp(G):
+        Gh = _heads(G, h)  # (B, h, T, d_h) view
+        if type(A) is not onp.ndarray or type(G) is not onp.ndarray or not A.dtype == G.dtype == V.dtype:
+            # a device array (one kernel per step over everything), or mixed dtypes: the two nodes' VJPs
+            dV = _heads_matmul(A.transpose(0, 1, 3, 2), Gh, h) if 2 in argnums else None  # (B, S, d)
+            dQK = weights_vjp(onp.matmul(Gh, Vh.transpose(0, 1, 3, 2))) if qk else ()  # through ∂L/∂A (B, h, T, S)
+            return tuple(dQK) + ((dV,) if 2 in argnums else ())
+        groups = _head_groups(A)
+        other = {0: Kh, 1: Qh, 2: Gh}  # what ∂Q, ∂K, ∂V read besides A or ∂L/∂S
+        out = {i: onp.empty(args[i].shape[:2] + (h, other[i].shape[-1]), dtype=onp.result_type(A, other[i]))
+               for i in argnums}  # ∂Q (B, T, h, d_h), ∂K, ∂V (B, S, h, d_h): concat_heads layout
+        heads = {i: o.transpose(0, 2, 1, 3) for i, o in out.items()}  # (B, h, ·, d_h) views
+        buf = onp.empty(A[groups[0]].size, A.dtype) if qk else None
+        for g in groups:
+            a = A[g]
+            if 2 in out:
+                onp.matmul(a.swapaxes(-1, -2), Gh[g], out=heads[2][g])  # Aᵀ G
+            if not qk:
+                continue
+            dS = onp.matmul(Gh[g], Vh[g].swapaxes(-1, -2), out=buf[:a.size].reshape(a.shape))  # ∂L/∂A = G Vᵀ
+            _softmax_vjp_of(a, dS, scale, out=dS)  # ∂L/∂S, in place
+            if 0 in out:
+                onp.matmul(dS, Kh[g], out=heads[0][g])  # ∂L/∂S K
+            if 1 in out:
+                onp.matmul(dS.swapaxes(-1, -2), Qh[g], out=heads[1][g])  # ∂L/∂Sᵀ Q
+        return tuple(out[i].reshape(out[i].shape[:2] + (-1,)) for i in argnums)  # (B, ·, d)
+
+    return vjp
+
+
+defvjp_argnums(_attention_node, _attention_vjp)
+
+
 # ------------------------------------------------------------------------ attention
 def visible_keys(mask, S):
     """The key mask for S keys when the last ones carry ``mask`` and the first S − n are
@@ -184,12 +258,17 @@ def attention(Q, K, V, h, prefix=None, return_weights=False, mask=None):
     bool (True = visible; M = −∞ on hidden keys, e.g. padding); prefix keys are always
     visible. Returns Z: (B, T, d) — as many outputs as queries — and, if
     ``return_weights``, the attention weights A: (B, h, T, p + S), each row summing to 1.
-    Computed with the fused ``attention_weights`` and ``attend``.
+    Computed with the fused ``attention_weights`` and ``attend``; traced without
+    ``return_weights``, both as one node (``_attention_node``) whose backward walks groups of
+    heads once (``_attention_vjp``).
     """
     if prefix is not None:
         P_k, P_v = prefix
         K, V = prepend(P_k, K), prepend(P_v, V)  # (B, p + S, d)
-    A = attention_weights(Q, K, h, visible_keys(mask, K.shape[1]))  # (B, h, T, S)
+    mask = visible_keys(mask, K.shape[1])
+    if not return_weights and (isbox(Q) or isbox(K) or isbox(V)):  # traced: one node, one fused backward
+        return _attention_node(Q, K, V, h, mask)  # (B, T, d)
+    A = attention_weights(Q, K, h, mask)  # (B, h, T, S)
     Z = attend(A, V)  # (B, T, d)
     return (Z, A) if return_weights else Z
 

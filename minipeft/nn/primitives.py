@@ -637,8 +637,10 @@ defvjp(_gelu_erf_node, _gelu_erf_vjp)
 #: rows up to this long take their maximum as log₂ n shifted element-wise maxima over the
 #: whole flat block (``_row_max``): NumPy's ``max(axis=-1)`` pays a fixed cost per row that
 #: dominates on short rows (the attention scores of short texts); longer rows use
-#: ``fmax.reduce``: the same maxima as ``max`` in less time (it skips a NaN that ``max`` keeps,
-#: but a row holding a NaN has a NaN sum either way, so its softmax is NaN all the same)
+#: ``fmax.reduceat`` over the flat block at the row starts (``_row_fmax``): the same maxima as
+#: ``max`` (fmax skips a NaN that ``max`` keeps, but a row holding a NaN has a NaN sum either
+#: way, so its softmax is NaN all the same), without ``reduce(axis=-1)``'s per-row cost
+#: (benchmarks/kernel_bench.py)
 _SHORT_ROW = 64
 #: softmax's blocks are this many ``_BLOCK``s (1 MiB of float32, an L2 cache's size): its chain
 #: is short (six NumPy calls a block, each with a fixed cost), so a larger block pays that cost on
@@ -664,6 +666,17 @@ def _row_max(src, scratch):
         w *= 2
     m = f[0:N:n] if w == n else onp.maximum(f[0:N:n], f[n - w:N:n])  # (rows,) the last start fits in f: L = N − w + 1
     return m.reshape(src.shape[:-1] + (1,))
+
+
+def _row_fmax(src):
+    """fmax over the last axis, keepdims, of a host array (..., n) with n ≥ 1: one
+    ``fmax.reduceat`` over the flat array at the row starts 0, n, 2n, … (exact: the same numbers
+    as ``fmax.reduce(src, axis=-1)``)."""
+    n = src.shape[-1]
+    f = src.reshape(-1)  # (a copy if src is strided)
+    if f.shape[0] == 0:
+        return onp.fmax.reduce(src, axis=-1, keepdims=True)
+    return onp.fmax.reduceat(f, onp.arange(0, f.shape[0], n)).reshape(src.shape[:-1] + (1,))
 
 
 def _lead_blocks(shape, size=None):
@@ -716,15 +729,17 @@ def _softmax(z, inplace=False, scale=None, bias=None, scratch=None):
     scratch = scratch if scratch is not None else _softmax_scratch(z)
     for ix in _softmax_blocks(z):  # (one block on a device: one kernel per step over everything)
         src, eb = z[ix], e[ix]
+        held = inplace  # whether src is already in eb's buffer
         if scale is not None:
-            src = onp.multiply(src, scale, out=eb)
+            src, held = onp.multiply(src, scale, out=eb), True
         if bias is not None:
-            src = onp.add(src, _sub(bias, ix) if ix else bias, out=eb)
-        src, eb = src.reshape(-1, n), eb.reshape(-1, n)  # the block's rows (views: e is C-contiguous)
+            src, held = onp.add(src, _sub(bias, ix) if ix else bias, out=eb), True
+        eb = eb.reshape(-1, n)  # the block's rows (a view: e is C-contiguous)
+        src = eb if held else src.reshape(-1, n)  # in eb's buffer: the same view, so _sub_rows copies nothing
         if scratch:
             m = _row_max(src, scratch)
         else:  # (fmax: see _SHORT_ROW)
-            m = onp.fmax.reduce(src, axis=-1, keepdims=True) if host else src.max(axis=-1, keepdims=True)
+            m = _row_fmax(src) if host else src.max(axis=-1, keepdims=True)
         _sub_rows(src, m, out=eb)  # z − max z
         onp.exp(eb, out=eb)
         eb /= _row_sum(eb)  # one matrix-vector product over the block's rows
@@ -733,11 +748,13 @@ def _softmax(z, inplace=False, scale=None, bias=None, scratch=None):
 
 def _softmax_vjp_of(y, g, scale=None, out=None):
     """y ⊙ (g − Σ_j g_j y_j) over the last axis (times ``scale`` when given), row block by
-    row block into one new buffer (or into ``out``, C-contiguous of y's shape); y and g are
-    read once each."""
+    row block into one new buffer (or into ``out``, C-contiguous of y's shape; ``out`` may be g
+    itself, a buffer the caller owns: then g is overwritten, with no copy); y and g are read
+    once each."""
     n = y.shape[-1]
     dz = _empty(y) if out is None else out
-    y2, g2, d2 = y.reshape(-1, n), g.reshape(-1, n), dz.reshape(-1, n)
+    y2, d2 = y.reshape(-1, n), dz.reshape(-1, n)
+    g2 = d2 if dz is g else g.reshape(-1, n)  # in place: the same row view, so _sub_rows copies nothing
     for sl in _softmax_blocks(y2):
         yb, db = y2[sl], d2[sl]
         _sub_rows(g2[sl], _row_dot(g2[sl], yb), out=db)  # g − Σ_j g_j y_j

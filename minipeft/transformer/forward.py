@@ -253,9 +253,11 @@ def block(params, X, layer, cfg: Config, methods=(), trace=None, thetas=None, ma
                 cache.store(layer, K, V)
         if cfg.kv_heads != cfg.h:  # GQA: each K, V head serves h / n_kv query heads
             K, V = (repeat_kv(Y, cfg.kv_heads, cfg.h // cfg.kv_heads) for Y in (K, V))  # (B, S, d)
-        Z, A = attention(Q, K, V, cfg.h, return_weights=True, mask=mask)  # (B, T, d), (B, h, T, S)
         if trace is not None:
+            Z, A = attention(Q, K, V, cfg.h, return_weights=True, mask=mask)  # (B, T, d), (B, h, T, S)
             trace.setdefault("attn", []).append(A)
+        else:  # the weights not returned: traced, attention is one node with one fused backward
+            Z = attention(Q, K, V, cfg.h, mask=mask)  # (B, T, d)
         O = _proj(methods, th, bp, Z, layer, "o", cfg)
         return _seam(methods, th, "after", O, layer=layer, name="attn", cfg=cfg)
 
