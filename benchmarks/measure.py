@@ -25,9 +25,12 @@ def _stats(xs):
             "p75": float(onp.percentile(xs, 75)), "n": int(xs.size)}
 
 
-def interleave(fns, rounds, warmup=1):
+def interleave(fns, rounds, warmup=1, self_timed=False):
     """Run the callables ``fns`` (name -> fn) in interleaved rounds; order reversed every round.
 
+    self_timed: each fn times itself and returns (CPU seconds, wall seconds) — a call that
+    has a worker process do the work, timed by that process's own clocks (ab.py); else each
+    call is timed here.
     Returns {name: {"cpu": stats, "wall": stats, "cpu_raw": [...]}} with times in seconds.
     """
     names = list(fns)
@@ -41,9 +44,10 @@ def interleave(fns, rounds, warmup=1):
         for r in range(rounds):
             for k in (names if r % 2 == 0 else names[::-1]):
                 c0, w0 = time.process_time(), time.perf_counter()
-                fns[k]()
-                raw[k]["cpu"].append(time.process_time() - c0)
-                raw[k]["wall"].append(time.perf_counter() - w0)
+                got = fns[k]()
+                cpu, wall = got if self_timed else (time.process_time() - c0, time.perf_counter() - w0)
+                raw[k]["cpu"].append(cpu)
+                raw[k]["wall"].append(wall)
             gc.collect()
     finally:
         if gc_was:

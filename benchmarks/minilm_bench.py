@@ -61,6 +61,18 @@ def batch(tok, n):
 
 
 # ------------------------------------------------------------------------- minipeft
+def lora_params(params, cfg):
+    """(LoRA(r = 8, α = 8, targets q, v), params with it attached): every B drawn ~ 0.01·N(0, 1)
+    (seed 0, float32), so that ∂L/∂A ≠ 0 and is checked too."""
+    lora = method_class("lora")(r=RANK, alpha=float(RANK), targets=("q", "v"))
+    p = mp.attach(params, [lora], cfg, seed=0)
+    rng = onp.random.default_rng(0)
+    for blk in p["lora"]["blocks"]:
+        for t in blk.values():
+            t["B"] = (0.01 * rng.standard_normal(t["B"].shape)).astype("float32")
+    return lora, p
+
+
 def mp_step(params, cfg, methods, x, y):
     """One minipeft training step (loss, gradients, Adam) as a closure, checked once before the
     steps as ``fit`` does; returns (step, grads_of_first)."""
@@ -94,6 +106,25 @@ def torch_model(torch, params, full):
         head.weight.copy_(torch.tensor(params["head"]["W"]))
         head.bias.copy_(torch.tensor(params["head"]["b"]))
     return model, head
+
+
+def torch_inputs(torch, x):
+    """BertModel's keyword arguments for a batch x (B, 3, n): token ids, token types, attention mask."""
+    return {"input_ids": torch.tensor(x[:, 0]), "token_type_ids": torch.tensor(x[:, 1]),
+            "attention_mask": torch.tensor(x[:, 2])}
+
+
+def torch_forward(torch, model, head, inputs):
+    """Inference as a closure: logits = head(mean over the n tokens of BertModel's last hidden
+    state) under torch.no_grad, the model in eval mode. (B, n, d) → (B, d) → (B, CLASSES)."""
+    model.eval()
+
+    def fwd():
+        with torch.no_grad():
+            h = model(**inputs).last_hidden_state
+            return head(h.mean(1))
+
+    return fwd
 
 
 def torch_loss(torch, model, head, inputs, y):
@@ -162,19 +193,13 @@ def check(name, pairs, loss_mp, loss_t):
 def run_size(torch, n, rounds, profile=False):
     params, cfg, tok = M.load(n_classes=CLASSES, pool="mean", dtype="float32")
     x, y = batch(tok, n)
-    inputs = {"input_ids": torch.tensor(x[:, 0]), "token_type_ids": torch.tensor(x[:, 1]),
-              "attention_mask": torch.tensor(x[:, 2])}
+    inputs = torch_inputs(torch, x)
     yt = torch.tensor(y)
     rows = []
 
     # LoRA: minipeft vs HF peft, the same A and B (B ≠ 0 so ∂L/∂A is checked too)
     from peft import LoraConfig, get_peft_model
-    lora = method_class("lora")(r=RANK, alpha=float(RANK), targets=("q", "v"))
-    p = mp.attach(params, [lora], cfg, seed=0)
-    rng = onp.random.default_rng(0)
-    for blk in p["lora"]["blocks"]:
-        for t in blk.values():
-            t["B"] = (0.01 * rng.standard_normal(t["B"].shape)).astype("float32")
+    lora, p = lora_params(params, cfg)
     model, head = torch_model(torch, params, full=False)
     pm = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=RANK, target_modules=["query", "value"],
                                           lora_dropout=0.0))
@@ -226,12 +251,7 @@ def run_size(torch, n, rounds, profile=False):
     # forward only (inference: mean-pool + head), a fresh model (the full steps moved that one)
     del model
     model, head = torch_model(torch, params, full=False)
-    model.eval()
-
-    def fwd_t():
-        with torch.no_grad():
-            h = model(**inputs).last_hidden_state
-            return head(h.mean(1))
+    fwd_t = torch_forward(torch, model, head, inputs)
 
     def fwd_mp():
         return mp.forward(params, x, cfg)
