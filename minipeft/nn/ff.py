@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 
-from .primitives import (_blocks, _gelu_derivative, _gelu_erf_blocks, _gelu_tanh, _linear_vjp_W, _linear_vjp_b,
+from .primitives import (_GELU_A, _GELU_C, _blocks, _gelu_erf_blocks, _gelu_tanh, _scratch, _linear_vjp_W, _linear_vjp_b,
                          _linear_vjp_x, linear)
 
 
@@ -62,17 +62,62 @@ def _gelu_in_place(H, D=None):
     """U -> GELU(U) (tanh form) in U's own buffer, in blocks of ``_FF_BLOCK`` numbers, with
     GELU'(U) written into D when given: the operations of ``gelu`` and of its derivative, in
     their order, so the bits of ``gelu(U)`` and of its VJP's GELU'(U)."""
+    if D is not None:
+        return _gelu_blocks(H, D)
     Hf = H.reshape(-1)
-    Df = None if D is None else D.reshape(-1)
     for sl in _blocks(Hf.shape[0], type(H) is not onp.ndarray, _FF_BLOCK):
         u = Hf[sl]
         t = _gelu_tanh(u)
         y = t + 1.0  # as gelu: ½ u (1 + t)
         y *= u
         y *= 0.5
-        if Df is not None:
-            Df[sl] = _gelu_derivative(u, t)  # reads u and t (t's buffer is overwritten)
         u[...] = y
+
+
+def _gelu_blocks(U, D=None):
+    """U -> GELU(U) in U's own buffer with GELU'(U) written into D (``linear_gelu``'s forward),
+    or, with D None, U -> GELU'(U) in U's own buffer (``frozen_mlp``'s backward); block by block
+    (``_FF_BLOCK`` numbers), each block's chain (``_gelu_block``) through three scratch rows:
+    no other temporary, no copy."""
+    Uf = U.reshape(-1)
+    Df = None if D is None else D.reshape(-1)
+    sls = _blocks(Uf.shape[0], type(U) is not onp.ndarray, _FF_BLOCK)
+    rows = _scratch(Uf, 3, min(sls[0].stop, Uf.shape[0])) if sls else ()
+    for sl in sls:
+        u = Uf[sl]
+        t, s, w = (r[:u.shape[0]] for r in rows)
+        if Df is None:
+            _gelu_block(u, t, s, w, u, value=False)
+        else:
+            _gelu_block(u, t, s, w, Df[sl])
+    return U
+
+
+def _gelu_block(u, t, s, w, d, value=True):
+    """One block u of U (tanh form), through the scratch rows t, s, w (u's size):
+    t = tanh(√(2/π)(u + 0.044715 u³)), then GELU'(u) into d (u itself when not ``value``), then,
+    when ``value``, GELU(u) = ½ u (1 + t) over u. u² is formed once, for t and for GELU'; every
+    other rounded operation is that of ``_gelu_tanh``, ``_gelu_derivative_into`` and ``gelu``, in
+    their order, so their bits."""
+    onp.multiply(u, u, out=w)  # u², kept for GELU'
+    onp.multiply(w, u, out=t)  # u³
+    t *= _GELU_A
+    t += u
+    t *= _GELU_C
+    onp.tanh(t, out=t)  # t
+    w *= 3 * _GELU_A * _GELU_C
+    w += _GELU_C  # √(2/π)(1 + 3·0.044715 u²)
+    onp.multiply(t, t, out=s)
+    onp.subtract(1.0, s, out=s)  # 1 − t²
+    s *= u
+    s *= w  # u (1 − t²) √(2/π)(1 + 3·0.044715 u²)
+    onp.add(s, t, out=d)  # u was read for the last time by the derivative (d may be u)
+    d += 1.0
+    d *= 0.5  # GELU'(u)
+    if value:
+        onp.add(t, 1.0, out=s)
+        onp.multiply(s, u, out=u)
+        u *= 0.5  # GELU(u) = ½ u (1 + t), over u
 
 
 def linear_gelu_values(x, W, b, exact=False):
@@ -112,15 +157,6 @@ defvjp_argnums(linear_gelu, _linear_gelu_vjp)
 
 
 # ------------------------------------------------------------ the whole MLP, frozen
-def _gelu_derivative_in_place(U):
-    """U -> GELU'(U) in U's own buffer, in blocks of ``_FF_BLOCK`` numbers (block-sized
-    temporaries): the operations of gelu's VJP, so its bits."""
-    Uf = U.reshape(-1)
-    for sl in _blocks(Uf.shape[0], type(U) is not onp.ndarray, _FF_BLOCK):
-        u = Uf[sl]
-        u[...] = _gelu_derivative(u, _gelu_tanh(u))  # reads u and a fresh t (t's buffer becomes GELU')
-
-
 @primitive
 def frozen_mlp(x, W1, b1, W2, b2):
     """The MLP, M = GELU(x W₁ᵀ + b₁) W₂ᵀ + b₂ (tanh GELU), as one node for frozen weights.
@@ -145,7 +181,7 @@ def _frozen_mlp_vjp(argnums, ans, args, kwargs):
 
     def vjp(g):
         D = linear.fun(x, W1, b1)  # the forward's U, recomputed (the same call, the same bits)
-        _gelu_derivative_in_place(D)  # GELU'(U) in U's buffer
+        _gelu_blocks(D)  # GELU'(U) in U's buffer
         dH = _linear_vjp_x(None, D, W2)(g)  # linear's ∂L/∂H = g W₂, of H's shape (..., d_ff)
         del g  # handed over by the backward pass: freed before the products below
         dH *= D  # gelu's VJP: ∂L/∂U = ∂L/∂H ⊙ GELU'(U)
