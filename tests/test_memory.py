@@ -123,6 +123,39 @@ def test_gelu_derivative_in_blocks_has_the_bits_of_one_whole_array_pass():
     onp.testing.assert_allclose(got, whole, rtol=1e-6, atol=1e-7)  # and it is GELU'
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("block", [None, 64, 1000], ids=["default-blocks", "tiny-blocks", "ragged-blocks"])
+def test_gelu_blocks_have_the_bits_of_gelu_and_of_its_vjp(monkeypatch, block, dtype):
+    """``ff._gelu_blocks`` (one chain a block, u² formed once, scratch rows) against the readable
+    path, bit for bit: GELU(U) over U with GELU'(U) into D against ``gelu``'s value and the
+    derivative of ``_gelu_tanh`` + ``_gelu_derivative``; and U -> GELU'(U) in place (frozen_mlp's
+    backward) against the same; on a size that is not a multiple of the block, with ±0, large
+    and tiny entries."""
+    if block is not None:
+        monkeypatch.setattr(FF, "_FF_BLOCK", block)
+        monkeypatch.setattr(P, "_BLOCK", block)
+    U = (3.0 * rng.standard_normal((7, 1234))).astype(dtype)
+    U.flat[:6] = [0.0, -0.0, 30.0, -30.0, 1e-30, -1e-30]
+    want_y = P.gelu(U)
+    want_d = P._gelu_derivative(U, P._gelu_tanh(U))
+    H, D = U.copy(), onp.empty_like(U)
+    FF._gelu_in_place(H, D)
+    assert H.tobytes() == want_y.tobytes() and D.tobytes() == want_d.tobytes()
+    D2 = U.copy()
+    assert FF._gelu_blocks(D2) is D2 and D2.tobytes() == want_d.tobytes()
+    t = P._gelu_tanh(U)  # the readable whole-array formula (see the test above), to the bit
+    s = 1.0 - t * t
+    s *= U
+    u = U * U
+    u *= 3 * P._GELU_A * P._GELU_C
+    u += P._GELU_C
+    s *= u
+    s += t
+    s += 1.0
+    s *= 0.5
+    assert want_d.tobytes() == s.tobytes()
+
+
 def _holding_x_maker(ans, x, W, b=None):
     """The dX VJP as it was before the memory fix: the closure refers to x (for its shape)."""
     return lambda g: (g.reshape(-1, g.shape[-1]) @ W).reshape(x.shape)
