@@ -100,14 +100,9 @@ def test_attention_keeps_only_what_a_computed_gradient_reads():
     assert _retained_after_forward(q_and_k, n_in=2) == [True]
 
 
-def test_gelu_derivative_in_blocks_has_the_bits_of_one_whole_array_pass():
-    """The blocked derivative against the whole-array formula, bit for bit, on a size that is
-    not a multiple of the block."""
-    x = rng.standard_normal(3 * P._BLOCK + 123).astype("float32")
-    t = P._gelu_tanh(x)
-    whole = t * t
-    whole = 0.5 * (1.0 + t + (1.0 - whole) * x * (x * x * (3 * P._GELU_A * P._GELU_C) + P._GELU_C))
-    # the same operations in the same order as the blocked code: ((1 − t²)·x)·u + t + 1, ·½
+def _gelu_derivative_formula(x, t):
+    """GELU'(x) from t = tanh(·) over the whole array, the same operations in the same order as
+    the blocked code: ((1 − t²)·x)·u + t + 1, ·½, u = 3·0.044715·√(2/π) x² + √(2/π)."""
     s = 1.0 - t * t
     s *= x
     u = x * x
@@ -117,6 +112,17 @@ def test_gelu_derivative_in_blocks_has_the_bits_of_one_whole_array_pass():
     s += t
     s += 1.0
     s *= 0.5
+    return s
+
+
+def test_gelu_derivative_in_blocks_has_the_bits_of_one_whole_array_pass():
+    """The blocked derivative against the whole-array formula, bit for bit, on a size that is
+    not a multiple of the block."""
+    x = rng.standard_normal(3 * P._BLOCK + 123).astype("float32")
+    t = P._gelu_tanh(x)
+    whole = t * t
+    whole = 0.5 * (1.0 + t + (1.0 - whole) * x * (x * x * (3 * P._GELU_A * P._GELU_C) + P._GELU_C))
+    s = _gelu_derivative_formula(x, t)
     got = P._gelu_derivative(x, t.copy())
     assert got.dtype == onp.float32
     assert onp.array_equal(got.view(onp.uint32), s.view(onp.uint32))
@@ -143,17 +149,7 @@ def test_gelu_blocks_have_the_bits_of_gelu_and_of_its_vjp(monkeypatch, block, dt
     assert H.tobytes() == want_y.tobytes() and D.tobytes() == want_d.tobytes()
     D2 = U.copy()
     assert FF._gelu_blocks(D2) is D2 and D2.tobytes() == want_d.tobytes()
-    t = P._gelu_tanh(U)  # the readable whole-array formula (see the test above), to the bit
-    s = 1.0 - t * t
-    s *= U
-    u = U * U
-    u *= 3 * P._GELU_A * P._GELU_C
-    u += P._GELU_C
-    s *= u
-    s += t
-    s += 1.0
-    s *= 0.5
-    assert want_d.tobytes() == s.tobytes()
+    assert want_d.tobytes() == _gelu_derivative_formula(U, P._gelu_tanh(U)).tobytes()  # the readable formula
 
 
 def _holding_x_maker(ans, x, W, b=None):
