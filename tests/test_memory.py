@@ -150,6 +150,28 @@ def test_gelu_blocks_have_the_bits_of_gelu_and_of_its_vjp(monkeypatch, block, dt
     D2 = U.copy()
     assert FF._gelu_blocks(D2) is D2 and D2.tobytes() == want_d.tobytes()
     assert want_d.tobytes() == _gelu_derivative_formula(U, P._gelu_tanh(U)).tobytes()  # the readable formula
+    # frozen_mlp's backward: U = x W₁ᵀ without b₁, then + b₁, GELU'(U) and G ⊙ GELU'(U) in each block
+    b = (0.5 * rng.standard_normal(U.shape[-1])).astype(dtype)
+    G = rng.standard_normal(U.shape).astype(dtype)
+    Ub = U + b  # linear's own  y += b, over the whole array
+    want_d, want_g = P._gelu_derivative(Ub, P._gelu_tanh(Ub)), G * P._gelu_derivative(Ub, P._gelu_tanh(Ub))
+    for g_in in (G.copy(), onp.asfortranarray(G)):  # C-contiguous: per block; strided: one pass at the end
+        D3 = U.copy()
+        assert FF._gelu_blocks(D3, b=b, G=g_in) is D3
+        assert D3.tobytes() == want_d.tobytes() and onp.ascontiguousarray(g_in).tobytes() == want_g.tobytes()
+
+
+@pytest.mark.parametrize("block", [64, 1000], ids=["tiny-blocks", "ragged-blocks"])
+def test_frozen_mlp_is_the_three_nodes_bit_for_bit_in_small_blocks(monkeypatch, block):
+    """As ``test_frozen_mlp_is_the_three_nodes_bit_for_bit`` (float32), with the element-wise
+    blocks of ``ff`` small and ragged: the bias, GELU' and ∂L/∂H ⊙ GELU' of the backward pass
+    join per block of whole rows."""
+    monkeypatch.setattr(FF, "_FF_BLOCK", block)
+    x, W1, b1, W2, b2, G = _mlp_case("float32")
+    fused = value_and_grad(lambda t: (FF.frozen_mlp(t["x"], W1, b1, W2, b2) * G).sum(), {"x": x})
+    ref = value_and_grad(lambda t: (P.linear(P.gelu(P.linear(t["x"], W1, b1)), W2, b2) * G).sum(), {"x": x})
+    assert onp.asarray(fused[0]).tobytes() == onp.asarray(ref[0]).tobytes()
+    assert fused[1]["x"].tobytes() == ref[1]["x"].tobytes()
 
 
 def _holding_x_maker(ans, x, W, b=None):

@@ -74,22 +74,35 @@ def _gelu_in_place(H, D=None):
         u[...] = y
 
 
-def _gelu_blocks(U, D=None):
+def _gelu_blocks(U, D=None, b=None, G=None):
     """U -> GELU(U) in U's own buffer with GELU'(U) written into D (``linear_gelu``'s forward),
     or, with D None, U -> GELU'(U) in U's own buffer (``frozen_mlp``'s backward); block by block
     (``_FF_BLOCK`` numbers), each block's chain (``_gelu_block``) through three scratch rows:
-    no other temporary, no copy."""
+    no other temporary, no copy.  With D None, two more steps may join each block while it is
+    in cache: ``b`` (U.shape[-1],), a bias added to U first (U = x W₁ᵀ, then + b₁: the numbers of
+    ``linear``'s own ``+= b``), and ``G``, an array of U's shape multiplied by GELU'(U) in place
+    (gelu's VJP, G ⊙ GELU'(U)); blocks are then whole rows."""
     Uf = U.reshape(-1)
     Df = None if D is None else D.reshape(-1)
-    sls = _blocks(Uf.shape[0], type(U) is not onp.ndarray, _FF_BLOCK)
+    Gf = G.reshape(-1) if G is not None and G.flags.c_contiguous else None  # a view, written through
+    n = U.shape[-1] if U.ndim else 1
+    step = _FF_BLOCK if b is None else max(1, _FF_BLOCK // max(n, 1)) * n  # whole rows, for b
+    sls = _blocks(Uf.shape[0], type(U) is not onp.ndarray, step)
     rows = _scratch(Uf, 3, min(sls[0].stop, Uf.shape[0])) if sls else ()
     for sl in sls:
         u = Uf[sl]
         t, s, w = (r[:u.shape[0]] for r in rows)
-        if Df is None:
-            _gelu_block(u, t, s, w, u, value=False)
-        else:
+        if Df is not None:
             _gelu_block(u, t, s, w, Df[sl])
+            continue
+        if b is not None:
+            ub = u.reshape(-1, n)
+            ub += b  # U = x W₁ᵀ + b₁, this block
+        _gelu_block(u, t, s, w, u, value=False)
+        if Gf is not None:
+            Gf[sl] *= u  # G ⊙ GELU'(U), this block
+    if G is not None and Gf is None:  # a strided G: one pass at the end
+        G *= U
     return U
 
 
@@ -180,11 +193,10 @@ def _frozen_mlp_vjp(argnums, ans, args, kwargs):
     dx_of = _linear_vjp_x(None, x, W1)  # linear's ∂L/∂x = ∂L/∂U W₁
 
     def vjp(g):
-        D = linear.fun(x, W1, b1)  # the forward's U, recomputed (the same call, the same bits)
-        _gelu_blocks(D)  # GELU'(U) in U's buffer
+        D = linear.fun(x, W1)  # the forward's x W₁ᵀ, recomputed (the same product, the same bits)
         dH = _linear_vjp_x(None, D, W2)(g)  # linear's ∂L/∂H = g W₂, of H's shape (..., d_ff)
         del g  # handed over by the backward pass: freed before the products below
-        dH *= D  # gelu's VJP: ∂L/∂U = ∂L/∂H ⊙ GELU'(U)
+        _gelu_blocks(D, b=b1, G=dH)  # block by block: U = x W₁ᵀ + b₁, GELU'(U), ∂L/∂U = ∂L/∂H ⊙ GELU'(U)
         del D
         return (dx_of(dH),)  # linear's ∂L/∂x = ∂L/∂U W₁
 
