@@ -33,8 +33,8 @@ from __future__ import annotations
 import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 
-from .primitives import (_GELU_A, _GELU_C, _blocks, _gelu_erf_blocks, _gelu_tanh, _scratch, _linear_vjp_W, _linear_vjp_b,
-                         _linear_vjp_x, linear)
+from .primitives import (_GELU_A, _GELU_C, _blocks, _gelu_derivative_into, _gelu_erf_blocks, _gelu_tanh,
+                         _linear_vjp_W, _linear_vjp_b, _linear_vjp_x, _scratch, linear)
 
 
 _SLOT = [None, None]  # (H, GELU'(U)) of the last forward, taken by the VJP maker built for that H
@@ -118,15 +118,7 @@ def _gelu_block(u, t, s, w, d, value=True):
     t += u
     t *= _GELU_C
     onp.tanh(t, out=t)  # t
-    w *= 3 * _GELU_A * _GELU_C
-    w += _GELU_C  # √(2/π)(1 + 3·0.044715 u²)
-    onp.multiply(t, t, out=s)
-    onp.subtract(1.0, s, out=s)  # 1 − t²
-    s *= u
-    s *= w  # u (1 − t²) √(2/π)(1 + 3·0.044715 u²)
-    onp.add(s, t, out=d)  # u was read for the last time by the derivative (d may be u)
-    d += 1.0
-    d *= 0.5  # GELU'(u)
+    _gelu_derivative_into(u, t, d, s, w, squared=True)  # d may be u: read for the last time there
     if value:
         onp.add(t, 1.0, out=s)
         onp.multiply(s, u, out=u)
@@ -178,7 +170,8 @@ def frozen_mlp(x, W1, b1, W2, b2):
     Gradient (x only; W₁, b₁, W₂, b₂ are constants), with U = x W₁ᵀ + b₁ recomputed:
         ∂L/∂x = ((g W₂) ⊙ GELU'(U)) W₁.
     The products are ``linear``'s own calls on the whole arrays (so its bits with any BLAS);
-    GELU and GELU' run in place, in blocks.
+    GELU and GELU' run in place, in blocks (in the backward pass + b₁, GELU' and the product
+    with g W₂ join in each block: element-wise, so the same numbers).
     """
     H = linear.fun(x, W1, b1)  # U (..., d_ff), this node's own buffer
     _gelu_in_place(H)  # H = GELU(U) in U's buffer

@@ -431,13 +431,15 @@ def _gelu_derivative(x, t):
     return t
 
 
-def _gelu_derivative_into(x, t, out, s, w):
+def _gelu_derivative_into(x, t, out, s, w, squared=False):
     """GELU'(x) = ½ (1 + t) + ½ x (1 − t²) √(2/π) (1 + 3·0.044715 x²) of one block, from
     t = tanh(·), into ``out`` (x's shape: a buffer of its own, or x or t itself), through the
-    scratch rows s, w (x's size; no other block-sized temporary, no copy). The rounded
-    operations are those of the formula read left to right as ((1 − t²)·x)·u + t + 1, ·½ with
-    u = 3·0.044715·√(2/π) x² + √(2/π), in that order whatever ``out`` is: the same bits."""
-    onp.multiply(x, x, out=w)
+    scratch rows s, w (x's size; no other block-sized temporary, no copy); ``squared``: w holds
+    x·x already (formed for t). The rounded operations are those of the formula read left to
+    right as ((1 − t²)·x)·u + t + 1, ·½ with u = 3·0.044715·√(2/π) x² + √(2/π), in that order
+    whatever ``out`` is: the same bits."""
+    if not squared:
+        onp.multiply(x, x, out=w)
     w *= 3 * _GELU_A * _GELU_C
     w += _GELU_C  # u
     onp.multiply(t, t, out=s)
