@@ -84,7 +84,8 @@ def _gelu_blocks(U, D=None, b=None, G=None):
     (gelu's VJP, G ⊙ GELU'(U)); blocks are then whole rows."""
     Uf = U.reshape(-1)
     Df = None if D is None else D.reshape(-1)
-    Gf = G.reshape(-1) if G is not None and G.flags.c_contiguous else None  # a view, written through
+    host_c = G is not None and type(G) is onp.ndarray and G.flags.c_contiguous
+    Gf = G.reshape(-1) if host_c else None  # a view, written through (a device: one block, G *= U after it)
     n = U.shape[-1] if U.ndim else 1
     step = _FF_BLOCK if b is None else max(1, _FF_BLOCK // max(n, 1)) * n  # whole rows, for b
     sls = _blocks(Uf.shape[0], type(U) is not onp.ndarray, step)
@@ -101,7 +102,7 @@ def _gelu_blocks(U, D=None, b=None, G=None):
         _gelu_block(u, t, s, w, u, value=False)
         if Gf is not None:
             Gf[sl] *= u  # G ⊙ GELU'(U), this block
-    if G is not None and Gf is None:  # a strided G: one pass at the end
+    if G is not None and Gf is None:  # a strided or device G: one pass at the end
         G *= U
     return U
 
