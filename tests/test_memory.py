@@ -100,14 +100,9 @@ def test_attention_keeps_only_what_a_computed_gradient_reads():
     assert _retained_after_forward(q_and_k, n_in=2) == [True]
 
 
-def test_gelu_derivative_in_blocks_has_the_bits_of_one_whole_array_pass():
-    """The blocked derivative against the whole-array formula, bit for bit, on a size that is
-    not a multiple of the block."""
-    x = rng.standard_normal(3 * P._BLOCK + 123).astype("float32")
-    t = P._gelu_tanh(x)
-    whole = t * t
-    whole = 0.5 * (1.0 + t + (1.0 - whole) * x * (x * x * (3 * P._GELU_A * P._GELU_C) + P._GELU_C))
-    # the same operations in the same order as the blocked code: ((1 − t²)·x)·u + t + 1, ·½
+def _gelu_derivative_formula(x, t):
+    """GELU'(x) from t = tanh(·) over the whole array, the same operations in the same order as
+    the blocked code: ((1 − t²)·x)·u + t + 1, ·½, u = 3·0.044715·√(2/π) x² + √(2/π)."""
     s = 1.0 - t * t
     s *= x
     u = x * x
@@ -117,10 +112,66 @@ def test_gelu_derivative_in_blocks_has_the_bits_of_one_whole_array_pass():
     s += t
     s += 1.0
     s *= 0.5
+    return s
+
+
+def test_gelu_derivative_in_blocks_has_the_bits_of_one_whole_array_pass():
+    """The blocked derivative against the whole-array formula, bit for bit, on a size that is
+    not a multiple of the block."""
+    x = rng.standard_normal(3 * P._BLOCK + 123).astype("float32")
+    t = P._gelu_tanh(x)
+    whole = t * t
+    whole = 0.5 * (1.0 + t + (1.0 - whole) * x * (x * x * (3 * P._GELU_A * P._GELU_C) + P._GELU_C))
+    s = _gelu_derivative_formula(x, t)
     got = P._gelu_derivative(x, t.copy())
     assert got.dtype == onp.float32
     assert onp.array_equal(got.view(onp.uint32), s.view(onp.uint32))
     onp.testing.assert_allclose(got, whole, rtol=1e-6, atol=1e-7)  # and it is GELU'
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("block", [None, 64, 1000], ids=["default-blocks", "tiny-blocks", "ragged-blocks"])
+def test_gelu_blocks_have_the_bits_of_gelu_and_of_its_vjp(monkeypatch, block, dtype):
+    """``ff._gelu_blocks`` (one chain a block, u² formed once, scratch rows) against the readable
+    path, bit for bit: GELU(U) over U with GELU'(U) into D against ``gelu``'s value and the
+    derivative of ``_gelu_tanh`` + ``_gelu_derivative``; and U -> GELU'(U) in place (frozen_mlp's
+    backward) against the same; on a size that is not a multiple of the block, with ±0, large
+    and tiny entries."""
+    if block is not None:
+        monkeypatch.setattr(FF, "_FF_BLOCK", block)
+        monkeypatch.setattr(P, "_BLOCK", block)
+    U = (3.0 * rng.standard_normal((7, 1234))).astype(dtype)
+    U.flat[:6] = [0.0, -0.0, 30.0, -30.0, 1e-30, -1e-30]
+    want_y = P.gelu(U)
+    want_d = P._gelu_derivative(U, P._gelu_tanh(U))
+    H, D = U.copy(), onp.empty_like(U)
+    FF._gelu_in_place(H, D)
+    assert H.tobytes() == want_y.tobytes() and D.tobytes() == want_d.tobytes()
+    D2 = U.copy()
+    assert FF._gelu_blocks(D2) is D2 and D2.tobytes() == want_d.tobytes()
+    assert want_d.tobytes() == _gelu_derivative_formula(U, P._gelu_tanh(U)).tobytes()  # the readable formula
+    # frozen_mlp's backward: U = x W₁ᵀ without b₁, then + b₁, GELU'(U) and G ⊙ GELU'(U) in each block
+    b = (0.5 * rng.standard_normal(U.shape[-1])).astype(dtype)
+    G = rng.standard_normal(U.shape).astype(dtype)
+    Ub = U + b  # linear's own  y += b, over the whole array
+    want_d, want_g = P._gelu_derivative(Ub, P._gelu_tanh(Ub)), G * P._gelu_derivative(Ub, P._gelu_tanh(Ub))
+    for g_in in (G.copy(), onp.asfortranarray(G)):  # C-contiguous: per block; strided: one pass at the end
+        D3 = U.copy()
+        assert FF._gelu_blocks(D3, b=b, G=g_in) is D3
+        assert D3.tobytes() == want_d.tobytes() and onp.ascontiguousarray(g_in).tobytes() == want_g.tobytes()
+
+
+@pytest.mark.parametrize("block", [64, 1000], ids=["tiny-blocks", "ragged-blocks"])
+def test_frozen_mlp_is_the_three_nodes_bit_for_bit_in_small_blocks(monkeypatch, block):
+    """As ``test_frozen_mlp_is_the_three_nodes_bit_for_bit`` (float32), with the element-wise
+    blocks of ``ff`` small and ragged: the bias, GELU' and ∂L/∂H ⊙ GELU' of the backward pass
+    join per block of whole rows."""
+    monkeypatch.setattr(FF, "_FF_BLOCK", block)
+    x, W1, b1, W2, b2, G = _mlp_case("float32")
+    fused = value_and_grad(lambda t: (FF.frozen_mlp(t["x"], W1, b1, W2, b2) * G).sum(), {"x": x})
+    ref = value_and_grad(lambda t: (P.linear(P.gelu(P.linear(t["x"], W1, b1)), W2, b2) * G).sum(), {"x": x})
+    assert onp.asarray(fused[0]).tobytes() == onp.asarray(ref[0]).tobytes()
+    assert fused[1]["x"].tobytes() == ref[1]["x"].tobytes()
 
 
 def _holding_x_maker(ans, x, W, b=None):

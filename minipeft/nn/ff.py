@@ -33,8 +33,8 @@ from __future__ import annotations
 import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 
-from .primitives import (_blocks, _gelu_derivative, _gelu_erf_blocks, _gelu_tanh, _linear_vjp_W, _linear_vjp_b,
-                         _linear_vjp_x, linear)
+from .primitives import (_GELU_A, _GELU_C, _blocks, _gelu_derivative_into, _gelu_erf_blocks, _gelu_tanh,
+                         _linear_vjp_W, _linear_vjp_b, _linear_vjp_x, _scratch, linear)
 
 
 _SLOT = [None, None]  # (H, GELU'(U)) of the last forward, taken by the VJP maker built for that H
@@ -62,17 +62,68 @@ def _gelu_in_place(H, D=None):
     """U -> GELU(U) (tanh form) in U's own buffer, in blocks of ``_FF_BLOCK`` numbers, with
     GELU'(U) written into D when given: the operations of ``gelu`` and of its derivative, in
     their order, so the bits of ``gelu(U)`` and of its VJP's GELU'(U)."""
+    if D is not None:
+        return _gelu_blocks(H, D)
     Hf = H.reshape(-1)
-    Df = None if D is None else D.reshape(-1)
     for sl in _blocks(Hf.shape[0], type(H) is not onp.ndarray, _FF_BLOCK):
         u = Hf[sl]
         t = _gelu_tanh(u)
         y = t + 1.0  # as gelu: ½ u (1 + t)
         y *= u
         y *= 0.5
-        if Df is not None:
-            Df[sl] = _gelu_derivative(u, t)  # reads u and t (t's buffer is overwritten)
         u[...] = y
+
+
+def _gelu_blocks(U, D=None, b=None, G=None):
+    """U -> GELU(U) in U's own buffer with GELU'(U) written into D (``linear_gelu``'s forward),
+    or, with D None, U -> GELU'(U) in U's own buffer (``frozen_mlp``'s backward); block by block
+    (``_FF_BLOCK`` numbers), each block's chain (``_gelu_block``) through three scratch rows:
+    no other temporary, no copy.  With D None, two more steps may join each block while it is
+    in cache: ``b`` (U.shape[-1],), a bias added to U first (U = x W₁ᵀ, then + b₁: the numbers of
+    ``linear``'s own ``+= b``), and ``G``, an array of U's shape multiplied by GELU'(U) in place
+    (gelu's VJP, G ⊙ GELU'(U)); blocks are then whole rows."""
+    Uf = U.reshape(-1)
+    Df = None if D is None else D.reshape(-1)
+    host_c = G is not None and type(G) is onp.ndarray and G.flags.c_contiguous
+    Gf = G.reshape(-1) if host_c else None  # a view, written through (a device: one block, G *= U after it)
+    n = U.shape[-1] if U.ndim else 1
+    step = _FF_BLOCK if b is None else max(1, _FF_BLOCK // max(n, 1)) * n  # whole rows, for b
+    sls = _blocks(Uf.shape[0], type(U) is not onp.ndarray, step)
+    rows = _scratch(Uf, 3, min(sls[0].stop, Uf.shape[0])) if sls else ()
+    for sl in sls:
+        u = Uf[sl]
+        t, s, w = (r[:u.shape[0]] for r in rows)
+        if Df is not None:
+            _gelu_block(u, t, s, w, Df[sl])
+            continue
+        if b is not None:
+            ub = u.reshape(-1, n)
+            ub += b  # U = x W₁ᵀ + b₁, this block
+        _gelu_block(u, t, s, w, u, value=False)
+        if Gf is not None:
+            Gf[sl] *= u  # G ⊙ GELU'(U), this block
+    if G is not None and Gf is None:  # a strided or device G: one pass at the end
+        G *= U
+    return U
+
+
+def _gelu_block(u, t, s, w, d, value=True):
+    """One block u of U (tanh form), through the scratch rows t, s, w (u's size):
+    t = tanh(√(2/π)(u + 0.044715 u³)), then GELU'(u) into d (u itself when not ``value``), then,
+    when ``value``, GELU(u) = ½ u (1 + t) over u. u² is formed once, for t and for GELU'; every
+    other rounded operation is that of ``_gelu_tanh``, ``_gelu_derivative_into`` and ``gelu``, in
+    their order, so their bits."""
+    onp.multiply(u, u, out=w)  # u², kept for GELU'
+    onp.multiply(w, u, out=t)  # u³
+    t *= _GELU_A
+    t += u
+    t *= _GELU_C
+    onp.tanh(t, out=t)  # t
+    _gelu_derivative_into(u, t, d, s, w, squared=True)  # d may be u: read for the last time there
+    if value:
+        onp.add(t, 1.0, out=s)
+        onp.multiply(s, u, out=u)
+        u *= 0.5  # GELU(u) = ½ u (1 + t), over u
 
 
 def linear_gelu_values(x, W, b, exact=False):
@@ -112,15 +163,6 @@ defvjp_argnums(linear_gelu, _linear_gelu_vjp)
 
 
 # ------------------------------------------------------------ the whole MLP, frozen
-def _gelu_derivative_in_place(U):
-    """U -> GELU'(U) in U's own buffer, in blocks of ``_FF_BLOCK`` numbers (block-sized
-    temporaries): the operations of gelu's VJP, so its bits."""
-    Uf = U.reshape(-1)
-    for sl in _blocks(Uf.shape[0], type(U) is not onp.ndarray, _FF_BLOCK):
-        u = Uf[sl]
-        u[...] = _gelu_derivative(u, _gelu_tanh(u))  # reads u and a fresh t (t's buffer becomes GELU')
-
-
 @primitive
 def frozen_mlp(x, W1, b1, W2, b2):
     """The MLP, M = GELU(x W₁ᵀ + b₁) W₂ᵀ + b₂ (tanh GELU), as one node for frozen weights.
@@ -129,7 +171,8 @@ def frozen_mlp(x, W1, b1, W2, b2):
     Gradient (x only; W₁, b₁, W₂, b₂ are constants), with U = x W₁ᵀ + b₁ recomputed:
         ∂L/∂x = ((g W₂) ⊙ GELU'(U)) W₁.
     The products are ``linear``'s own calls on the whole arrays (so its bits with any BLAS);
-    GELU and GELU' run in place, in blocks.
+    GELU and GELU' run in place, in blocks (in the backward pass + b₁, GELU' and the product
+    with g W₂ join in each block: element-wise, so the same numbers).
     """
     H = linear.fun(x, W1, b1)  # U (..., d_ff), this node's own buffer
     _gelu_in_place(H)  # H = GELU(U) in U's buffer
@@ -144,11 +187,10 @@ def _frozen_mlp_vjp(argnums, ans, args, kwargs):
     dx_of = _linear_vjp_x(None, x, W1)  # linear's ∂L/∂x = ∂L/∂U W₁
 
     def vjp(g):
-        D = linear.fun(x, W1, b1)  # the forward's U, recomputed (the same call, the same bits)
-        _gelu_derivative_in_place(D)  # GELU'(U) in U's buffer
+        D = linear.fun(x, W1)  # the forward's x W₁ᵀ, recomputed (the same product, the same bits)
         dH = _linear_vjp_x(None, D, W2)(g)  # linear's ∂L/∂H = g W₂, of H's shape (..., d_ff)
         del g  # handed over by the backward pass: freed before the products below
-        dH *= D  # gelu's VJP: ∂L/∂U = ∂L/∂H ⊙ GELU'(U)
+        _gelu_blocks(D, b=b1, G=dH)  # block by block: U = x W₁ᵀ + b₁, GELU'(U), ∂L/∂U = ∂L/∂H ⊙ GELU'(U)
         del D
         return (dx_of(dH),)  # linear's ∂L/∂x = ∂L/∂U W₁
 

@@ -423,20 +423,33 @@ def _gelu_derivative(x, t):
     of one block's size, never of x's (the same operations, in the same order, as a whole-array
     evaluation: the bits do not depend on the block size)."""
     xf, tf = x.reshape(-1), t.reshape(-1)  # flat views (t is the forward's own buffer)
-    for sl in _blocks(xf.shape[0], type(x) is not onp.ndarray):
+    sls = _blocks(xf.shape[0], type(x) is not onp.ndarray)
+    rows = _scratch(xf, 2, min(sls[0].stop, xf.shape[0])) if sls else None
+    for sl in sls:
         xb, tb = xf[sl], tf[sl]
-        s = tb * tb
-        onp.subtract(1.0, s, out=s)  # 1 − t²
-        s *= xb
-        u = xb * xb
-        u *= 3 * _GELU_A * _GELU_C
-        u += _GELU_C
-        s *= u  # x (1 − t²) √(2/π)(1 + 3·0.044715 x²)
-        s += tb
-        s += 1.0
-        s *= 0.5
-        tb[...] = s
+        _gelu_derivative_into(xb, tb, tb, *(r[:xb.shape[0]] for r in rows))
     return t
+
+
+def _gelu_derivative_into(x, t, out, s, w, squared=False):
+    """GELU'(x) = ½ (1 + t) + ½ x (1 − t²) √(2/π) (1 + 3·0.044715 x²) of one block, from
+    t = tanh(·), into ``out`` (x's shape: a buffer of its own, or x or t itself), through the
+    scratch rows s, w (x's size; no other block-sized temporary, no copy); ``squared``: w holds
+    x·x already (formed for t). The rounded operations are those of the formula read left to
+    right as ((1 − t²)·x)·u + t + 1, ·½ with u = 3·0.044715·√(2/π) x² + √(2/π), in that order
+    whatever ``out`` is: the same bits."""
+    if not squared:
+        onp.multiply(x, x, out=w)
+    w *= 3 * _GELU_A * _GELU_C
+    w += _GELU_C  # u
+    onp.multiply(t, t, out=s)
+    onp.subtract(1.0, s, out=s)  # 1 − t²
+    s *= x  # x is read for the last time (out may be x)
+    s *= w  # x (1 − t²) √(2/π)(1 + 3·0.044715 x²)
+    onp.add(s, t, out=out)  # t is read for the last time (out may be t)
+    out += 1.0
+    out *= 0.5
+    return out
 
 
 def _gelu_vjp(ans, x):
