@@ -217,7 +217,7 @@ def _attention_vjp(argnums, Z, args, kwargs):
         out = {i: onp.empty(args[i].shape[:2] + (h, other[i].shape[-1]), dtype=onp.result_type(A, other[i]))
                for i in argnums}  # ∂Q (B, T, h, d_h), ∂K, ∂V (B, S, h, d_h): concat_heads layout
         heads = {i: o.transpose(0, 2, 1, 3) for i, o in out.items()}  # (B, h, ·, d_h) views
-        buf = onp.empty(A[groups[0]].size, A.dtype) if qk else None
+        buf = onp.empty(A[groups[0]].size, A.dtype) if qk and groups else None  # (no groups: an empty batch)
         for g in groups:
             a = A[g]
             if 2 in out:
@@ -230,7 +230,7 @@ def _attention_vjp(argnums, Z, args, kwargs):
                 onp.matmul(dS, Kh[g], out=heads[0][g])  # ∂L/∂S K
             if 1 in out:
                 onp.matmul(dS.swapaxes(-1, -2), Qh[g], out=heads[1][g])  # ∂L/∂Sᵀ Q
-        return tuple(out[i].reshape(out[i].shape[:2] + (-1,)) for i in argnums)  # (B, ·, d)
+        return tuple(out[i].reshape(out[i].shape[:2] + (h * other[i].shape[-1],)) for i in argnums)  # (B, ·, d)
 
     return vjp
 
