@@ -85,6 +85,28 @@ def _head_groups(A):
     return _softmax_blocks(A, A.shape[:2] + (A.shape[2] * A.shape[3],))
 
 
+def _grad_buffers(rows, other, A, h):
+    """Gradients in concat_heads layout, to be written a group of heads at a time: for each i of
+    ``rows`` ({i: (B, n_i)}), out[i] (B, n_i, h, d_h) (d_h from other[i], dtype that of A and
+    other[i]) and heads[i], its (B, h, n_i, d_h) view."""
+    out = {i: onp.empty(tuple(n) + (h, other[i].shape[-1]), dtype=onp.result_type(A, other[i]))
+           for i, n in rows.items()}
+    return out, {i: o.transpose(0, 2, 1, 3) for i, o in out.items()}
+
+
+def _score_grads(dS, g, heads, Kh, Qh):
+    """Group g's ∂L/∂S K into heads[0][g] and ∂L/∂Sᵀ Q into heads[1][g], those that are asked for."""
+    if 0 in heads:
+        onp.matmul(dS, Kh[g], out=heads[0][g])  # ∂L/∂S K
+    if 1 in heads:
+        onp.matmul(dS.swapaxes(-1, -2), Qh[g], out=heads[1][g])  # ∂L/∂Sᵀ Q
+
+
+def _merged(out, argnums):
+    """out[i] (B, n, h, d_h) -> (B, n, h·d_h) for each i of argnums (concat_heads; no copy)."""
+    return tuple(out[i].reshape(out[i].shape[:2] + (out[i].shape[2] * out[i].shape[3],)) for i in argnums)
+
+
 @primitive
 def attention_weights(Q, K, h, mask=None):
     """Attention weights of every head (equations.md, "Transformer").
@@ -123,18 +145,13 @@ def _attention_weights_vjp(argnums, A, args, kwargs):
                          for i in argnums)
         # a group of heads at a time: its ∂L/∂S is formed in one reused buffer and read by both
         # products while it is in cache
-        other = {0: Kh, 1: Qh}  # what ∂Q, ∂K read
-        out = {i: onp.empty((A.shape[0], A.shape[2 + i], h, other[i].shape[-1]), dtype=onp.result_type(A, other[i]))
-               for i in argnums}  # ∂Q (B, T, h, d_h), ∂K (B, S, h, d_h): concat_heads layout
-        heads = {i: o.transpose(0, 2, 1, 3) for i, o in out.items()}  # (B, h, ·, d_h) views
+        out, heads = _grad_buffers({i: (A.shape[0], A.shape[2 + i]) for i in argnums}, {0: Kh, 1: Qh}, A, h)
+        # ∂Q (B, T, h, d_h), ∂K (B, S, h, d_h): concat_heads layout; heads: (B, h, ·, d_h) views
         buf = onp.empty(A[groups[0]].size, A.dtype)
         for g in groups:
             dS = _softmax_vjp_of(A[g], G[g], scale, out=buf[:A[g].size].reshape(A[g].shape))
-            if 0 in out:
-                onp.matmul(dS, Kh[g], out=heads[0][g])  # ∂L/∂S K
-            if 1 in out:
-                onp.matmul(dS.swapaxes(-1, -2), Qh[g], out=heads[1][g])  # ∂L/∂Sᵀ Q
-        return tuple(out[i].reshape(out[i].shape[:2] + (h * other[i].shape[-1],)) for i in argnums)  # (B, ·, d)
+            _score_grads(dS, g, heads, Kh, Qh)
+        return _merged(out, argnums)  # (B, ·, d)
 
     return vjp
 
@@ -213,10 +230,8 @@ def _attention_vjp(argnums, Z, args, kwargs):
             dQK = weights_vjp(onp.matmul(Gh, Vh.transpose(0, 1, 3, 2))) if qk else ()  # through ∂L/∂A (B, h, T, S)
             return tuple(dQK) + ((dV,) if 2 in argnums else ())
         groups = _head_groups(A)
-        other = {0: Kh, 1: Qh, 2: Gh}  # what ∂Q, ∂K, ∂V read besides A or ∂L/∂S
-        out = {i: onp.empty(args[i].shape[:2] + (h, other[i].shape[-1]), dtype=onp.result_type(A, other[i]))
-               for i in argnums}  # ∂Q (B, T, h, d_h), ∂K, ∂V (B, S, h, d_h): concat_heads layout
-        heads = {i: o.transpose(0, 2, 1, 3) for i, o in out.items()}  # (B, h, ·, d_h) views
+        out, heads = _grad_buffers({i: args[i].shape[:2] for i in argnums}, {0: Kh, 1: Qh, 2: Gh}, A, h)
+        # ∂Q (B, T, h, d_h), ∂K, ∂V (B, S, h, d_h): concat_heads layout; heads: (B, h, ·, d_h) views
         buf = onp.empty(A[groups[0]].size, A.dtype) if qk and groups else None  # (no groups: an empty batch)
         for g in groups:
             a = A[g]
@@ -225,12 +240,9 @@ def _attention_vjp(argnums, Z, args, kwargs):
             if not qk:
                 continue
             dS = onp.matmul(Gh[g], Vh[g].swapaxes(-1, -2), out=buf[:a.size].reshape(a.shape))  # ∂L/∂A = G Vᵀ
-            _softmax_vjp_of(a, dS, scale, out=dS)  # ∂L/∂S, in place
-            if 0 in out:
-                onp.matmul(dS, Kh[g], out=heads[0][g])  # ∂L/∂S K
-            if 1 in out:
-                onp.matmul(dS.swapaxes(-1, -2), Qh[g], out=heads[1][g])  # ∂L/∂Sᵀ Q
-        return tuple(out[i].reshape(out[i].shape[:2] + (h * other[i].shape[-1],)) for i in argnums)  # (B, ·, d)
+            _softmax_vjp_of(a, dS, scale, out=dS)  # ∂L/∂S (times 1/sqrt(d_h)), in place
+            _score_grads(dS, g, heads, Kh, Qh)
+        return _merged(out, argnums)  # (B, ·, d)
 
     return vjp
 
