@@ -129,6 +129,8 @@ def attention_weights(Q, K, h, mask=None):
 
 
 def _attention_weights_vjp(argnums, A, args, kwargs):
+    """``attention_weights``' VJP maker: G = ∂L/∂A (B, h, T, S) -> the asked-for ∂L/∂Q (B, T, d),
+    ∂L/∂K (B, S, d) (the equations in ``attention_weights``' docstring)."""
     Q, K, h = args[:3]
     if any(i not in (0, 1) for i in argnums):
         raise ValueError("attention_weights: h and mask are not differentiable")
@@ -188,7 +190,8 @@ _ATTN = _Stash()  # _attention_node's forward hands its weights A to its VJP
 
 
 def _attention_values(Q, K, V, h, mask=None):
-    """Z = attend(attention_weights(Q, K, h, mask), V), A kept for the VJP (``_ATTN``)."""
+    """Z = attend(attention_weights(Q, K, h, mask), V): Q (B, T, d), K, V (B, S, d), mask as
+    ``attention_weights``' -> Z (B, T, d); A (B, h, T, S) kept for the VJP (``_ATTN``)."""
     A = attention_weights(Q, K, h, mask)  # (B, h, T, S)
     return _ATTN.put(attend(A, V), A)  # Z (B, T, d)
 
@@ -198,12 +201,13 @@ _attention_node = primitive(_attention_values)  # what autograd traces when the 
 
 def _attention_vjp(argnums, Z, args, kwargs):
     """The VJP of ``attend(attention_weights(Q, K, h, mask), V)`` as one node. With G = ∂L/∂Z
-    split into heads, per head:
+    (B, T, d) split into heads, per head:
 
-        ∂L/∂V = concat_heads(Aᵀ G),  ∂L/∂A = G Vᵀ,  ∂L/∂S = A ⊙ (∂L/∂A − Σ_s ∂L/∂A ⊙ A) / sqrt(d_h),
-        ∂L/∂Q = concat_heads(∂L/∂S K),  ∂L/∂K = concat_heads(∂L/∂Sᵀ Q)
+        ∂L/∂V = concat_heads(Aᵀ G),  ∂L/∂A = G Vᵀ,  ∂L/∂S = A ⊙ (∂L/∂A − Σ_s ∂L/∂A ⊙ A),
+        ∂L/∂Q = concat_heads(∂L/∂S K) / sqrt(d_h),  ∂L/∂K = concat_heads(∂L/∂Sᵀ Q) / sqrt(d_h)
 
-    the same products and the same softmax backward as ``attend``'s and ``attention_weights``'
+    (1/sqrt(d_h) is applied to ∂L/∂S in its buffer); ∂L/∂Q: (B, T, d), ∂L/∂K, ∂L/∂V: (B, S, d).
+    The same products and the same softmax backward as ``attend``'s and ``attention_weights``'
     VJPs (the same bits), but a group of heads at a time: ∂L/∂A is formed in one reused buffer,
     turned into ∂L/∂S there in place, and read by ∂Q's and ∂K's products while it is in cache;
     the group's A is read by ∂V's product and the softmax backward in the same visit. No
@@ -267,7 +271,8 @@ def attention(Q, K, V, h, prefix=None, return_weights=False, mask=None):
         with prefix (P_k, P_v):  K' = [P_k; K],  V' = [P_v; V]   (prefix tuning)
 
     Q: (B, T, d); K, V: (B, S, d); P_k, P_v: (p, d) or (B, p, d); mask: None or (B, S)
-    bool (True = visible; M = −∞ on hidden keys, e.g. padding); prefix keys are always
+    bool (True = visible; M = −∞ on hidden keys, e.g. padding), at least one key visible per
+    text (a row with every key hidden has no softmax: NaN); prefix keys are always
     visible. Returns Z: (B, T, d) — as many outputs as queries — and, if
     ``return_weights``, the attention weights A: (B, h, T, p + S), each row summing to 1.
     Computed with the fused ``attention_weights`` and ``attend``; traced without
