@@ -130,7 +130,8 @@ def named(loss, g):
 def worker():
     """Answer one JSON request a line:
         {"build": ["vit", d, T, dtype, kind] or ["minilm", n, dtype, kind, padded], "bits": path or null}
-            builds the work (and saves its bits to the .npz ``path``): {"ok": minipeft's __file__}
+            builds the work (and saves its bits to the .npz ``path``): {"ok": minipeft's __file__},
+            or {"error": message} when the work refuses its spec (a ValueError: d, T, n, dtype)
         {"run": k}  runs the work k times: {"cpu": s, "wall": s}"""
     from minipeft import runtime
     runtime.apply()
@@ -140,10 +141,13 @@ def worker():
         req = json.loads(line)
         if "build" in req:
             what, *spec = req["build"]
-            fn, bits = (vit_work if what == "vit" else minilm_work)(*spec)
-            if req.get("bits"):
-                onp.savez(req["bits"], **bits())
-            out = {"ok": mp.__file__}
+            try:
+                fn, bits = (vit_work if what == "vit" else minilm_work)(*spec)
+                if req.get("bits"):
+                    onp.savez(req["bits"], **bits())
+                out = {"ok": mp.__file__}
+            except ValueError as e:  # a spec the code refuses, in its own words
+                out = {"error": str(e)}
         else:
             gc.disable()  # a collection inside the timed calls would land on one side only (measure.py)
             c0, w0 = time.process_time(), time.perf_counter()
@@ -174,7 +178,10 @@ class Side:
         return json.loads(line)
 
     def build(self, spec, bits=None):
-        where = self.ask(build=list(spec), bits=bits)["ok"]
+        got = self.ask(build=list(spec), bits=bits)
+        if "error" in got:
+            raise SystemExit(f"ab.py: {self.name} cannot build {tuple(spec)}: {got['error']}")
+        where = got["ok"]
         if not Path(where).resolve().is_relative_to(self.root):
             raise SystemExit(f"{self.name}: imported minipeft from {where}, not from {self.root}")
 
@@ -231,28 +238,47 @@ def cell(r):
     return f"{r['cpu']:.3f} ({r['iqr'][0]:.3f}-{r['iqr'][1]:.3f})"
 
 
+def positive(text):
+    """argparse type: a whole number ≥ 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1 or str(v) != text.strip():
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1, got {text!r}")
+    return v
+
+
+#: the toy ViT steps: full, or one of cases.py's METHODS (tests/test_ab.py checks they agree)
+KINDS = ("full", "lora", "prompt", "ia3")
+
+
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--baseline", required=True, help="the other checkout (its root: DIR/minipeft)")
-    ap.add_argument("--d", type=int, nargs="+", default=None,
-                    help="toy ViT widths (default 64 128 when no MiniLM option is given, else none)")
-    ap.add_argument("--T", type=int, default=65)
-    ap.add_argument("--dtype", default="float32", help="the toy ViT's dtype")
-    ap.add_argument("--kinds", nargs="+", default=["full", "lora"], help="toy ViT steps")
-    ap.add_argument("--minilm", type=int, nargs="+", default=[], metavar="TOKENS",
+    ap.add_argument("--d", type=positive, nargs="+", default=None,
+                    help="toy ViT widths, multiples of cases.py's HEADS (default 64 128 when no MiniLM option "
+                         "is given, else none)")
+    ap.add_argument("--T", type=positive, default=65, help="toy ViT tokens: 1 + g² (CLS + g×g patches)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="the toy ViT's dtype")
+    ap.add_argument("--kinds", nargs="+", default=["full", "lora"], choices=KINDS, help="toy ViT steps")
+    ap.add_argument("--minilm", type=positive, nargs="+", default=[], metavar="TOKENS",
                     help="also time all-MiniLM-L6-v2 at 8 × TOKENS (installed weights)")
     ap.add_argument("--minilm-kinds", nargs="+", default=["forward"], choices=["forward", "lora", "full"])
     ap.add_argument("--no-torch", action="store_true", help="no BertModel worker beside the MiniLM forward")
-    ap.add_argument("--rounds", type=int, default=21)
-    ap.add_argument("--calls", type=int, default=None,
+    ap.add_argument("--rounds", type=positive, default=21)
+    ap.add_argument("--calls", type=positive, default=None,
                     help="calls per worker per round (default: 3 toy steps; MiniLM 2 at ≤ 32 tokens, else 1)")
     ap.add_argument("--no-bits", action="store_true", help="skip the bit-for-bit comparisons of the timed works")
-    ap.add_argument("--minilm-bits", type=int, nargs="+", default=[], metavar="TOKENS",
+    ap.add_argument("--minilm-bits", type=positive, nargs="+", default=[], metavar="TOKENS",
                     help="compare (no timing) all-MiniLM-L6-v2's forward, LoRA and full gradients at 8 × TOKENS, "
                          "half the texts padded")
     a = ap.parse_args(argv)
     if not (Path(a.baseline) / "minipeft").is_dir():
         ap.error(f"--baseline: no {Path(a.baseline) / 'minipeft'}")
+    if any(n <= PAD for n in a.minilm_bits):
+        ap.error(f"--minilm-bits: more than {PAD} tokens (a padded text ends in {PAD} hidden keys and keeps its "
+                 f"[CLS]), got {a.minilm_bits}")
     if a.d is None:
         a.d = [] if a.minilm or a.minilm_bits else [64, 128]
     a.torch = bool(a.minilm) and "forward" in a.minilm_kinds and not a.no_torch

@@ -73,3 +73,28 @@ def test_minilm_forward_and_bits_against_itself():
 def test_a_baseline_that_is_no_checkout_is_refused(tmp_path):
     p = _run("--d", "16", "--T", "5", "--baseline", str(tmp_path), timeout=60)
     assert p.returncode == 2 and "--baseline" in p.stderr
+
+
+@pytest.mark.parametrize("args,rc,says", [
+    (("--rounds", "0"), 2, "--rounds: must be a whole number ≥ 1"),
+    (("--calls", "0"), 2, "--calls: must be a whole number ≥ 1"),
+    (("--kinds", "bogus"), 2, "invalid choice: 'bogus'"),
+    (("--dtype", "int8"), 2, "invalid choice: 'int8'"),
+    (("--minilm-bits", "5"), 2, "--minilm-bits: more than 5 tokens"),
+    (("--d", "15", "--T", "5"), 1, "cannot build ('vit', 15, 5, 'float32', 'full'): d must be a multiple of h"),
+    (("--d", "16", "--T", "6"), 1, "T must be 1 + g² tokens"),
+])
+def test_bad_input_is_refused_in_words(args, rc, says):
+    """Refused before any timing: by the parser (2), or by the work's own check in the worker (1)."""
+    p = _run("--kinds", "full", *args, timeout=60) if "--kinds" not in args else _run(*args, timeout=60)
+    assert p.returncode == rc and says in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+
+
+def test_the_kinds_are_full_and_the_cases_methods(ab):
+    m, _ = ab
+    sys.path.insert(0, str(BENCH))
+    try:
+        import cases
+    finally:
+        sys.path.remove(str(BENCH))
+    assert m.KINDS == ("full", *cases.METHODS)

@@ -137,3 +137,27 @@ def test_one_node_attention_with_a_cotangent_of_another_dtype_has_the_bits_of_it
     for a, b in zip(got, want):
         assert a.dtype == b.dtype
         onp.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("B,T,S,d,h,prefix", [(1, 3, 7, 4, 1, 0), (2, 5, 9, 12, 3, 0), (3, 9, 4, 8, 2, 0),
+                                              (2, 4, 4, 8, 2, 3), (0, 5, 6, 8, 2, 0), (0, 5, 6, 8, 2, 2)])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_one_node_attention_on_odd_shapes_equals_the_composed_attention(dtype, B, T, S, d, h, prefix):
+    """The traced one-node attention (T ≠ S, h = 1, batch 1, prefix keys, an empty batch; padded
+    texts, each with a visible key) = ``attention_composed``, in value and every gradient; the
+    cotangent G, which autograd may hand to other nodes too, is not written."""
+    Q, K, V = _x((B, T, d), dtype, 21), _x((B, S, d), dtype, 22), _x((B, S, d), dtype, 23)
+    mask = onp.arange(S)[None] < (1 + onp.arange(B) % S)[:, None]  # (B, S): 1, 2, … visible keys
+    args, nums = (Q, K, V), (0, 1, 2)
+    if prefix:
+        args, nums = args + (_x((prefix, d), dtype, 24), _x((prefix, d), dtype, 25)), (0, 1, 2, 3, 4)
+
+    def run(f):
+        return lambda q, k, v, *p: f(q, k, v, h, prefix=tuple(p) or None, mask=mask)
+
+    (Zf, gf, G), (Zr, gr, _) = _vjp_pair(run(attention), run(attention_composed), args, nums, dtype)
+    onp.testing.assert_array_equal(G, onp.random.default_rng(0).standard_normal(G.shape).astype(dtype))  # G unwritten
+    for a, b, x, what in [(Zf, Zr, Q, "Z")] + [(a, b, x, "∂L") for a, b, x in zip(gf, gr, args)]:
+        assert a.shape == x.shape and a.dtype == onp.dtype(dtype), what
+        if a.size:  # (an empty batch: empty Z, ∂Q, ∂K, ∂V; the prefix's gradients are zeros)
+            _close(a, b, dtype, f"{what} of the one-node attention")

@@ -85,6 +85,28 @@ def _head_groups(A):
     return _softmax_blocks(A, A.shape[:2] + (A.shape[2] * A.shape[3],))
 
 
+def _grad_buffers(rows, other, A, h):
+    """Gradients in concat_heads layout, to be written a group of heads at a time: for each i of
+    ``rows`` ({i: (B, n_i)}), out[i] (B, n_i, h, d_h) (d_h from other[i], dtype that of A and
+    other[i]) and heads[i], its (B, h, n_i, d_h) view."""
+    out = {i: onp.empty(tuple(n) + (h, other[i].shape[-1]), dtype=onp.result_type(A, other[i]))
+           for i, n in rows.items()}
+    return out, {i: o.transpose(0, 2, 1, 3) for i, o in out.items()}
+
+
+def _score_grads(dS, g, heads, Kh, Qh):
+    """Group g's ∂L/∂S K into heads[0][g] and ∂L/∂Sᵀ Q into heads[1][g], those that are asked for."""
+    if 0 in heads:
+        onp.matmul(dS, Kh[g], out=heads[0][g])  # ∂L/∂S K
+    if 1 in heads:
+        onp.matmul(dS.swapaxes(-1, -2), Qh[g], out=heads[1][g])  # ∂L/∂Sᵀ Q
+
+
+def _merged(out, argnums):
+    """out[i] (B, n, h, d_h) -> (B, n, h·d_h) for each i of argnums (concat_heads; no copy)."""
+    return tuple(out[i].reshape(out[i].shape[:2] + (out[i].shape[2] * out[i].shape[3],)) for i in argnums)
+
+
 @primitive
 def attention_weights(Q, K, h, mask=None):
     """Attention weights of every head (equations.md, "Transformer").
@@ -107,6 +129,8 @@ def attention_weights(Q, K, h, mask=None):
 
 
 def _attention_weights_vjp(argnums, A, args, kwargs):
+    """``attention_weights``' VJP maker: G = ∂L/∂A (B, h, T, S) -> the asked-for ∂L/∂Q (B, T, d),
+    ∂L/∂K (B, S, d) (the equations in ``attention_weights``' docstring)."""
     Q, K, h = args[:3]
     if any(i not in (0, 1) for i in argnums):
         raise ValueError("attention_weights: h and mask are not differentiable")
@@ -123,18 +147,13 @@ def _attention_weights_vjp(argnums, A, args, kwargs):
                          for i in argnums)
         # a group of heads at a time: its ∂L/∂S is formed in one reused buffer and read by both
         # products while it is in cache
-        other = {0: Kh, 1: Qh}  # what ∂Q, ∂K read
-        out = {i: onp.empty((A.shape[0], A.shape[2 + i], h, other[i].shape[-1]), dtype=onp.result_type(A, other[i]))
-               for i in argnums}  # ∂Q (B, T, h, d_h), ∂K (B, S, h, d_h): concat_heads layout
-        heads = {i: o.transpose(0, 2, 1, 3) for i, o in out.items()}  # (B, h, ·, d_h) views
+        out, heads = _grad_buffers({i: (A.shape[0], A.shape[2 + i]) for i in argnums}, {0: Kh, 1: Qh}, A, h)
+        # ∂Q (B, T, h, d_h), ∂K (B, S, h, d_h): concat_heads layout; heads: (B, h, ·, d_h) views
         buf = onp.empty(A[groups[0]].size, A.dtype)
         for g in groups:
             dS = _softmax_vjp_of(A[g], G[g], scale, out=buf[:A[g].size].reshape(A[g].shape))
-            if 0 in out:
-                onp.matmul(dS, Kh[g], out=heads[0][g])  # ∂L/∂S K
-            if 1 in out:
-                onp.matmul(dS.swapaxes(-1, -2), Qh[g], out=heads[1][g])  # ∂L/∂Sᵀ Q
-        return tuple(out[i].reshape(out[i].shape[:2] + (h * other[i].shape[-1],)) for i in argnums)  # (B, ·, d)
+            _score_grads(dS, g, heads, Kh, Qh)
+        return _merged(out, argnums)  # (B, ·, d)
 
     return vjp
 
@@ -171,7 +190,8 @@ _ATTN = _Stash()  # _attention_node's forward hands its weights A to its VJP
 
 
 def _attention_values(Q, K, V, h, mask=None):
-    """Z = attend(attention_weights(Q, K, h, mask), V), A kept for the VJP (``_ATTN``)."""
+    """Z = attend(attention_weights(Q, K, h, mask), V): Q (B, T, d), K, V (B, S, d), mask as
+    ``attention_weights``' -> Z (B, T, d); A (B, h, T, S) kept for the VJP (``_ATTN``)."""
     A = attention_weights(Q, K, h, mask)  # (B, h, T, S)
     return _ATTN.put(attend(A, V), A)  # Z (B, T, d)
 
@@ -181,12 +201,13 @@ _attention_node = primitive(_attention_values)  # what autograd traces when the 
 
 def _attention_vjp(argnums, Z, args, kwargs):
     """The VJP of ``attend(attention_weights(Q, K, h, mask), V)`` as one node. With G = ∂L/∂Z
-    split into heads, per head:
+    (B, T, d) split into heads, per head:
 
-        ∂L/∂V = concat_heads(Aᵀ G),  ∂L/∂A = G Vᵀ,  ∂L/∂S = A ⊙ (∂L/∂A − Σ_s ∂L/∂A ⊙ A) / sqrt(d_h),
-        ∂L/∂Q = concat_heads(∂L/∂S K),  ∂L/∂K = concat_heads(∂L/∂Sᵀ Q)
+        ∂L/∂V = concat_heads(Aᵀ G),  ∂L/∂A = G Vᵀ,  ∂L/∂S = A ⊙ (∂L/∂A − Σ_s ∂L/∂A ⊙ A),
+        ∂L/∂Q = concat_heads(∂L/∂S K) / sqrt(d_h),  ∂L/∂K = concat_heads(∂L/∂Sᵀ Q) / sqrt(d_h)
 
-    the same products and the same softmax backward as ``attend``'s and ``attention_weights``'
+    (1/sqrt(d_h) is applied to ∂L/∂S in its buffer); ∂L/∂Q: (B, T, d), ∂L/∂K, ∂L/∂V: (B, S, d).
+    The same products and the same softmax backward as ``attend``'s and ``attention_weights``'
     VJPs (the same bits), but a group of heads at a time: ∂L/∂A is formed in one reused buffer,
     turned into ∂L/∂S there in place, and read by ∂Q's and ∂K's products while it is in cache;
     the group's A is read by ∂V's product and the softmax backward in the same visit. No
@@ -213,11 +234,9 @@ def _attention_vjp(argnums, Z, args, kwargs):
             dQK = weights_vjp(onp.matmul(Gh, Vh.transpose(0, 1, 3, 2))) if qk else ()  # through ∂L/∂A (B, h, T, S)
             return tuple(dQK) + ((dV,) if 2 in argnums else ())
         groups = _head_groups(A)
-        other = {0: Kh, 1: Qh, 2: Gh}  # what ∂Q, ∂K, ∂V read besides A or ∂L/∂S
-        out = {i: onp.empty(args[i].shape[:2] + (h, other[i].shape[-1]), dtype=onp.result_type(A, other[i]))
-               for i in argnums}  # ∂Q (B, T, h, d_h), ∂K, ∂V (B, S, h, d_h): concat_heads layout
-        heads = {i: o.transpose(0, 2, 1, 3) for i, o in out.items()}  # (B, h, ·, d_h) views
-        buf = onp.empty(A[groups[0]].size, A.dtype) if qk else None
+        out, heads = _grad_buffers({i: args[i].shape[:2] for i in argnums}, {0: Kh, 1: Qh, 2: Gh}, A, h)
+        # ∂Q (B, T, h, d_h), ∂K, ∂V (B, S, h, d_h): concat_heads layout; heads: (B, h, ·, d_h) views
+        buf = onp.empty(A[groups[0]].size, A.dtype) if qk and groups else None  # (no groups: an empty batch)
         for g in groups:
             a = A[g]
             if 2 in out:
@@ -225,12 +244,9 @@ def _attention_vjp(argnums, Z, args, kwargs):
             if not qk:
                 continue
             dS = onp.matmul(Gh[g], Vh[g].swapaxes(-1, -2), out=buf[:a.size].reshape(a.shape))  # ∂L/∂A = G Vᵀ
-            _softmax_vjp_of(a, dS, scale, out=dS)  # ∂L/∂S, in place
-            if 0 in out:
-                onp.matmul(dS, Kh[g], out=heads[0][g])  # ∂L/∂S K
-            if 1 in out:
-                onp.matmul(dS.swapaxes(-1, -2), Qh[g], out=heads[1][g])  # ∂L/∂Sᵀ Q
-        return tuple(out[i].reshape(out[i].shape[:2] + (-1,)) for i in argnums)  # (B, ·, d)
+            _softmax_vjp_of(a, dS, scale, out=dS)  # ∂L/∂S (times 1/sqrt(d_h)), in place
+            _score_grads(dS, g, heads, Kh, Qh)
+        return _merged(out, argnums)  # (B, ·, d)
 
     return vjp
 
@@ -255,7 +271,8 @@ def attention(Q, K, V, h, prefix=None, return_weights=False, mask=None):
         with prefix (P_k, P_v):  K' = [P_k; K],  V' = [P_v; V]   (prefix tuning)
 
     Q: (B, T, d); K, V: (B, S, d); P_k, P_v: (p, d) or (B, p, d); mask: None or (B, S)
-    bool (True = visible; M = −∞ on hidden keys, e.g. padding); prefix keys are always
+    bool (True = visible; M = −∞ on hidden keys, e.g. padding), at least one key visible per
+    text (a row with every key hidden has no softmax: NaN); prefix keys are always
     visible. Returns Z: (B, T, d) — as many outputs as queries — and, if
     ``return_weights``, the attention weights A: (B, h, T, p + S), each row summing to 1.
     Computed with the fused ``attention_weights`` and ``attend``; traced without
