@@ -161,3 +161,22 @@ def test_one_node_attention_on_odd_shapes_equals_the_composed_attention(dtype, B
         assert a.shape == x.shape and a.dtype == onp.dtype(dtype), what
         if a.size:  # (an empty batch: empty Z, ∂Q, ∂K, ∂V; the prefix's gradients are zeros)
             _close(a, b, dtype, f"{what} of the one-node attention")
+
+
+def test_one_node_attention_vjp_keeps_only_the_inputs_its_gradients_read():
+    """∂L/∂V = concat_heads(Aᵀ G) reads A and G only: a VJP built for V alone must not keep Q,
+    K or V alive (the activation memory a frozen projection saves, as linear's dX closure)."""
+    import gc
+    import weakref
+
+    from minipeft.nn.attention import _attention_node, _attention_vjp
+    rng = onp.random.default_rng(0)
+    Q, K, V = (rng.standard_normal((2, 5, 8)) for _ in range(3))
+    Z = _attention_node.fun(Q, K, V, 2, None)
+    vjp = _attention_vjp((2,), Z, (Q, K, V, 2, None), {})
+    refs = [weakref.ref(a) for a in (Q, K, V)]
+    del Q, K, V
+    gc.collect()
+    assert [r() is None for r in refs] == [True, True, True]
+    (dV,) = vjp(onp.ones_like(Z))
+    assert dV.shape == (2, 5, 8) and onp.isfinite(dV).all()

@@ -225,16 +225,18 @@ def _attention_vjp(argnums, Z, args, kwargs):
     scale = 1.0 / math.sqrt(Q.shape[-1] // h)
     Kh = _heads(K, h) if 0 in argnums else None
     Qh = _heads(Q, h) if 1 in argnums else None
+    # the closure keeps only what a computed gradient reads (shapes and dtype, not Q, K, V themselves)
+    rows, v_dtype = {i: args[i].shape[:2] for i in argnums}, V.dtype
 
     def vjp(G):
         Gh = _heads(G, h)  # (B, h, T, d_h) view
-        if type(A) is not onp.ndarray or type(G) is not onp.ndarray or not A.dtype == G.dtype == V.dtype:
+        if type(A) is not onp.ndarray or type(G) is not onp.ndarray or not A.dtype == G.dtype == v_dtype:
             # a device array (one kernel per step over everything), or mixed dtypes: the two nodes' VJPs
             dV = _heads_matmul(A.transpose(0, 1, 3, 2), Gh, h) if 2 in argnums else None  # (B, S, d)
             dQK = weights_vjp(onp.matmul(Gh, Vh.transpose(0, 1, 3, 2))) if qk else ()  # through ∂L/∂A (B, h, T, S)
             return tuple(dQK) + ((dV,) if 2 in argnums else ())
         groups = _head_groups(A)
-        out, heads = _grad_buffers({i: args[i].shape[:2] for i in argnums}, {0: Kh, 1: Qh, 2: Gh}, A, h)
+        out, heads = _grad_buffers(rows, {0: Kh, 1: Qh, 2: Gh}, A, h)
         # ∂Q (B, T, h, d_h), ∂K, ∂V (B, S, h, d_h): concat_heads layout; heads: (B, h, ·, d_h) views
         buf = onp.empty(A[groups[0]].size, A.dtype) if qk and groups else None  # (no groups: an empty batch)
         for g in groups:
