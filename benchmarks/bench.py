@@ -230,6 +230,7 @@ def gemm_steps(args, peaks, log, have_torch=False):
 
             alone = measure.gemm_seconds(products, "float32")
             r = {"d": d, "T": T, "batch": args.batch, "pairs": args.fresh_pairs, "steps": args.fresh_steps,
+                 "warmup": fresh.WARMUP,
                  "full_ms": ms["mp", "full"], "lora_ms": ms["mp", "lora"],
                  "share": share("mp", ms["mp", "full"] / 1e3), "lora_full": lora_full("mp"),
                  "floor": flops["lora"] / flops["full"],

@@ -5,8 +5,8 @@ thresholds, after which later steps stop returning (and page-faulting back) thei
 activations. An in-process benchmark that first ran big GEMMs therefore flatters whoever
 runs after. Here every measurement starts a new interpreter:
 
-* steps: one worker process builds a case (cases.py), runs one untimed step, then times
-  ``steps`` steps (CPU time, wall time, minor page faults and system time per step). The
+* steps: one worker process builds a case (cases.py), runs ``WARMUP`` untimed steps, then
+  times ``steps`` steps (CPU time, wall time, minor page faults and system time per step). The
   minipeft worker first applies ``minipeft.runtime.apply()``, as every minipeft entry point
   does (one BLAS thread, the allocator keeping freed memory); the PyTorch worker sets
   ``torch.set_num_threads(1)`` and nothing else. Workers run in interleaved pairs
@@ -20,6 +20,16 @@ runs after. Here every measurement starts a new interpreter:
 * train: the whole ``minipeft train --method lora --task digits --epochs N`` process
   against ``benchmarks/torch_train.py --epochs N`` (the same job in PyTorch), CPU time
   (user + system, from the children's rusage) and wall time, in interleaved pairs.
+
+Why ``WARMUP`` untimed steps, not one: timing every step of a fresh process shows the
+first step paying for the process's first touches (imports, page faults of every buffer,
+optimiser state), the second still faulting in part of what the first step left unmapped
+and slower than the rest, and the steps after it flat (no page faults) up to a rare
+full garbage collection. A ``minipeft train`` of many steps spends almost all of its time
+in that flat part, so the timed steps start after the warm-up; the same warm-up is applied
+to the PyTorch worker, whose own first steps also fault and run slower. The per-step median
+keeps an occasional full collection out of the figure, as it is out of most steps of a
+long run.
 
 The worker is this file: ``python benchmarks/fresh.py worker '<json>'`` prints one JSON line.
 """
@@ -40,6 +50,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 #: variables a parent benchmark sets for itself; a fresh worker starts without them, as a user's shell would
 _STRIP = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: untimed steps before the timed ones, in every steps worker of both frameworks (module docstring)
+WARMUP = 2
 
 
 def _env():
@@ -110,7 +122,8 @@ def worker(spec):
             out["traced_mb"] = (tracemalloc.get_traced_memory()[1] - t0) / 2 ** 20
             tracemalloc.stop()
         return out
-    fn()  # untimed: the first step (imports, first touches)
+    for _ in range(WARMUP):  # untimed: the first steps (imports, first touches, page faults)
+        fn()
     cpu, wall, faults, sys_t = [], [], [], []
     for _ in range(spec["steps"]):
         r0, c0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
@@ -151,6 +164,7 @@ def step_pairs(kind, d, T, batch, dtype, pairs=3, steps=8, log=print):
                                         "batch": batch, "dtype": dtype, "steps": steps}))
     med = lambda fw, k: float(onp.median([r[k] for r in runs[fw]]))  # noqa: E731
     out = {"kind": kind, "d": d, "T": T, "batch": batch, "dtype": dtype, "pairs": pairs, "steps": steps,
+           "warmup": WARMUP,
            **_pair_ratio([r["cpu_ms"] for r in runs["mp"]], [r["cpu_ms"] for r in runs["torch"]])}
     for fw in runs:
         out[fw] = {k: med(fw, k) for k in ("cpu_ms", "wall_ms", "faults", "sys_ms")}

@@ -20,6 +20,13 @@ GEMM_SHARE_TARGETS = {64: 0.55, 256: 0.75}
 FLOOR_GAP = 0.05
 
 
+def _untimed(r):
+    """The untimed warm-up of a fresh-process result: "one untimed step" (results from before
+    fresh.WARMUP) or "N untimed steps"."""
+    n = r.get("warmup", 1)
+    return "one untimed step" if n == 1 else f"{n} untimed steps"
+
+
 def blas_kernels(torch=None) -> dict:
     """Which BLAS kernel each side uses: NumPy's libraries from threadpoolctl (with the CPU
     kernel OpenBLAS picked), PyTorch's BLAS and CPU capability from ``torch.__config__``."""
@@ -57,7 +64,7 @@ def fresh_table(fresh, train) -> list:
     if fresh:
         f0 = fresh[0]
         L += [f"Each framework in a fresh process of its own (`benchmarks/fresh.py`; interleaved process pairs, "
-              f"{f0['pairs']} pair(s), {f0['steps']} timed steps each after one untimed step; d = {f0['d']}, "
+              f"{f0['pairs']} pair(s), {f0['steps']} timed steps each after {_untimed(f0)}; d = {f0['d']}, "
               f"T = {f0['T']}, {f0['dtype']}; minipeft under its entry points' policy "
               f"`{f0['mp_policy'].get('allocator')}`, PyTorch as it comes):", "",
               "| step | batch | minipeft ms | PyTorch ms | minipeft / PyTorch (IQR) | page faults / step: "
