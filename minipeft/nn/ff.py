@@ -23,6 +23,8 @@ M = GELU(x W₁ᵀ + b₁) W₂ᵀ + b₂ as one node. Only ∂L/∂x is compute
 ∂L/∂x = ((g W₂) ⊙ GELU'(x W₁ᵀ + b₁)) W₁ reads x and the frozen weights: the node keeps x
 (B, T, d), not GELU'(U) (B, T, d_ff, twice x's size with d_ff = 2d), and recomputes U in
 the backward pass (one more x W₁ᵀ product per block and step: memory bought with time).
+Where x is LN₂'s output (pre-LN), not even x is kept: it is rebuilt in the backward pass
+from the x̂ that LayerNorm keeps for its own gradient (``primitives.LNOutput``).
 H lives only inside the forward; in the backward GELU'(U) is formed in U's buffer. The
 same numbers as ``linear(gelu(linear(x, W₁, b₁)), W₂, b₂)``, bit for bit with any BLAS:
 every product is the same call on the same whole arrays (a product split into row blocks
@@ -33,8 +35,8 @@ from __future__ import annotations
 import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 
-from .primitives import (_GELU_A, _GELU_C, _blocks, _gelu_derivative_into, _gelu_erf_blocks, _gelu_tanh,
-                         _linear_vjp_W, _linear_vjp_b, _linear_vjp_x, _scratch, linear)
+from .primitives import (LNOutput, _GELU_A, _GELU_C, _blocks, _gelu_derivative_into, _gelu_erf_blocks, _gelu_tanh,
+                         _linear_vjp_W, _linear_vjp_b, _linear_vjp_x, _scratch, linear, ln_output_of)
 
 
 _SLOT = [None, None]  # (H, GELU'(U)) of the last forward, taken by the VJP maker built for that H
@@ -183,11 +185,17 @@ def _frozen_mlp_vjp(argnums, ans, args, kwargs):
     if tuple(argnums) != (0,):
         raise ValueError("frozen_mlp: only x is differentiable (W1, b1, W2, b2 must be constants); "
                          "differentiate the weights through linear_gelu and linear")
-    x, W1, b1, W2, b2 = args  # x is held: (..., d), half the size of the GELU'(U) it replaces
+    x, W1, b1, W2, b2 = args
     dx_of = _linear_vjp_x(None, x, W1)  # linear's ∂L/∂x = ∂L/∂U W₁
+    # x is LN₂'s output in a pre-LN block: rebuilt in the backward pass from the x̂ LayerNorm keeps
+    # anyway (primitives.LNOutput), so nothing of x's size is held here; otherwise x is held
+    # ((..., d), half the size of the GELU'(U) it replaces)
+    src = ln_output_of(x) or x
 
     def vjp(g):
-        D = linear.fun(x, W1)  # the forward's x W₁ᵀ, recomputed (the same product, the same bits)
+        xb = src.rebuild() if isinstance(src, LNOutput) else src  # x, bit for bit
+        D = linear.fun(xb, W1)  # the forward's x W₁ᵀ, recomputed (the same product, the same bits)
+        del xb
         dH = _linear_vjp_x(None, D, W2)(g)  # linear's ∂L/∂H = g W₂, of H's shape (..., d_ff)
         del g  # handed over by the backward pass: freed before the products below
         _gelu_blocks(D, b=b1, G=dH)  # block by block: U = x W₁ᵀ + b₁, GELU'(U), ∂L/∂U = ∂L/∂H ⊙ GELU'(U)

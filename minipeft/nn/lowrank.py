@@ -11,7 +11,9 @@ three arrays of y's size (B, T, d) — (x Aᵀ)Bᵀ, s·(…), y + (…) — and
 (s·g, the multiplication's VJP); with r ≪ d those element-wise passes cost as much as the
 rank-r products themselves. Here the product (x Aᵀ)Bᵀ is the node's output buffer: s is
 applied in place and y added in place (one array of y's size, one pass). The rank-r
-intermediate u = x Aᵀ (B, T, r) is kept for ∂L/∂B. When s is a power of two (α = r: s = 1,
+intermediate u = x Aᵀ (B, T, r) is kept for ∂L/∂B; x, for ∂L/∂A, is not kept when it is a
+LayerNorm's output (LN₁'s, for q and v): it is rebuilt in the backward pass from the x̂ that
+LayerNorm keeps for its own gradient (``primitives.LNOutput``, the same bits). When s is a power of two (α = r: s = 1,
 the default) it moves onto the rank-r side exactly — s·(P Bᵀ) = (s P) Bᵀ bit for bit, a
 power-of-two scaling commuting with every rounding — so neither pass over (B, T, d) by s
 remains; another s is applied at full size, as the composed form does, to keep its bits.
@@ -26,7 +28,7 @@ import math
 import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 
-from .primitives import _Stash, linear
+from .primitives import LNOutput, _Stash, linear, ln_output_of
 
 _LR = _Stash()  # u = x Aᵀ (scaled by s when s is a power of two) of the last forward
 
@@ -79,15 +81,20 @@ def _low_rank_add_vjp(argnums, ans, args, kwargs):
     if 4 in argnums:
         raise ValueError("low_rank_add: s = α/r is a constant; it cannot be differentiated")
     u = _LR.take(ans)
-    x2 = x.reshape(-1, x.shape[-1]) if 2 in argnums or (3 in argnums and u is None) else None
+    k = x.shape[-1]
     if 3 in argnums and u is None:  # an untraced forward in between: recompute (the same bits)
-        u = _rank_side(x2, A, s)
-    if x2 is not None and type(x2) is onp.ndarray and not x2.flags.c_contiguous:
-        x2 = x2.copy()  # as linear's dW: hold a compact copy, not a view of a larger base
+        u = _rank_side(x.reshape(-1, k), A, s)
     if 3 not in argnums:
         u = None  # ∂L/∂B alone reads u
-    if 2 not in argnums:
-        x2 = None  # ∂L/∂A alone reads x
+    src = None  # where ∂L/∂A (alone) reads x from
+    if 2 in argnums:
+        # x is a LayerNorm's output (LN₁'s, for q and v): rebuilt in the backward pass from the x̂
+        # that LN keeps anyway, so that x itself is freed after the forward (primitives.LNOutput)
+        src = ln_output_of(x)
+        if src is None:
+            src = x.reshape(-1, k)
+            if type(src) is onp.ndarray and not src.flags.c_contiguous:
+                src = src.copy()  # as linear's dW: hold a compact copy, not a view of a larger base
     shape, d = x.shape, B.shape[0]
     exact = _exact(s)
 
@@ -103,7 +110,9 @@ def _low_rank_add_vjp(argnums, ans, args, kwargs):
             if exact and s != 1.0:
                 du *= s
             if 2 in argnums:
+                x2 = src.rebuild().reshape(-1, k) if isinstance(src, LNOutput) else src  # (M, k)
                 out[2] = du.T @ x2  # (r, k)
+                del x2
             if 1 in argnums:
                 out[1] = (du @ A).reshape(shape)  # (..., k)
         return tuple(out[i] for i in argnums)

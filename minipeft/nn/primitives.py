@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 
 import numpy as onp
 from autograd.extend import defvjp, defvjp_argnums, primitive
@@ -282,14 +283,64 @@ def _ln_values(x, gamma, beta, eps=1e-5, stash=True):
     for sl in _ln_blocks(x2):
         yb = y2[sl]
         xhat, rstd = _ln_stats(x2[sl], eps, out=None if stash else yb)
-        onp.multiply(xhat, gamma, out=yb)
-        _add_outer(yb, _ones(yb, yb.shape[0]), beta)  # + β
+        _ln_affine(xhat, gamma, beta, yb)  # γ ⊙ x̂ + β
         if stash:
             stats.append((sl, xhat, rstd))
     return _LN.put(y, stats) if stash else y
 
 
+def _ln_affine(xhat, gamma, beta, out):
+    """out = γ ⊙ x̂ + β for a block of rows: x̂, out (rows, d), γ, β (d,); returns out. One
+    multiplication, then β as one rank-one update (``_add_outer``: one rounded add per element,
+    the numbers of ``x̂ * γ + β``). The forward and ``LNOutput.rebuild`` both go through here, so
+    a rebuilt output has the forward's bits."""
+    onp.multiply(xhat, gamma, out=out)
+    return _add_outer(out, _ones(out, out.shape[0]), beta)  # + β
+
+
 _layer_norm_node = primitive(_ln_values)  # what autograd traces: its VJP reads the stash
+
+
+class LNOutput:
+    """How to rebuild a traced LayerNorm's output y = γ ⊙ x̂ + β (equations.md, "Transformer")
+    from what its own VJP keeps anyway: x̂ of each row block, and γ, β.
+
+    A frozen-backbone step keeps LN's output only where a later node reads it in the backward
+    pass — LoRA's ∂L/∂A = ∂uᵀ x reads LN₁'s output, ``frozen_mlp``'s recomputed x W₁ᵀ reads
+    LN₂'s — while LN itself keeps x̂ of the same size: two (B, T, d) arrays for one. Such a node
+    asks ``ln_output_of(x)`` and, when x is LN's output, holds this instead of x and calls
+    ``rebuild()`` in its backward pass (one pass over (B, T, d), the forward's operations:
+    the same bits). shape: y's (..., d).
+    """
+
+    __slots__ = ("stats", "gamma", "beta", "shape", "dtype", "__weakref__")
+
+    def __init__(self, stats, gamma, beta, y):
+        self.stats, self.gamma, self.beta = stats, gamma, beta
+        self.shape, self.dtype = y.shape, y.dtype
+
+    def rebuild(self):
+        """y = γ ⊙ x̂ + β, a new array, bit for bit the forward's output.  -> (..., d)."""
+        y = onp.empty(self.shape, self.dtype)
+        y2 = y.reshape(-1, self.shape[-1]) if y.ndim else y
+        for sl, xhat, _ in self.stats:
+            _ln_affine(xhat, self.gamma, self.beta, y2[sl])
+        return y
+
+
+def _dead():
+    return None
+
+
+_LAST_LN = [_dead, _dead]  # weak references to the last traced LayerNorm's output y and its LNOutput
+
+
+def ln_output_of(x):
+    """The ``LNOutput`` that rebuilds x, when x is the very output of the last traced
+    LayerNorm (host arrays; its VJP still alive), else None. Weakly held here: it lives as long
+    as that LayerNorm's VJP or a node holding it, and never keeps y itself alive."""
+    y, rec = _LAST_LN[0](), _LAST_LN[1]()
+    return rec if rec is not None and y is not None and y is x else None
 
 
 def layer_norm(x, gamma, beta, eps=1e-5):
@@ -335,6 +386,10 @@ def _ln_vjp(argnums, ans, args, kwargs):
     stats = _LN.take(ans)
     if stats is None:
         stats = _ln_block_stats(x, eps)
+    rec = None
+    if type(ans) is onp.ndarray and ans.ndim:  # a node reading y in its backward may rebuild it from this
+        rec = LNOutput(stats, gamma, args[2], ans)
+        _LAST_LN[:] = weakref.ref(ans), weakref.ref(rec)
     d = x.shape[-1]
     # the closure keeps x's shape and dtype, not x: holding x would keep the residual stream
     # X_ℓ alive until the backward pass, though dx needs only x̂ and 1/σ (in ``stats``)
@@ -349,7 +404,7 @@ def _ln_vjp(argnums, ans, args, kwargs):
         dx = (onp.empty(shape, dtype) if proto is None else _empty(proto)) if 0 in argnums else None
         dx2 = None if dx is None else dx.reshape(-1, d)
         dgamma = dbeta = t = None
-        for sl, xhat, rstd in stats:
+        for sl, xhat, rstd in (stats if rec is None else rec.stats):  # (rec: held for as long as this VJP)
             gb = g2[sl]
             if 0 in argnums or 1 in argnums:
                 t = onp.multiply(gb, xhat, out=None if t is None else t[:xhat.shape[0]])  # g ⊙ x̂

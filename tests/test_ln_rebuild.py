@@ -1,0 +1,150 @@
+"""A LayerNorm's output rebuilt in the backward pass, not kept (primitives.LNOutput).
+
+In a frozen-backbone step LN₁'s output h₁ is read again only by LoRA's ∂L/∂A = ∂uᵀ h₁, and
+LN₂'s h₂ only by ``frozen_mlp``'s recomputed h₂ W₁ᵀ, while each LayerNorm keeps x̂ of the same
+size for its own gradient. Those nodes hold ``LNOutput`` (x̂, γ, β) instead and rebuild
+h = γ ⊙ x̂ + β with the forward's own operations: the same bits, one (B, T, d) array less
+per LayerNorm. These tests check the bits, the identity rule (only that very array is
+rebuilt) and, at model level, that no LayerNorm output outlives the forward pass.
+"""
+import gc
+import importlib
+import weakref
+
+import numpy as onp
+import pytest
+
+import minipeft as mp
+from minipeft import tree
+from minipeft.autodiff import value_and_grad
+
+from conftest import images, randomize
+
+P = importlib.import_module("minipeft.nn.primitives")
+FF = importlib.import_module("minipeft.nn.ff")
+LR = importlib.import_module("minipeft.nn.lowrank")
+FWD = importlib.import_module("minipeft.transformer.forward")
+
+
+def _ln_case(dtype, rows=600, d=32, seed=0):
+    r = onp.random.default_rng(seed)
+    x = r.standard_normal((4, rows // 4, d)).astype(dtype)
+    return x, (1 + 0.3 * r.standard_normal(d)).astype(dtype), (0.3 * r.standard_normal(d)).astype(dtype)
+
+
+@pytest.mark.parametrize("block", [None, 64])  # the default row blocks (one), and many small ones
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rebuild_is_the_layer_norms_output_bit_for_bit(monkeypatch, block, dtype):
+    """Traced LN: ``ln_output_of(y)`` exists while the graph lives and rebuilds y to the bit."""
+    if block is not None:
+        monkeypatch.setattr(P, "_BLOCK", block)  # 600 rows × 32 > 16 blocks: LN walks row blocks
+    x, gamma, beta = _ln_case(dtype)
+    seen = {}
+
+    def f(t):
+        y = P.layer_norm(t["x"], gamma, beta)
+        rec = P.ln_output_of(y._value)
+        seen["n_blocks"] = len(rec.stats)
+        seen["same"] = rec.rebuild().tobytes() == y._value.tobytes()
+        seen["dtype"] = rec.rebuild().dtype
+        return (y * y).sum()
+
+    value_and_grad(f, {"x": x})
+    assert seen["same"] and seen["dtype"] == onp.dtype(dtype)
+    assert (seen["n_blocks"] > 1) == (block is not None)
+
+
+def test_only_that_very_array_is_rebuilt_and_nothing_is_kept_alive():
+    """A copy, a reshaped view, an untraced LN's output and an array of another LN get None;
+    the registry holds y and its recipe weakly: both die with the graph."""
+    x, gamma, beta = _ln_case("float64")
+    refs = {}
+
+    def f(t):
+        y = P.layer_norm(t["x"], gamma, beta)
+        v = y._value
+        assert P.ln_output_of(v) is not None
+        assert P.ln_output_of(v.copy()) is None
+        assert P.ln_output_of(v.reshape(-1, v.shape[-1])) is None
+        assert P.ln_output_of(P.layer_norm(x, gamma, beta)) is None  # untraced: nothing kept, nothing registered
+        refs["y"], refs["rec"] = weakref.ref(v), weakref.ref(P.ln_output_of(v))
+        z = P.layer_norm(y * 2.0, gamma, beta)  # a later traced LN: the slot is its output's now
+        assert P.ln_output_of(v) is None and P.ln_output_of(z._value) is not None
+        return (z * z).sum()
+
+    value_and_grad(f, {"x": x})
+    gc.collect()
+    assert refs["y"]() is None and refs["rec"]() is None
+
+
+@pytest.mark.parametrize("s", [1.0, 0.75])  # a power of two (s on the rank-r side) and not
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_lora_and_the_frozen_mlp_on_a_layer_norms_output_are_their_twins_bit_for_bit(s, dtype, monkeypatch):
+    """low_rank_add(y, LN(x), A, B) (∂A from the rebuilt LN output) against its composed twin,
+    whose linear(LN(x), A) holds LN(x) for ∂A; frozen_mlp(LN(x)) against linear(gelu(linear(·)));
+    value and every gradient identical to the bit."""
+    x, gamma, beta = _ln_case(dtype)
+    r = onp.random.default_rng(3)
+    A, B = (0.3 * r.standard_normal((4, 32))).astype(dtype), (0.3 * r.standard_normal((24, 4))).astype(dtype)
+    y0, G = r.standard_normal((4, 150, 24)).astype(dtype), r.standard_normal((4, 150, 24)).astype(dtype)
+    W1, b1 = (0.2 * r.standard_normal((64, 32))).astype(dtype), (0.1 * r.standard_normal(64)).astype(dtype)
+    W2, b2 = (0.2 * r.standard_normal((24, 64))).astype(dtype), (0.1 * r.standard_normal(24)).astype(dtype)
+    th = {"x": x, "A": A, "B": B}
+
+    def loss(add, mlp):
+        def f(t):
+            h = P.layer_norm(t["x"], gamma, beta)
+            return (add(y0, h, t["A"], t["B"], s) * G).sum() + (mlp(P.layer_norm(h, gamma, beta)) * G).sum()
+        return f
+
+    real, calls = P.LNOutput.rebuild, []
+    monkeypatch.setattr(P.LNOutput, "rebuild", lambda self: calls.append(1) or real(self))
+    fused = value_and_grad(loss(LR.low_rank_add, lambda h: FF.frozen_mlp(h, W1, b1, W2, b2)), th)
+    assert len(calls) == 2  # ∂A's input and the frozen MLP's input were rebuilt, not held
+    twin = value_and_grad(loss(LR.low_rank_add_composed, lambda h: P.linear(P.gelu(P.linear(h, W1, b1)), W2, b2)), th)
+    assert onp.asarray(fused[0]).tobytes() == onp.asarray(twin[0]).tobytes()
+    for k in th:
+        assert fused[1][k].dtype == onp.dtype(dtype) and fused[1][k].tobytes() == twin[1][k].tobytes(), k
+
+
+def _ln_outputs_alive_after_forward(cfg, method, monkeypatch):
+    """Model level: for each traced LayerNorm output of one step's forward, in order, whether it
+    is still alive once the forward is done (before the backward pass)."""
+    params = mp.attach(randomize(mp.init_params(cfg, 0), seed=6), [method], cfg, 0)
+    theta, phi = tree.split(params, mp.trainable([method]))
+    x, y = images(cfg, 3), onp.arange(3) % cfg.n_classes
+    real, refs, alive = FWD.layer_norm, [], []
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        if hasattr(out, "_value"):
+            refs.append(weakref.ref(out._value))
+        return out
+
+    def f(th):
+        out = mp.loss(th, phi, x, y, cfg, [method])
+        gc.collect()
+        alive.append([r() is not None for r in refs])
+        return out
+
+    monkeypatch.setattr(FWD, "layer_norm", spy)
+    value_and_grad(f, theta)
+    monkeypatch.setattr(FWD, "layer_norm", real)
+    return alive[0]
+
+
+@pytest.mark.parametrize("name", ["lora", "prompt"])
+def test_in_a_frozen_backbone_step_no_layer_norm_output_outlives_the_forward(tiny_cfg, name, monkeypatch):
+    """LoRA on q, v and prompt tuning, 2 blocks: no traced LayerNorm output — LN₁'s (read by
+    LoRA's ∂A), LN₂'s (read by the frozen MLP's backward), the final LN's — is alive after the
+    forward; with the rebuild turned off (the nodes hold their input, as they once did) LN₂'s,
+    and with LoRA LN₁'s, stay alive (the detector works). With LoRA, block 1's LN₁ is not
+    traced (its input is the frozen embedding): traced are LN₂ of block 1, LN₁ and LN₂ of block
+    2, the final LN; with prompt tuning all five."""
+    assert tiny_cfg.N == 2
+    method = mp.method_class(name)()
+    held_by_nodes = [True, True, True, False] if name == "lora" else [False, True, False, True, False]
+    assert _ln_outputs_alive_after_forward(tiny_cfg, method, monkeypatch) == [False] * len(held_by_nodes)
+    for mod in (LR, FF):
+        monkeypatch.setattr(mod, "ln_output_of", lambda x: None)
+    assert _ln_outputs_alive_after_forward(tiny_cfg, method, monkeypatch) == held_by_nodes
