@@ -66,7 +66,7 @@ from cases import torch_forward, torch_step  # noqa: E402,F401
 TOL = {"float32": 1e-4, "float64": 1e-10}
 KINDS = ("forward", "lora", "prompt", "full")
 #: the steps of the fresh-process memory table
-MEM_KINDS = ("forward", "lora", "prompt", "ia3", "full")
+MEM_KINDS = ("forward", "lora", "lora+recompute", "prompt", "prompt+recompute", "ia3", "full")  # fresh.RECOMPUTE
 #: sizes where PyTorch's fused attention (F.scaled_dot_product_attention) is timed too
 SDPA_SIZES = ((64, 17, "float32"), (128, 65, "float32"))
 

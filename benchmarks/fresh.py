@@ -52,6 +52,9 @@ ROOT = HERE.parent
 _STRIP = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 #: untimed steps before the timed ones, in every steps worker of both frameworks (module docstring)
 WARMUP = 2
+#: a step kind ending in this ("lora+recompute") is that step under MINIPEFT_RECOMPUTE=mlp
+#: (minipeft only: PyTorch has no such step, and its memory worker skips it)
+RECOMPUTE = "+recompute"
 
 
 def _env():
@@ -91,6 +94,9 @@ def worker(spec):
     sys.path.insert(0, str(HERE))
     fw, mode, kind = spec["framework"], spec["mode"], spec["kind"]
     if fw == "mp":
+        if kind.endswith(RECOMPUTE):
+            kind = kind[:-len(RECOMPUTE)]
+            os.environ["MINIPEFT_RECOMPUTE"] = "mlp"
         from minipeft import runtime
         policy = runtime.apply()
     else:
@@ -181,6 +187,8 @@ def memory(kinds, d, T, batch, dtype, log=print, frameworks=("mp", "torch")):
     out = {"d": d, "T": T, "batch": batch, "dtype": dtype, "kinds": list(kinds), "mp": {}, "torch": {}}
     for kind in kinds:
         for fw in frameworks:
+            if fw == "torch" and kind.endswith(RECOMPUTE):
+                continue
             r = run_worker({"framework": fw, "mode": "memory", "kind": kind, "d": d, "T": T, "batch": batch,
                             "dtype": dtype, "steps": 1})
             out[fw][kind] = {k: r[k] for k in ("rss_mb", "traced_mb") if k in r}

@@ -93,7 +93,9 @@ def memory_table(memory) -> list:
          f"{m0['batch']}; each framework in a fresh process). *Traced*: tracemalloc's high-water mark of "
          "minipeft's NumPy buffers (exact); *RSS*: the process's resident-set high-water mark during a second "
          "step, after the first step's freed heap was handed back (both frameworks; blurred by the "
-         "allocator). A step = loss + gradients + Adam; forward = inference, no gradient.", "",
+         "allocator). A step = loss + gradients + Adam; forward = inference, no gradient; *recompute*: the same "
+         "step under `MINIPEFT_RECOMPUTE=mlp` (the frozen MLP keeps its input, not GELU′(U), and recomputes "
+         "U = x W₁ᵀ + b₁ in the backward pass; minipeft only). The targets are the default policy's.", "",
          "| dtype | step | minipeft traced MB | / full step | minipeft RSS MB | PyTorch RSS MB | minipeft / PyTorch (RSS) |",
          "|---|---|---|---|---|---|---|"]
     for m in memory:
@@ -101,8 +103,10 @@ def memory_table(memory) -> list:
         for k in m["kinds"]:
             a, t = m["mp"][k], m["torch"].get(k, {})
             rel = f"{a['rss_mb'] / t['rss_mb']:.2f}" if t.get("rss_mb") else "–"
-            L.append(f"| {m['dtype']} | {k} | {a['traced_mb']:.0f} | {a['traced_mb'] / full:.2f} | {a['rss_mb']:.0f} | "
-                     f"{t.get('rss_mb', float('nan')):.0f} | {rel} |")
+            theirs = f"{t['rss_mb']:.0f}" if t.get("rss_mb") else "–"
+            label = k.replace("+recompute", ", recompute")
+            L.append(f"| {m['dtype']} | {label} | {a['traced_mb']:.0f} | {a['traced_mb'] / full:.2f} | {a['rss_mb']:.0f} | "
+                     f"{theirs} | {rel} |")
     L.append("")
     return L
 

@@ -1,4 +1,4 @@
-"""The process policy every entry point applies: BLAS threads and the allocator's thresholds.
+"""The process policy every entry point applies: BLAS threads, the allocator's thresholds, recompute.
 
 One home for two process-wide settings, applied by ``minipeft``'s command line (every
 subcommand), ``run_tour``, the chapters' ``setup`` and ``pretrain`` (which builds the
@@ -17,6 +17,16 @@ backbone under it and records it in the cache key):
                        MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ when they are set (each
                        wins for its parameter). Elsewhere than glibc (macOS, musl) nothing
                        happens. The allocator changes speed and memory, never a number.
+    MINIPEFT_RECOMPUTE "none" (default) or "mlp": what a training step recomputes in its
+                       backward pass instead of keeping it (activation checkpointing).
+                       "none" keeps GELU'(U) of every MLP hidden layer (B, T, d_ff) for the
+                       backward pass. "mlp": where W₁, b₁, W₂, b₂ are frozen and no method
+                       touches the MLP inside (LoRA on q, v; prompt tuning; the notes'
+                       (IA)³), the MLP is one node (``nn.ff.frozen_mlp``) that keeps nothing
+                       of the hidden layer's size and recomputes U = x W₁ᵀ + b₁ in the
+                       backward pass: less memory, one more x W₁ᵀ product per block and step.
+                       Read at every forward pass; like the allocator it changes speed and
+                       memory, never a number (tests/test_ln_rebuild.py).
 
 What "same seed, same bits" covers: the same minipeft version, the same NumPy and BLAS
 library build (and the kernel it picks for this CPU, which ``describe`` records), the same
@@ -32,6 +42,8 @@ ENV_THREADS = "MINIPEFT_THREADS"
 ENV_MALLOC = "MINIPEFT_MALLOC"
 DEFAULT_THREADS = 1
 MALLOC_MODES = ("keep", "default")
+ENV_RECOMPUTE = "MINIPEFT_RECOMPUTE"
+RECOMPUTE_MODES = ("none", "mlp")
 #: glibc's mallopt parameters (malloc.h) and the values "keep" sets
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit systems
@@ -60,6 +72,14 @@ def malloc_mode() -> str:
     mode = os.environ.get(ENV_MALLOC, "").strip() or "keep"
     if mode not in MALLOC_MODES:
         raise ValueError(f"{ENV_MALLOC} must be one of {MALLOC_MODES}, got {mode!r}")
+    return mode
+
+
+def recompute() -> str:
+    """$MINIPEFT_RECOMPUTE: "none" (default) or "mlp" (the module docstring)."""
+    mode = os.environ.get(ENV_RECOMPUTE, "").strip() or "none"
+    if mode not in RECOMPUTE_MODES:
+        raise ValueError(f"{ENV_RECOMPUTE} must be one of {RECOMPUTE_MODES}, got {mode!r}")
     return mode
 
 
@@ -107,7 +127,8 @@ def tune_allocator() -> str:
 
 
 def apply() -> dict:
-    """Apply the whole policy to this process (BLAS threads, allocator); returns ``describe()``.
+    """Apply the whole policy to this process (BLAS threads, allocator; MINIPEFT_RECOMPUTE is
+    checked here, and read by each forward pass); returns ``describe()``.
 
     Called by every entry point; calling it again re-applies the thread limit (a library
     may have been loaded since) and leaves the allocator as set the first time.
@@ -131,5 +152,7 @@ def blas_libraries() -> list:
 
 def describe() -> dict:
     """What decides the bits and speed of this process: {"blas_threads": policy count,
-    "blas": [NumPy's BLAS libraries, their kernel and current threads], "allocator": ...}."""
-    return {"blas_threads": threads(), "blas": blas_libraries(), "allocator": _state["allocator"] or "not applied"}
+    "blas": [NumPy's BLAS libraries, their kernel and current threads], "allocator": ...,
+    "recompute": ...}."""
+    return {"blas_threads": threads(), "blas": blas_libraries(), "allocator": _state["allocator"] or "not applied",
+            "recompute": recompute()}

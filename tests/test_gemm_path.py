@@ -31,8 +31,10 @@ def _measure():
     return measure
 
 
+@pytest.mark.parametrize("recompute", ["none", "mlp"])
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_no_backward_work_below_the_lowest_trainable_layer(tiny_cfg, method):
+def test_no_backward_work_below_the_lowest_trainable_layer(tiny_cfg, method, recompute, monkeypatch):
+    monkeypatch.setenv("MINIPEFT_RECOMPUTE", recompute)
     cfg = dataclasses.replace(tiny_cfg, N=3)
     params = randomize(mp.init_params(cfg, 0, "float64"))
     x, y = images(cfg, 4), onp.arange(4) % cfg.n_classes
@@ -51,10 +53,10 @@ def test_no_backward_work_below_the_lowest_trainable_layer(tiny_cfg, method):
                  for bp in params["blocks"]]
     if method == "lora":
         assert per_block[:top] == [0] * top  # nothing below block ℓ = top
-        # block ℓ: dX through the frozen MLP (one ``frozen_mlp`` node, counted on its W₁) and o
-        # to reach A, B of q, v; q, k, v themselves read the untraced X_{ℓ-1} with a frozen W,
-        # so they have no node at all
-        assert per_block[top] == 2
+        # block ℓ: dX through the frozen MLP (W₂'s linear and W₁'s linear_gelu; under "mlp" one
+        # ``frozen_mlp`` node, counted on its W₁) and o to reach A, B of q, v; q, k, v themselves
+        # read the untraced X_{ℓ-1} with a frozen W, so they have no node at all
+        assert per_block[top] == (2 if recompute == "mlp" else 3)
     else:
         assert all(n == 6 for n in per_block)
 

@@ -18,7 +18,7 @@ import minipeft as mp
 from minipeft import tree
 from minipeft.autodiff import value_and_grad
 
-from conftest import images, randomize
+from conftest import assert_bit_identical, images, randomize
 
 P = importlib.import_module("minipeft.nn.primitives")
 FF = importlib.import_module("minipeft.nn.ff")
@@ -133,18 +133,44 @@ def _ln_outputs_alive_after_forward(cfg, method, monkeypatch):
     return alive[0]
 
 
+@pytest.mark.parametrize("recompute", ["none", "mlp"])
 @pytest.mark.parametrize("name", ["lora", "prompt"])
-def test_in_a_frozen_backbone_step_no_layer_norm_output_outlives_the_forward(tiny_cfg, name, monkeypatch):
+def test_in_a_frozen_backbone_step_no_layer_norm_output_outlives_the_forward(tiny_cfg, name, recompute,
+                                                                              monkeypatch):
     """LoRA on q, v and prompt tuning, 2 blocks: no traced LayerNorm output — LN₁'s (read by
-    LoRA's ∂A), LN₂'s (read by the frozen MLP's backward), the final LN's — is alive after the
-    forward; with the rebuild turned off (the nodes hold their input, as they once did) LN₂'s,
-    and with LoRA LN₁'s, stay alive (the detector works). With LoRA, block 1's LN₁ is not
-    traced (its input is the frozen embedding): traced are LN₂ of block 1, LN₁ and LN₂ of block
-    2, the final LN; with prompt tuning all five."""
+    LoRA's ∂A), LN₂'s (read by the frozen MLP's backward under MINIPEFT_RECOMPUTE=mlp), the
+    final LN's — is alive after the forward; with the rebuild turned off (the nodes hold their
+    input, as they once did) LoRA's LN₁ outputs and, under "mlp", the LN₂ outputs stay alive
+    (the detector works; by default the MLP keeps GELU'(U), not its input). With LoRA, block
+    1's LN₁ is not traced (its input is the frozen embedding): traced are LN₂ of block 1, LN₁
+    and LN₂ of block 2, the final LN; with prompt tuning all five."""
     assert tiny_cfg.N == 2
+    monkeypatch.setenv("MINIPEFT_RECOMPUTE", recompute)
     method = mp.method_class(name)()
-    held_by_nodes = [True, True, True, False] if name == "lora" else [False, True, False, True, False]
+    ln2 = recompute == "mlp"
+    held_by_nodes = [ln2, True, ln2, False] if name == "lora" else [False, ln2, False, ln2, False]
     assert _ln_outputs_alive_after_forward(tiny_cfg, method, monkeypatch) == [False] * len(held_by_nodes)
     for mod in (LR, FF):
         monkeypatch.setattr(mod, "ln_output_of", lambda x: None)
     assert _ln_outputs_alive_after_forward(tiny_cfg, method, monkeypatch) == held_by_nodes
+
+
+@pytest.mark.parametrize("name", ["lora", "prompt"])
+def test_recomputing_the_mlp_changes_no_bit_of_a_step(tiny_cfg, name, monkeypatch):
+    """MINIPEFT_RECOMPUTE=mlp against the default: the same loss and gradients, to the bit."""
+    method = mp.method_class(name)()
+    params = mp.attach(randomize(mp.init_params(tiny_cfg, 0), seed=2), [method], tiny_cfg, 0)
+    theta, phi = tree.split(params, mp.trainable([method]))
+    x, y = images(tiny_cfg, 5), onp.arange(5) % tiny_cfg.n_classes
+    got = {}
+    for mode in ("none", "mlp"):
+        monkeypatch.setenv("MINIPEFT_RECOMPUTE", mode)
+        got[mode] = value_and_grad(lambda th: mp.loss(th, phi, x, y, tiny_cfg, [method]), theta)
+    assert onp.asarray(got["none"][0]).tobytes() == onp.asarray(got["mlp"][0]).tobytes()
+    assert_bit_identical(got["none"][1], got["mlp"][1])
+
+
+def test_a_bad_recompute_policy_is_refused_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("MINIPEFT_RECOMPUTE", "all")
+    with pytest.raises(ValueError, match=r"MINIPEFT_RECOMPUTE must be one of \('none', 'mlp'\), got 'all'"):
+        mp.runtime.apply()

@@ -615,12 +615,15 @@ def test_in_a_lora_step_the_attention_output_is_not_kept_after_the_forward(tiny_
     assert held == [True] * cfg.N
 
 
-def test_the_forward_fuses_the_mlp_only_where_no_method_touches_it(tiny_cfg):
+@pytest.mark.parametrize("recompute", ["none", "mlp"])
+def test_the_forward_fuses_the_mlp_only_where_no_method_touches_it(tiny_cfg, recompute, monkeypatch):
     """Which node computes each block's MLP in a traced forward (counted by spies): LoRA on q, v,
-    prompt tuning or (IA)³ of the notes (W₁, W₂ frozen, nothing inside the MLP): the whole MLP as
-    one node; LoRA on mlp2, the paper's (IA)³ (l_ff at "ff_hidden") or full fine-tuning (W₁, W₂
-    trained): GELU(x W₁ᵀ + b₁) as one node, W₂ a linear (LoRA on mlp2: not in block 1, whose
-    MLP input is untraced); LoRA on mlp1: neither; an untraced forward: neither."""
+    prompt tuning or (IA)³ of the notes (W₁, W₂ frozen, nothing inside the MLP): under
+    MINIPEFT_RECOMPUTE=mlp the whole MLP as one node, by default GELU(x W₁ᵀ + b₁) as one node
+    (GELU' kept, no recompute); LoRA on mlp2, the paper's (IA)³ (l_ff at "ff_hidden") or full
+    fine-tuning (W₁, W₂ trained): GELU(x W₁ᵀ + b₁) as one node, W₂ a linear (LoRA on mlp2: not in
+    block 1, whose MLP input is untraced); LoRA on mlp1: neither; an untraced forward: neither."""
+    monkeypatch.setenv("MINIPEFT_RECOMPUTE", recompute)
     calls = {"frozen_mlp": 0, "linear_gelu": 0}
     real = {k: getattr(FWD, k) for k in calls}
 
@@ -654,8 +657,8 @@ def test_the_forward_fuses_the_mlp_only_where_no_method_touches_it(tiny_cfg):
         for k, f in real.items():
             setattr(FWD, k, f)
     N = cfg.N
-    both = {"frozen_mlp": N, "linear_gelu": 0}
     w1 = {"frozen_mlp": 0, "linear_gelu": N}
+    both = {"frozen_mlp": N, "linear_gelu": 0} if recompute == "mlp" else w1
     none = {"frozen_mlp": 0, "linear_gelu": 0}
     assert counts == {"q v": both, "prompt": both, "ia3": both, "mlp2": {"frozen_mlp": 0, "linear_gelu": N - 1},
                       "ia3 paper": w1, "mlp1": none, "full": w1, "untraced": none}, counts

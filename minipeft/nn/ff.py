@@ -17,8 +17,10 @@ The forward pass uses it where nothing sits between the two (no method touches t
 alone, for either GELU form, takes ``linear_gelu_values``: the same numbers, H written over
 U block by block, no GELU' (and for the erf form b₁ added per block, not in a pass of its own).
 
-``frozen_mlp`` goes one step further where W₁, b₁, W₂, b₂ are all frozen and no method
-touches the MLP between its input and W₂'s output (LoRA on q, v; prompt tuning): the whole
+``frozen_mlp`` trades time for memory (activation checkpointing, chosen by
+MINIPEFT_RECOMPUTE=mlp, ``runtime.recompute``; by default the forward keeps GELU'(U) through
+``linear_gelu`` instead) where W₁, b₁, W₂, b₂ are all frozen and no method touches the MLP
+between its input and W₂'s output (LoRA on q, v; prompt tuning): the whole
 M = GELU(x W₁ᵀ + b₁) W₂ᵀ + b₂ as one node. Only ∂L/∂x is computed, and
 ∂L/∂x = ((g W₂) ⊙ GELU'(x W₁ᵀ + b₁)) W₁ reads x and the frozen weights: the node keeps x
 (B, T, d), not GELU'(U) (B, T, d_ff, twice x's size with d_ff = 2d), and recomputes U in

@@ -92,6 +92,7 @@ import autograd.numpy as np
 import numpy as onp
 from autograd.tracer import isbox
 
+from .. import runtime
 from ..backend import like, to_host
 from ..nn import attention, gelu, gelu_erf, layer_norm, linear, prepend
 from ..nn import quant
@@ -310,11 +311,12 @@ def _fuse_mlp1(methods, bp, h2, layer, cfg: Config) -> bool:
 
 
 def _fuse_mlp(methods, bp, h2, layer, cfg: Config) -> bool:
-    """Whether the whole MLP may run as the one node ``frozen_mlp``: the conditions of
-    ``_fuse_mlp1``, W₁, b₁, W₂, b₂ all frozen, and no method touching the MLP between h2
-    and W₂'s output (mlp1's or mlp2's "linear" seam, mlp2's input, "ff_hidden")."""
+    """Whether the whole MLP may run as the one node ``frozen_mlp``, which recomputes U = h2 W₁ᵀ + b₁
+    in the backward pass instead of keeping GELU'(U): MINIPEFT_RECOMPUTE=mlp (``runtime.recompute``),
+    the conditions of ``_fuse_mlp1``, W₁, b₁, W₂, b₂ all frozen, and no method touching the MLP
+    between h2 and W₂'s output (mlp1's or mlp2's "linear" seam, mlp2's input, "ff_hidden")."""
     p = bp["mlp"]
-    if not _fuse_mlp1(methods, bp, h2, layer, cfg) or LINEARS["mlp2"] != ("mlp", "W_2", "b_2"):
+    if runtime.recompute() != "mlp" or not _fuse_mlp1(methods, bp, h2, layer, cfg) or LINEARS["mlp2"] != ("mlp", "W_2", "b_2"):
         return False
     if quant.is_quantized(p["W_2"]) or any(isbox(p[k]) for k in ("W_1", "b_1", "W_2", "b_2")) or not isbox(h2):
         return False
