@@ -332,14 +332,17 @@ def _dead():
     return None
 
 
-_LAST_LN = [_dead, _dead]  # weak references to the last traced LayerNorm's output y and its LNOutput
+#: (weak reference to the last traced LayerNorm's output y, weak reference to its LNOutput), one
+#: tuple replaced whole, so a reader never pairs one call's y with another call's recipe
+_LAST_LN = [(_dead, _dead)]
 
 
 def ln_output_of(x):
     """The ``LNOutput`` that rebuilds x, when x is the very output of the last traced
     LayerNorm (host arrays; its VJP still alive), else None. Weakly held here: it lives as long
     as that LayerNorm's VJP or a node holding it, and never keeps y itself alive."""
-    y, rec = _LAST_LN[0](), _LAST_LN[1]()
+    ref_y, ref_rec = _LAST_LN[0]
+    y, rec = ref_y(), ref_rec()
     return rec if rec is not None and y is not None and y is x else None
 
 
@@ -389,7 +392,7 @@ def _ln_vjp(argnums, ans, args, kwargs):
     rec = None
     if type(ans) is onp.ndarray and ans.ndim:  # a node reading y in its backward may rebuild it from this
         rec = LNOutput(stats, gamma, args[2], ans)
-        _LAST_LN[:] = weakref.ref(ans), weakref.ref(rec)
+        _LAST_LN[0] = (weakref.ref(ans), weakref.ref(rec))
     d = x.shape[-1]
     # the closure keeps x's shape and dtype, not x: holding x would keep the residual stream
     # X_ℓ alive until the backward pass, though dx needs only x̂ and 1/σ (in ``stats``)
