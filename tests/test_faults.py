@@ -188,8 +188,12 @@ def test_an_interrupted_save_leaves_the_old_file_and_no_temp(tmp_path, monkeypat
 
 def _signal_during(argv, sig, marker, stream, env, cwd):
     """Run ``minipeft argv``, send ``sig`` once ``marker`` appears on ``stream``; (rc, rest of stderr)."""
+    # the child starts with SIGINT at its default disposition: run from a background job (`cmd &`
+    # in a non-interactive shell, as a CI script may be), it would inherit SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler, so the signal would do nothing
     p = subprocess.Popen([sys.executable, "-m", "minipeft", *argv], cwd=cwd, env=env, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     src = p.stdout if stream == "stdout" else p.stderr
     for line in src:
         if marker in line:
