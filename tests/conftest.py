@@ -51,6 +51,40 @@ def toy_data(cfg, n=48, seed=0):
     return x, y
 
 
+def alive_after_forward(monkeypatch, module, name, cfg, method, pick=lambda out: out):
+    """One step's gradient of ``method`` on ``cfg`` (randomized params, 3 images) with
+    ``module.name`` spied: for each call whose ``pick(output)`` is traced, in call order,
+    whether that traced array was still alive once the forward was done (before the backward
+    pass). ``pick``: the output to watch (e.g. Z of an (Z, A) pair)."""
+    import gc
+    import weakref
+
+    from minipeft.autodiff import value_and_grad
+
+    params = mp.attach(randomize(mp.init_params(cfg, 0), seed=6), [method], cfg, 0)
+    theta, phi = mp.tree.split(params, mp.trainable([method]))
+    x, y = images(cfg, 3), onp.arange(3) % cfg.n_classes
+    real, refs, alive = getattr(module, name), [], []
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        watched = pick(out)
+        if hasattr(watched, "_value"):
+            refs.append(weakref.ref(watched._value))
+        return out
+
+    def f(th):
+        out = mp.loss(th, phi, x, y, cfg, [method])
+        gc.collect()
+        alive.append([r() is not None for r in refs])
+        return out
+
+    with monkeypatch.context() as m:
+        m.setattr(module, name, spy)
+        value_and_grad(f, theta)
+    return alive[0]
+
+
 def randomize(params, seed=0, scale=0.3):
     """A copy of ``params`` with every leaf perturbed (so LN γ ≠ 1, biases ≠ 0, …)."""
     rng = onp.random.default_rng(seed)

@@ -18,7 +18,7 @@ import minipeft as mp
 from minipeft import tree
 from minipeft.autodiff import value_and_grad
 
-from conftest import assert_bit_identical, images, randomize
+from conftest import alive_after_forward, assert_bit_identical, images, randomize
 
 P = importlib.import_module("minipeft.nn.primitives")
 FF = importlib.import_module("minipeft.nn.ff")
@@ -107,32 +107,6 @@ def test_lora_and_the_frozen_mlp_on_a_layer_norms_output_are_their_twins_bit_for
         assert fused[1][k].dtype == onp.dtype(dtype) and fused[1][k].tobytes() == twin[1][k].tobytes(), k
 
 
-def _ln_outputs_alive_after_forward(cfg, method, monkeypatch):
-    """Model level: for each traced LayerNorm output of one step's forward, in order, whether it
-    is still alive once the forward is done (before the backward pass)."""
-    params = mp.attach(randomize(mp.init_params(cfg, 0), seed=6), [method], cfg, 0)
-    theta, phi = tree.split(params, mp.trainable([method]))
-    x, y = images(cfg, 3), onp.arange(3) % cfg.n_classes
-    real, refs, alive = FWD.layer_norm, [], []
-
-    def spy(*a, **k):
-        out = real(*a, **k)
-        if hasattr(out, "_value"):
-            refs.append(weakref.ref(out._value))
-        return out
-
-    def f(th):
-        out = mp.loss(th, phi, x, y, cfg, [method])
-        gc.collect()
-        alive.append([r() is not None for r in refs])
-        return out
-
-    monkeypatch.setattr(FWD, "layer_norm", spy)
-    value_and_grad(f, theta)
-    monkeypatch.setattr(FWD, "layer_norm", real)
-    return alive[0]
-
-
 @pytest.mark.parametrize("recompute", ["none", "mlp"])
 @pytest.mark.parametrize("name", ["lora", "prompt"])
 def test_in_a_frozen_backbone_step_no_layer_norm_output_outlives_the_forward(tiny_cfg, name, recompute,
@@ -149,10 +123,9 @@ def test_in_a_frozen_backbone_step_no_layer_norm_output_outlives_the_forward(tin
     method = mp.method_class(name)()
     ln2 = recompute == "mlp"
     held_by_nodes = [ln2, True, ln2, False] if name == "lora" else [False, ln2, False, ln2, False]
-    assert _ln_outputs_alive_after_forward(tiny_cfg, method, monkeypatch) == [False] * len(held_by_nodes)
-    for mod in (LR, FF):
-        monkeypatch.setattr(mod, "ln_output_of", lambda x: None)
-    assert _ln_outputs_alive_after_forward(tiny_cfg, method, monkeypatch) == held_by_nodes
+    assert alive_after_forward(monkeypatch, FWD, "layer_norm", tiny_cfg, method) == [False] * len(held_by_nodes)
+    monkeypatch.setattr(P, "ln_output_of", lambda x: None)  # input_again then holds x
+    assert alive_after_forward(monkeypatch, FWD, "layer_norm", tiny_cfg, method) == held_by_nodes
 
 
 @pytest.mark.parametrize("name", ["lora", "prompt"])

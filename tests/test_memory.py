@@ -21,7 +21,7 @@ import minipeft as mp
 from minipeft import tree
 from minipeft.autodiff import value_and_grad
 
-from conftest import assert_bit_identical, images, randomize
+from conftest import alive_after_forward, assert_bit_identical, images, randomize
 
 P = importlib.import_module("minipeft.nn.primitives")
 A = importlib.import_module("minipeft.nn.attention")
@@ -572,47 +572,23 @@ def test_frozen_mlp_refuses_a_traced_weight():
         value_and_grad(lambda t: FF.frozen_mlp(x, W1, b1, t["W2"], b2).sum(), {"W2": W2})
 
 
-def test_in_a_lora_step_the_attention_output_is_not_kept_after_the_forward(tiny_cfg):
+def test_in_a_lora_step_the_attention_output_is_not_kept_after_the_forward(tiny_cfg, monkeypatch):
     """Model level, LoRA on q, v: Z = concat_heads(A V), the input of the frozen W_o, is dead once
     the forward is done (dX = g W_o reads W_o only); with dX's closure holding its input, as it
     once did, Z stays alive (the detector works)."""
-    cfg = tiny_cfg
     lora = mp.method_class("lora")()
-    params = mp.attach(randomize(mp.init_params(cfg, 0), seed=6), [lora], cfg, 0)
-    theta, phi = tree.split(params, mp.trainable([lora]))
-    x, y = images(cfg, 3), onp.arange(3) % cfg.n_classes
-    real = FWD.attention
 
-    def alive_after_forward():
-        refs = []
+    def alive():  # Z of (Z, A), or Z alone (the one-node attention)
+        return alive_after_forward(monkeypatch, FWD, "attention", tiny_cfg, lora,
+                                   pick=lambda out: out[0] if isinstance(out, tuple) else out)
 
-        def spy(*a, **k):
-            out = real(*a, **k)
-            Z = out[0] if k.get("return_weights") else out  # (Z, A), or Z alone (the one-node attention)
-            refs.append(weakref.ref(Z._value))
-            return out
-
-        def f(th):
-            out = mp.loss(th, phi, x, y, cfg, [lora])
-            gc.collect()
-            alive.append([r() is not None for r in refs])
-            return out
-
-        alive = []
-        FWD.attention = spy
-        try:
-            value_and_grad(f, theta)
-        finally:
-            FWD.attention = real
-        return alive[0]
-
-    assert alive_after_forward() == [False] * cfg.N
+    assert alive() == [False] * tiny_cfg.N
     defvjp(P.linear, _holding_x_maker, P._linear_vjp_W, P._linear_vjp_b)
     try:
-        held = alive_after_forward()
+        held = alive()
     finally:
         defvjp(P.linear, P._linear_vjp_x, P._linear_vjp_W, P._linear_vjp_b)
-    assert held == [True] * cfg.N
+    assert held == [True] * tiny_cfg.N
 
 
 @pytest.mark.parametrize("recompute", ["none", "mlp"])

@@ -37,8 +37,8 @@ from __future__ import annotations
 import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 
-from .primitives import (LNOutput, _GELU_A, _GELU_C, _blocks, _gelu_derivative_into, _gelu_erf_blocks, _gelu_tanh,
-                         _linear_vjp_W, _linear_vjp_b, _linear_vjp_x, _scratch, linear, ln_output_of)
+from .primitives import (_GELU_A, _GELU_C, _blocks, _gelu_derivative_into, _gelu_erf_blocks, _gelu_tanh,
+                         _linear_vjp_W, _linear_vjp_b, _linear_vjp_x, _scratch, input_again, linear)
 
 
 _SLOT = [None, None]  # (H, GELU'(U)) of the last forward, taken by the VJP maker built for that H
@@ -190,12 +190,12 @@ def _frozen_mlp_vjp(argnums, ans, args, kwargs):
     x, W1, b1, W2, b2 = args
     dx_of = _linear_vjp_x(None, x, W1)  # linear's ∂L/∂x = ∂L/∂U W₁
     # x is LN₂'s output in a pre-LN block: rebuilt in the backward pass from the x̂ LayerNorm keeps
-    # anyway (primitives.LNOutput), so nothing of x's size is held here; otherwise x is held
+    # anyway (primitives.input_again), so nothing of x's size is held here; otherwise x is held
     # ((..., d), half the size of the GELU'(U) it replaces)
-    src = ln_output_of(x) or x
+    x_again = input_again(x)
 
     def vjp(g):
-        xb = src.rebuild() if isinstance(src, LNOutput) else src  # x, bit for bit
+        xb = x_again()  # x, bit for bit
         D = linear.fun(xb, W1)  # the forward's x W₁ᵀ, recomputed (the same product, the same bits)
         del xb
         dH = _linear_vjp_x(None, D, W2)(g)  # linear's ∂L/∂H = g W₂, of H's shape (..., d_ff)

@@ -13,8 +13,8 @@ rank-r products themselves. Here the product (x Aᵀ)Bᵀ is the node's output b
 applied in place and y added in place (one array of y's size, one pass). The rank-r
 intermediate u = x Aᵀ (B, T, r) is kept for ∂L/∂B; x, for ∂L/∂A, is not kept when it is a
 LayerNorm's output (LN₁'s, for q and v): it is rebuilt in the backward pass from the x̂ that
-LayerNorm keeps for its own gradient (``primitives.LNOutput``, the same bits). When s is a power of two (α = r: s = 1,
-the default) it moves onto the rank-r side exactly — s·(P Bᵀ) = (s P) Bᵀ bit for bit, a
+LayerNorm keeps for its own gradient (``primitives.input_again``, the same bits). When s is a
+power of two (α = r: s = 1, the default) it moves onto the rank-r side exactly — s·(P Bᵀ) = (s P) Bᵀ bit for bit, a
 power-of-two scaling commuting with every rounding — so neither pass over (B, T, d) by s
 remains; another s is applied at full size, as the composed form does, to keep its bits.
 
@@ -28,7 +28,7 @@ import math
 import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 
-from .primitives import LNOutput, _Stash, linear, ln_output_of
+from .primitives import _Stash, input_again, linear
 
 _LR = _Stash()  # u = x Aᵀ (scaled by s when s is a power of two) of the last forward
 
@@ -86,15 +86,9 @@ def _low_rank_add_vjp(argnums, ans, args, kwargs):
         u = _rank_side(x.reshape(-1, k), A, s)
     if 3 not in argnums:
         u = None  # ∂L/∂B alone reads u
-    src = None  # where ∂L/∂A (alone) reads x from
-    if 2 in argnums:
-        # x is a LayerNorm's output (LN₁'s, for q and v): rebuilt in the backward pass from the x̂
-        # that LN keeps anyway, so that x itself is freed after the forward (primitives.LNOutput)
-        src = ln_output_of(x)
-        if src is None:
-            src = x.reshape(-1, k)
-            if type(src) is onp.ndarray and not src.flags.c_contiguous:
-                src = src.copy()  # as linear's dW: hold a compact copy, not a view of a larger base
+    # ∂L/∂A alone reads x; when x is a LayerNorm's output (LN₁'s, for q and v) it is rebuilt in
+    # the backward pass from the x̂ that LN keeps anyway, so x itself is freed after the forward
+    x_again = input_again(x) if 2 in argnums else None
     shape, d = x.shape, B.shape[0]
     exact = _exact(s)
 
@@ -110,7 +104,7 @@ def _low_rank_add_vjp(argnums, ans, args, kwargs):
             if exact and s != 1.0:
                 du *= s
             if 2 in argnums:
-                x2 = src.rebuild().reshape(-1, k) if isinstance(src, LNOutput) else src  # (M, k)
+                x2 = x_again().reshape(-1, k)  # (M, k)
                 out[2] = du.T @ x2  # (r, k)
                 del x2
             if 1 in argnums:

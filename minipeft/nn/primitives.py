@@ -322,7 +322,7 @@ class LNOutput:
     def rebuild(self):
         """y = γ ⊙ x̂ + β, a new array, bit for bit the forward's output.  -> (..., d)."""
         y = onp.empty(self.shape, self.dtype)
-        y2 = y.reshape(-1, self.shape[-1]) if y.ndim else y
+        y2 = y.reshape(-1, self.shape[-1])  # (M, d): LNOutput is made for outputs of ndim ≥ 1 only
         for sl, xhat, _ in self.stats:
             _ln_affine(xhat, self.gamma, self.beta, y2[sl])
         return y
@@ -344,6 +344,19 @@ def ln_output_of(x):
     ref_y, ref_rec = _LAST_LN[0]
     y, rec = ref_y(), ref_rec()
     return rec if rec is not None and y is not None and y is x else None
+
+
+def input_again(x):
+    """What a VJP holds to read its input x again in the backward pass: a function returning x.
+    When x is the last traced LayerNorm's output it is ``LNOutput.rebuild`` (x itself is not
+    held; the same bits), else x is held — a compact copy of a strided host view, so the
+    closure does not keep the view's whole base alive.  x (..., d) -> (() -> (..., d))."""
+    rec = ln_output_of(x)
+    if rec is not None:
+        return rec.rebuild
+    if type(x) is onp.ndarray and not x.flags.c_contiguous:
+        x = x.copy()
+    return lambda: x
 
 
 def layer_norm(x, gamma, beta, eps=1e-5):

@@ -316,7 +316,9 @@ def _fuse_mlp(methods, bp, h2, layer, cfg: Config) -> bool:
     the conditions of ``_fuse_mlp1``, W₁, b₁, W₂, b₂ all frozen, and no method touching the MLP
     between h2 and W₂'s output (mlp1's or mlp2's "linear" seam, mlp2's input, "ff_hidden")."""
     p = bp["mlp"]
-    if runtime.recompute() != "mlp" or not _fuse_mlp1(methods, bp, h2, layer, cfg) or LINEARS["mlp2"] != ("mlp", "W_2", "b_2"):
+    if not _fuse_mlp1(methods, bp, h2, layer, cfg) or runtime.recompute() != "mlp":
+        return False
+    if LINEARS["mlp2"] != ("mlp", "W_2", "b_2"):
         return False
     if quant.is_quantized(p["W_2"]) or any(isbox(p[k]) for k in ("W_1", "b_1", "W_2", "b_2")) or not isbox(h2):
         return False
