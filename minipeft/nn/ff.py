@@ -2,8 +2,9 @@
 (``linear_gelu``), and the whole M = H W₂ᵀ + b₂ for frozen weights (``frozen_mlp``, below).
 
 ``linear_gelu`` gives the same numbers as ``gelu(linear(x, W₁, b₁))`` (tanh form), bit for
-bit: the same GEMM, then the same element-wise operations in the same order, only in
-cache-sized blocks.
+bit: the same GEMM, then the same element-wise operations in the same order (+ b₁ first),
+only in cache-sized blocks: b₁ joins each block of U while it is in cache rather than taking
+a pass over (B, T, d_ff) of its own.
 Why one node: as two, the forward of a step ends GELU holding three buffers of the
 hidden layer's size (B, T, d_ff) at once — the pre-activation U, tanh(·) (which becomes
 GELU'(U) for the backward pass) and H — and in a step whose W₁, W₂ are frozen (LoRA on
@@ -15,7 +16,7 @@ The forward pass uses it where nothing sits between the two (no method touches t
 "linear" seam of mlp1, see ``Method.hook_points``) and something is differentiated
 (forming GELU'(U) is wasted work in a forward pass that no VJP reads). A forward pass
 alone, for either GELU form, takes ``linear_gelu_values``: the same numbers, H written over
-U block by block, no GELU' (and for the erf form b₁ added per block, not in a pass of its own).
+U block by block, b₁ added to each block first (not in a pass of its own), no GELU'.
 
 ``frozen_mlp`` trades time for memory (activation checkpointing, chosen by
 MINIPEFT_RECOMPUTE=mlp, ``runtime.recompute``; by default the forward keeps GELU'(U) through
@@ -37,7 +38,7 @@ from __future__ import annotations
 import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 
-from .primitives import (_GELU_A, _GELU_C, _blocks, _gelu_derivative_into, _gelu_erf_blocks, _gelu_tanh,
+from .primitives import (_GELU_A, _GELU_C, _blocks, _gelu_derivative_into, _gelu_erf_blocks, _gelu_tanh, _row_step,
                          _linear_vjp_W, _linear_vjp_b, _linear_vjp_x, _scratch, input_again, linear)
 
 
@@ -55,22 +56,28 @@ def linear_gelu(x, W, b):
     x: (..., d_in), W: (d_out, d_in), b: (d_out,)  ->  H: (..., d_out).
     Gradient, with dU = g ⊙ GELU'(U):  ∂L/∂x = dU W,  ∂L/∂W = dUᵀ x,  ∂L/∂b = Σ_rows dU.
     """
-    H = linear.fun(x, W, b)  # U, this node's own buffer: becomes H block by block
+    H = linear.fun(x, W)  # x Wᵀ, this node's own buffer: + b, then H, block by block
     D = onp.empty_like(H)  # GELU'(U)
-    _gelu_in_place(H, D)
+    _gelu_in_place(H, D, b)
     _SLOT[:] = H, D
     return H
 
 
-def _gelu_in_place(H, D=None):
-    """U -> GELU(U) (tanh form) in U's own buffer, in blocks of ``_FF_BLOCK`` numbers, with
-    GELU'(U) written into D when given: the operations of ``gelu`` and of its derivative, in
-    their order, so the bits of ``gelu(U)`` and of its VJP's GELU'(U)."""
+def _gelu_in_place(H, D=None, b=None):
+    """U -> GELU(U) (tanh form) in U's own buffer, in blocks of ``_FF_BLOCK`` numbers (whole
+    rows when b is given), with GELU'(U) written into D when given: the operations of ``gelu``
+    and of its derivative, in their order, so the bits of ``gelu(U)`` and of its VJP's GELU'(U).
+    b: None, or a bias (H.shape[-1],) added to each block first while it is in cache (H = x Wᵀ
+    on entry: U = x Wᵀ + b, the numbers of ``linear``'s own ``+= b``, without a pass of its own)."""
     if D is not None:
-        return _gelu_blocks(H, D)
+        return _gelu_blocks(H, D, b=b)
     Hf = H.reshape(-1)
-    for sl in _blocks(Hf.shape[0], type(H) is not onp.ndarray, _FF_BLOCK):
+    n = H.shape[-1] if H.ndim else 1
+    for sl in _blocks(Hf.shape[0], type(H) is not onp.ndarray, _row_step(_FF_BLOCK, n, b)):
         u = Hf[sl]
+        if b is not None:
+            ub = u.reshape(-1, n)
+            ub += b  # U = x Wᵀ + b, this block
         t = _gelu_tanh(u)
         y = t + 1.0  # as gelu: ½ u (1 + t)
         y *= u
@@ -82,27 +89,26 @@ def _gelu_blocks(U, D=None, b=None, G=None):
     """U -> GELU(U) in U's own buffer with GELU'(U) written into D (``linear_gelu``'s forward),
     or, with D None, U -> GELU'(U) in U's own buffer (``frozen_mlp``'s backward); block by block
     (``_FF_BLOCK`` numbers), each block's chain (``_gelu_block``) through three scratch rows:
-    no other temporary, no copy.  With D None, two more steps may join each block while it is
-    in cache: ``b`` (U.shape[-1],), a bias added to U first (U = x W₁ᵀ, then + b₁: the numbers of
-    ``linear``'s own ``+= b``), and ``G``, an array of U's shape multiplied by GELU'(U) in place
-    (gelu's VJP, G ⊙ GELU'(U)); blocks are then whole rows."""
+    no other temporary, no copy.  Two more steps may join each block while it is in cache:
+    ``b`` (U.shape[-1],), a bias added to U first (U = x W₁ᵀ, then + b₁: the numbers of
+    ``linear``'s own ``+= b``; blocks are then whole rows), and, with D None, ``G``, an array of
+    U's shape multiplied by GELU'(U) in place (gelu's VJP, G ⊙ GELU'(U))."""
     Uf = U.reshape(-1)
     Df = None if D is None else D.reshape(-1)
     host_c = G is not None and type(G) is onp.ndarray and G.flags.c_contiguous
     Gf = G.reshape(-1) if host_c else None  # a view, written through (a device: one block, G *= U after it)
     n = U.shape[-1] if U.ndim else 1
-    step = _FF_BLOCK if b is None else max(1, _FF_BLOCK // max(n, 1)) * n  # whole rows, for b
-    sls = _blocks(Uf.shape[0], type(U) is not onp.ndarray, step)
+    sls = _blocks(Uf.shape[0], type(U) is not onp.ndarray, _row_step(_FF_BLOCK, n, b))
     rows = _scratch(Uf, 3, min(sls[0].stop, Uf.shape[0])) if sls else ()
     for sl in sls:
         u = Uf[sl]
         t, s, w = (r[:u.shape[0]] for r in rows)
-        if Df is not None:
-            _gelu_block(u, t, s, w, Df[sl])
-            continue
         if b is not None:
             ub = u.reshape(-1, n)
             ub += b  # U = x W₁ᵀ + b₁, this block
+        if Df is not None:
+            _gelu_block(u, t, s, w, Df[sl])
+            continue
         _gelu_block(u, t, s, w, u, value=False)
         if Gf is not None:
             Gf[sl] *= u  # G ⊙ GELU'(U), this block
@@ -140,8 +146,8 @@ def linear_gelu_values(x, W, b, exact=False):
     ``gelu_erf(linear(x, W, b))`` / ``gelu(linear(x, W, b))``, bit for bit.
     """
     if not exact:
-        H = linear.fun(x, W, b)
-        _gelu_in_place(H)
+        H = linear.fun(x, W)  # x Wᵀ (..., d_out): + b and GELU, block by block, in its buffer
+        _gelu_in_place(H, b=b)
         return H
     U = linear.fun(x, W)  # x Wᵀ (..., d_out), no bias yet
     return _gelu_erf_blocks(U, U, b=b)
@@ -178,8 +184,8 @@ def frozen_mlp(x, W1, b1, W2, b2):
     GELU and GELU' run in place, in blocks (in the backward pass + b₁, GELU' and the product
     with g W₂ join in each block: element-wise, so the same numbers).
     """
-    H = linear.fun(x, W1, b1)  # U (..., d_ff), this node's own buffer
-    _gelu_in_place(H)  # H = GELU(U) in U's buffer
+    H = linear.fun(x, W1)  # x W₁ᵀ (..., d_ff), this node's own buffer
+    _gelu_in_place(H, b=b1)  # U = x W₁ᵀ + b₁, then H = GELU(U), block by block in its buffer
     return linear.fun(H, W2, b2)  # (..., d_out); H is freed on return
 
 

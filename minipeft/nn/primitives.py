@@ -183,6 +183,13 @@ def _blocks(n, device, size=None):
     return [slice(i, i + step) for i in range(0, n, max(step, 1))]
 
 
+def _row_step(size, n, b=None):
+    """A block size for ``_blocks`` over the flat view of rows of n numbers: ``size``, or, when
+    a bias b (n,) joins each block (added per row while the block is in cache), the most whole
+    rows that fit in ``size`` (at least one)."""
+    return size if b is None else max(1, size // max(n, 1)) * n
+
+
 def _empty(x):
     """A C-contiguous array of x's shape and dtype, by x's array module (its row view
     ``reshape(-1, n)`` is then a view, so writes through it land)."""
@@ -628,8 +635,7 @@ def _gelu_erf_blocks(x, y, keep=None, b=None):
     xf, yf = x.reshape(-1), y.reshape(-1)  # flat views (x copied if strided)
     kf = None if keep is None else keep.reshape(-1)
     n = x.shape[-1] if x.ndim else 1
-    step = None if b is None else max(1, _BLOCK // max(n, 1)) * n  # whole rows, for b
-    sls = _blocks(xf.shape[0], type(x) is not onp.ndarray, step)
+    sls = _blocks(xf.shape[0], type(x) is not onp.ndarray, _row_step(_BLOCK, n, b))  # whole rows, for b
     m = sls[0].stop - sls[0].start if sls else 0
     scratch = _scratch(xf, (4 if keep is None else 3) if f32 else 1, min(m, xf.shape[0]))
     for sl in sls:
