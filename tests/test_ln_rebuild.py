@@ -107,6 +107,36 @@ def test_lora_and_the_frozen_mlp_on_a_layer_norms_output_are_their_twins_bit_for
         assert fused[1][k].dtype == onp.dtype(dtype) and fused[1][k].tobytes() == twin[1][k].tobytes(), k
 
 
+@pytest.mark.parametrize("s", [1.0, 0.75])
+def test_two_branches_reading_one_layer_norms_output_rebuild_it_once(s, monkeypatch):
+    """LoRA's q and v branches on the same LN output (as on LN₁'s h₁): one rebuild serves both
+    ∂A, handed to the second reader read-only and let go after it; value and every gradient
+    those of the composed twins to the bit."""
+    x, gamma, beta = _ln_case("float64")
+    r = onp.random.default_rng(5)
+    th = {"x": x, **{k: (0.3 * r.standard_normal(shape)) for k, shape in
+                     (("A_q", (4, 32)), ("B_q", (24, 4)), ("A_v", (4, 32)), ("B_v", (16, 4)))}}
+    y_q, y_v = r.standard_normal((4, 150, 24)), r.standard_normal((4, 150, 16))
+    recs = []
+
+    def loss(add):
+        def f(t):
+            h = P.layer_norm(t["x"], gamma, beta)
+            recs.append(P.ln_output_of(getattr(h, "_value", h)))
+            q = add(y_q, h, t["A_q"], t["B_q"], s)
+            v = add(y_v, h, t["A_v"], t["B_v"], s)
+            return (q * q).sum() + (v * v).sum()
+        return f
+
+    real, calls = P.LNOutput.rebuild, []
+    monkeypatch.setattr(P.LNOutput, "rebuild", lambda self: calls.append(1) or real(self))
+    fused = value_and_grad(loss(LR.low_rank_add), th)
+    assert len(calls) == 1 and recs[0].readers == 0 and recs[0].shared is None
+    twin = value_and_grad(loss(LR.low_rank_add_composed), th)
+    assert onp.asarray(fused[0]).tobytes() == onp.asarray(twin[0]).tobytes()
+    assert_bit_identical(fused[1], twin[1])
+
+
 @pytest.mark.parametrize("recompute", ["none", "mlp"])
 @pytest.mark.parametrize("name", ["lora", "prompt"])
 def test_in_a_frozen_backbone_step_no_layer_norm_output_outlives_the_forward(tiny_cfg, name, recompute,
@@ -147,3 +177,23 @@ def test_a_bad_recompute_policy_is_refused_naming_the_variable(monkeypatch):
     monkeypatch.setenv("MINIPEFT_RECOMPUTE", "all")
     with pytest.raises(ValueError, match=r"MINIPEFT_RECOMPUTE must be one of \('none', 'mlp'\), got 'all'"):
         mp.runtime.apply()
+
+
+def test_a_lora_step_rebuilds_each_traced_ln1_output_once(tiny_cfg, monkeypatch):
+    """LoRA on q, v, 2 blocks: block 2's LN₁ output (traced; block 1's input is the frozen
+    embedding, so its LN₁ is not) is rebuilt once for both branches' ∂A, and the step's loss
+    and gradients are those with the rebuild off (each node holding h₁), to the bit."""
+    method = mp.method_class("lora")()
+    params = mp.attach(randomize(mp.init_params(tiny_cfg, 0), seed=2), [method], tiny_cfg, 0)
+    theta, phi = tree.split(params, mp.trainable([method]))
+    x, y = images(tiny_cfg, 5), onp.arange(5) % tiny_cfg.n_classes
+    real, calls = P.LNOutput.rebuild, []
+    monkeypatch.setattr(P.LNOutput, "rebuild", lambda self: calls.append(1) or real(self))
+    step = lambda: value_and_grad(lambda th: mp.loss(th, phi, x, y, tiny_cfg, [method]), theta)  # noqa: E731
+    got = step()
+    assert len(calls) == 1
+    monkeypatch.setattr(P, "ln_output_of", lambda x: None)  # every node holds its input
+    held = step()
+    assert len(calls) == 1
+    assert onp.asarray(got[0]).tobytes() == onp.asarray(held[0]).tobytes()
+    assert_bit_identical(got[1], held[1])

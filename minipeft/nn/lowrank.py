@@ -13,7 +13,8 @@ rank-r products themselves. Here the product (x Aᵀ)Bᵀ is the node's output b
 applied in place and y added in place (one array of y's size, one pass). The rank-r
 intermediate u = x Aᵀ (B, T, r) is kept for ∂L/∂B; x, for ∂L/∂A, is not kept when it is a
 LayerNorm's output (LN₁'s, for q and v): it is rebuilt in the backward pass from the x̂ that
-LayerNorm keeps for its own gradient (``primitives.input_again``, the same bits). When s is a
+LayerNorm keeps for its own gradient (``primitives.input_again``, the same bits; once for
+the q and v branches that both read it). When s is a
 power of two (α = r: s = 1, the default) it moves onto the rank-r side exactly — s·(P Bᵀ) = (s P) Bᵀ bit for bit, a
 power-of-two scaling commuting with every rounding — so neither pass over (B, T, d) by s
 remains; another s is applied at full size, as the composed form does, to keep its bits.

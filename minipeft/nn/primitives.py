@@ -318,13 +318,31 @@ class LNOutput:
     asks ``ln_output_of(x)`` and, when x is LN's output, holds this instead of x and calls
     ``rebuild()`` in its backward pass (one pass over (B, T, d), the forward's operations:
     the same bits). shape: y's (..., d).
+    Where several nodes read the same y (LoRA's ∂A of q and of v both read LN₁'s output), each
+    registers with ``reader()`` and the first to run rebuilds y: the others are handed that
+    array (read-only), which is let go when the last registered reader has taken it.
     """
 
-    __slots__ = ("stats", "gamma", "beta", "shape", "dtype", "__weakref__")
+    __slots__ = ("stats", "gamma", "beta", "shape", "dtype", "readers", "shared", "__weakref__")
 
     def __init__(self, stats, gamma, beta, y):
         self.stats, self.gamma, self.beta = stats, gamma, beta
         self.shape, self.dtype = y.shape, y.dtype
+        self.readers, self.shared = 0, None  # readers still to come; y while some are
+
+    def reader(self):
+        """Register one node that reads y once in its backward pass; returns its ``take``."""
+        self.readers += 1
+        return self.take
+
+    def take(self):
+        """y for one registered reader, read-only: rebuilt (``rebuild``) unless an earlier reader
+        of this backward pass left it; held for the readers still to come, then let go.  -> (..., d)."""
+        y = self.shared if self.shared is not None else self.rebuild()
+        y.flags.writeable = False  # shared between readers: none may write into it
+        self.readers -= 1
+        self.shared = y if self.readers > 0 else None
+        return y
 
     def rebuild(self):
         """y = γ ⊙ x̂ + β, a new array, bit for bit the forward's output.  -> (..., d)."""
@@ -354,13 +372,14 @@ def ln_output_of(x):
 
 
 def input_again(x):
-    """What a VJP holds to read its input x again in the backward pass: a function returning x.
-    When x is the last traced LayerNorm's output it is ``LNOutput.rebuild`` (x itself is not
-    held; the same bits), else x is held — a compact copy of a strided host view, so the
+    """What a VJP holds to read its input x again in the backward pass: a function returning x,
+    to call once. When x is the last traced LayerNorm's output it is that ``LNOutput``'s ``take``
+    (x itself is not held; rebuilt once for all the nodes reading it, the same bits, read-only),
+    else x is held — a compact copy of a strided host view, so the
     closure does not keep the view's whole base alive.  x (..., d) -> (() -> (..., d))."""
     rec = ln_output_of(x)
     if rec is not None:
-        return rec.rebuild
+        return rec.reader()
     if type(x) is onp.ndarray and not x.flags.c_contiguous:
         x = x.copy()
     return lambda: x
