@@ -38,8 +38,8 @@ from __future__ import annotations
 import numpy as onp
 from autograd.extend import defvjp_argnums, primitive
 
-from .primitives import (_GELU_A, _GELU_C, _blocks, _gelu_derivative_into, _gelu_erf_blocks, _gelu_tanh, _row_step,
-                         _linear_vjp_W, _linear_vjp_b, _linear_vjp_x, _scratch, input_again, linear)
+from .primitives import (_GELU_A, _GELU_C, _add_bias_rows, _blocks, _gelu_derivative_into, _gelu_erf_blocks,
+                         _gelu_tanh, _row_step, _linear_vjp_W, _linear_vjp_b, _linear_vjp_x, _scratch, input_again, linear)
 
 
 _SLOT = [None, None]  # (H, GELU'(U)) of the last forward, taken by the VJP maker built for that H
@@ -75,9 +75,7 @@ def _gelu_in_place(H, D=None, b=None):
     n = H.shape[-1] if H.ndim else 1
     for sl in _blocks(Hf.shape[0], type(H) is not onp.ndarray, _row_step(_FF_BLOCK, n, b)):
         u = Hf[sl]
-        if b is not None:
-            ub = u.reshape(-1, n)
-            ub += b  # U = x Wᵀ + b, this block
+        _add_bias_rows(u, b, n)  # U = x Wᵀ + b, this block
         t = _gelu_tanh(u)
         y = t + 1.0  # as gelu: ½ u (1 + t)
         y *= u
@@ -103,9 +101,7 @@ def _gelu_blocks(U, D=None, b=None, G=None):
     for sl in sls:
         u = Uf[sl]
         t, s, w = (r[:u.shape[0]] for r in rows)
-        if b is not None:
-            ub = u.reshape(-1, n)
-            ub += b  # U = x W₁ᵀ + b₁, this block
+        _add_bias_rows(u, b, n)  # U = x W₁ᵀ + b₁, this block
         if Df is not None:
             _gelu_block(u, t, s, w, Df[sl])
             continue

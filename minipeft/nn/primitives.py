@@ -190,6 +190,15 @@ def _row_step(size, n, b=None):
     return size if b is None else max(1, size // max(n, 1)) * n
 
 
+def _add_bias_rows(u, b, n):
+    """u += b per row, in u's own buffer: u, a flat block of whole rows of n numbers (a view,
+    from a ``_row_step`` block); b: None (nothing to add) or a bias (n,).  U = x Wᵀ + b for this
+    block, the numbers of ``linear``'s own ``+= b``, while the block is in cache."""
+    if b is not None:
+        ub = u.reshape(-1, n)  # (rows, n): a view of the flat block
+        ub += b
+
+
 def _empty(x):
     """A C-contiguous array of x's shape and dtype, by x's array module (its row view
     ``reshape(-1, n)`` is then a view, so writes through it land)."""
@@ -659,9 +668,7 @@ def _gelu_erf_blocks(x, y, keep=None, b=None):
     scratch = _scratch(xf, (4 if keep is None else 3) if f32 else 1, min(m, xf.shape[0]))
     for sl in sls:
         xb, kb = xf[sl], (None if kf is None else kf[sl])
-        if b is not None:
-            u = xb.reshape(-1, n)
-            u += b  # x + b, in x's buffer
+        _add_bias_rows(xb, b, n)  # x + b, in x's buffer
         rows = [t[:xb.shape[0]] for t in scratch]
         if f32:
             _gelu_erf32_block(xb, yf[sl], kb, *rows, *([] if kb is None else [kb]))
