@@ -91,6 +91,26 @@ def test_add_outer_is_numpys_broadcast_add(dtype):
         onp.testing.assert_array_equal(arr, want)
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+def test_linear_adds_its_bias_with_numpys_numbers(dtype):
+    """y = x Wᵀ + b: the bias added as a rank-one update (float32/float64) is NumPy's
+    ``x2 @ W.T + b`` to the bit, for a batch (B, T, d_in), a single row (d_in,) and a bias of
+    another dtype (NumPy's casting: y keeps the product's dtype)."""
+    x, W, b = _x((3, 7, 20), dtype, 12), _x((9, 20), dtype, 13), _x(9, dtype, 14)
+    want = x.reshape(-1, 20) @ W.T
+    want += b
+    got = P.linear(x, W, b)
+    assert got.shape == (3, 7, 9) and got.dtype == onp.dtype(dtype)
+    assert got.tobytes() == want.tobytes()
+    one = x[0, 0][None] @ W.T  # (1, 9): a one-row product (BLAS may sum it otherwise than row 0 above)
+    one += b
+    assert P.linear(x[0, 0], W, b).tobytes() == one.tobytes()
+    b64 = b.astype(onp.float64) + 1e-3  # not representable in float16/float32: cast as NumPy casts
+    want64 = x.reshape(-1, 20) @ W.T
+    want64 += b64
+    assert P.linear(x, W, b64).reshape(-1, 9).tobytes() == want64.tobytes()
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_untraced_layer_norm_is_the_traced_value_and_keeps_nothing(blocks, dtype):
     """A forward with no gradient (x̂ formed in the output's buffer, nothing stashed) gives the

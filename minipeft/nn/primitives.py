@@ -191,12 +191,18 @@ def _row_step(size, n, b=None):
 
 
 def _add_bias_rows(u, b, n):
-    """u += b per row, in u's own buffer: u, a flat block of whole rows of n numbers (a view,
-    from a ``_row_step`` block); b: None (nothing to add) or a bias (n,).  U = x Wᵀ + b for this
-    block, the numbers of ``linear``'s own ``+= b``, while the block is in cache."""
+    """u += b per row, in u's own buffer: u, whole rows of n numbers (a C-contiguous (M, n)
+    array, or a flat block of such rows from a ``_row_step`` block: a view); b: None (nothing
+    to add) or a bias (n,).  U = x Wᵀ + b: ``linear``'s own bias, or that of a block while it
+    is in cache. Where b has u's dtype, one rank-one update onesᵀ b (``_add_outer``: one
+    rounded add per element, NumPy's numbers, without its fixed cost per row) for float32 and
+    float64 host arrays; otherwise NumPy's in-place add (its casting)."""
     if b is not None:
         ub = u.reshape(-1, n)  # (rows, n): a view of the flat block
-        ub += b
+        if type(ub) is onp.ndarray and ub.dtype in (onp.float32, onp.float64) and getattr(b, "dtype", None) == ub.dtype:
+            _add_outer(ub, _ones(ub, ub.shape[0]), b)
+        else:
+            ub += b
 
 
 def _empty(x):
@@ -234,8 +240,7 @@ def linear(x, W, b=None):
     """
     x2 = x.reshape(-1, x.shape[-1])  # (M, d_in)
     y = x2 @ W.T  # (M, d_out)
-    if b is not None:
-        y += b
+    _add_bias_rows(y, b, W.shape[0])  # + b
     return y.reshape(x.shape[:-1] + (W.shape[0],))  # (..., d_out)
 
 
@@ -417,16 +422,18 @@ def _ln_block_stats(x, eps):
 
 
 def _ln_blocks(x2):
-    """LayerNorm's row blocks. Up to 16 ``_BLOCK`` numbers, one: the whole (M, d) array (its
-    chain is short, and at those sizes, MiniLM's and the toy ViT's at batch 64, one pass
-    measured as fast as blocks: benchmarks/kernel_bench.py); above, blocks of whole rows of
-    about 4 ``_BLOCK`` numbers (1 MiB of float32, an L2 cache), each going through the
-    statistics, the normalisation and γ, β while it is in cache. The VJP walks the same
-    blocks, computing all three gradients in one pass."""
+    """LayerNorm's row blocks: one block up to 3 ``_BLOCK`` numbers (a short chain: splitting a
+    small array adds more calls than it saves), above, blocks of whole rows of about 2 ``_BLOCK``
+    numbers each (512 KiB of float32: the forward's x, x̂ and y, the backward's g, x̂, g ⊙ x̂ and
+    ∂L/∂x of one block then fit in a 2 MiB L2 cache together); one slice on a device.
+    Each block goes through the statistics, the normalisation and γ, β while it is in cache;
+    the VJP walks the same blocks, computing all three gradients in one pass (∂L/∂γ, ∂L/∂β: a
+    sum over the blocks). Whole-array passes over arrays of several such blocks measured slower
+    (``benchmarks/kernel_bench.py`` times the kernel against PyTorch's)."""
     M, d = x2.shape[0], max(x2.shape[-1], 1)
-    if M * d <= 16 * _BLOCK:
+    if M * d <= 3 * _BLOCK:
         return [slice(0, M)]
-    return _blocks(M, type(x2) is not onp.ndarray, max(1, 4 * _BLOCK // d))
+    return _blocks(M, type(x2) is not onp.ndarray, max(1, 2 * _BLOCK // d))
 
 
 def _ln_vjp(argnums, ans, args, kwargs):
