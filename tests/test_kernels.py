@@ -91,11 +91,15 @@ def test_add_outer_is_numpys_broadcast_add(dtype):
         onp.testing.assert_array_equal(arr, want)
 
 
+@pytest.mark.parametrize("ger_above", [None, 0], ids=["default-threshold", "ger-always"])
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
-def test_linear_adds_its_bias_with_numpys_numbers(dtype):
-    """y = x Wᵀ + b: the bias added as a rank-one update (float32/float64) is NumPy's
-    ``x2 @ W.T + b`` to the bit, for a batch (B, T, d_in), a single row (d_in,) and a bias of
-    another dtype (NumPy's casting: y keeps the product's dtype)."""
+def test_linear_adds_its_bias_with_numpys_numbers(monkeypatch, ger_above, dtype):
+    """y = x Wᵀ + b: the bias added as a rank-one update (float32/float64, above
+    ``_GER_MIN_SIZE`` numbers; forced here with 0) is NumPy's ``x2 @ W.T + b`` to the bit, for
+    a batch (B, T, d_in), a single row (d_in,) and a bias of another dtype (NumPy's casting: y
+    keeps the product's dtype)."""
+    if ger_above is not None:
+        monkeypatch.setattr(P, "_GER_MIN_SIZE", ger_above)
     x, W, b = _x((3, 7, 20), dtype, 12), _x((9, 20), dtype, 13), _x(9, dtype, 14)
     want = x.reshape(-1, 20) @ W.T
     want += b

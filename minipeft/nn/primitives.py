@@ -190,16 +190,23 @@ def _row_step(size, n, b=None):
     return size if b is None else max(1, size // max(n, 1)) * n
 
 
+#: above this many numbers a bias goes in as one ``?ger`` call: below, NumPy's broadcast add
+#: (a fixed cost per row) costs no more than the BLAS call's own fixed cost
+_GER_MIN_SIZE = 1 << 15
+
+
 def _add_bias_rows(u, b, n):
     """u += b per row, in u's own buffer: u, whole rows of n numbers (a C-contiguous (M, n)
     array, or a flat block of such rows from a ``_row_step`` block: a view); b: None (nothing
     to add) or a bias (n,).  U = x Wᵀ + b: ``linear``'s own bias, or that of a block while it
     is in cache. Where b has u's dtype, one rank-one update onesᵀ b (``_add_outer``: one
     rounded add per element, NumPy's numbers, without its fixed cost per row) for float32 and
-    float64 host arrays; otherwise NumPy's in-place add (its casting)."""
+    float64 host arrays of more than ``_GER_MIN_SIZE`` numbers; otherwise NumPy's in-place add
+    (its casting)."""
     if b is not None:
         ub = u.reshape(-1, n)  # (rows, n): a view of the flat block
-        if type(ub) is onp.ndarray and ub.dtype in (onp.float32, onp.float64) and getattr(b, "dtype", None) == ub.dtype:
+        if (type(ub) is onp.ndarray and ub.size > _GER_MIN_SIZE and ub.dtype in (onp.float32, onp.float64)
+                and getattr(b, "dtype", None) == ub.dtype):
             _add_outer(ub, _ones(ub, ub.shape[0]), b)
         else:
             ub += b
