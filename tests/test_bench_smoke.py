@@ -325,6 +325,15 @@ def test_the_headline_marks_each_target_pass_or_fail():
     assert "0.95" not in bad and bad.count("**FAIL**") == 3  # the step, the memory ratio, the RSS against PyTorch
 
 
+def test_a_ratio_just_over_its_limit_does_not_print_as_the_limit():
+    """1.004 against ≤ 1.0 prints "1.004 — FAIL", not "1.00 — FAIL"; 0.996 stays "1.00 — pass"."""
+    _, headline, _ = _headline()
+    over, under = headline.render(_fake_results(1.004, 65.0)), headline.render(_fake_results(0.996, 65.0))
+    assert "(d = 128, T = 65, float32): 1.004 — **FAIL**" in over
+    assert "(d = 128, T = 65, float32): 1.00 — pass" in under
+    assert headline._vs(0.0503, 0.05, "+") == "+0.0503" and headline._vs(0.04, 0.05, "+") == "+0.04"
+
+
 def test_readme_block_is_spliced_between_the_markers_and_checked(tmp_path):
     _, _, rt = _headline()
     readme = tmp_path / "README.md"
