@@ -139,9 +139,12 @@ def _linear(name, rows, d_in, d_out, dx=True, dw=True):
 
 def _attention(B, T, h, d_h, grads=("A", "V", "Q", "K")):
     """The per-head products of attention (nn/attention.py), S = T keys: the forward's Q Kᵀ and
-    A V, and of the backward those asked for: ∂A = G Vᵀ, ∂V = Aᵀ G, ∂Q = ∂S K, ∂K = ∂Sᵀ Q."""
+    A V, and of the backward those asked for: ∂A = G Vᵀ, ∂V = Aᵀ G, ∂Q = ∂S K, ∂K = ∂Sᵀ Q.
+    Kᵀ and Vᵀ are transposed head views, or C-contiguous copies where the step makes them
+    (``nn.attention.copies_transposed``; the copy itself is not a product)."""
+    from minipeft.nn.attention import copies_transposed
     st = (B, h)
-    qk = Gemm("Q Kᵀ", 1, st, T, d_h, T, "H", "HT")
+    qk = Gemm("Q Kᵀ", 1, st, T, d_h, T, "H", "N" if copies_transposed(T, d_h) else "HT")
     av = Gemm("A V", 1, st, T, T, d_h, "N", "H", "H")
     back = {"A": qk._replace(name="∂A = G Vᵀ"), "V": Gemm("∂V = Aᵀ G", 1, st, T, T, d_h, "T", "H", "H"),
             "Q": av._replace(name="∂Q = ∂S K"), "K": Gemm("∂K = ∂Sᵀ Q", 1, st, T, T, d_h, "T", "H", "H")}

@@ -4,6 +4,8 @@ blocks cover every row once, a NaN row stays NaN, the per-query (causal) mask pa
 composed equation, and the grouped backward of ``attention_weights`` does not depend on the
 group size.
 """
+import importlib
+
 import numpy as onp
 import pytest
 
@@ -87,7 +89,8 @@ def test_attention_weights_backward_does_not_depend_on_the_group_size(monkeypatc
     onp.testing.assert_array_equal(dK, want[1])
 
 
-@pytest.mark.parametrize("T,S", [(9, 11), (20, 23)])  # tiny blocks: whole heads; rows of a head split
+# tiny blocks: whole heads; rows of a head split; S ≥ _NN_MIN_KEYS: Kᵀ and Vᵀ copied to C order (_transposed)
+@pytest.mark.parametrize("T,S", [(9, 11), (20, 23), (9, 40)])
 @pytest.mark.parametrize("argnums", [(0, 1, 2), (0,), (1,), (2,), (0, 2)])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_one_node_attention_has_the_bits_of_its_two_nodes(blocks, dtype, argnums, T, S):
@@ -140,7 +143,8 @@ def test_one_node_attention_with_a_cotangent_of_another_dtype_has_the_bits_of_it
 
 
 @pytest.mark.parametrize("B,T,S,d,h,prefix", [(1, 3, 7, 4, 1, 0), (2, 5, 9, 12, 3, 0), (3, 9, 4, 8, 2, 0),
-                                              (2, 4, 4, 8, 2, 3), (0, 5, 6, 8, 2, 0), (0, 5, 6, 8, 2, 2)])
+                                              (2, 4, 4, 8, 2, 3), (0, 5, 6, 8, 2, 0), (0, 5, 6, 8, 2, 2),
+                                              (2, 5, 35, 8, 2, 0), (2, 4, 31, 8, 2, 3), (2, 3, 40, 80, 2, 0)])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_one_node_attention_on_odd_shapes_equals_the_composed_attention(dtype, B, T, S, d, h, prefix):
     """The traced one-node attention (T ≠ S, h = 1, batch 1, prefix keys, an empty batch; padded
@@ -180,3 +184,19 @@ def test_one_node_attention_vjp_keeps_only_the_inputs_its_gradients_read():
     assert [r() is None for r in refs] == [True, True, True]
     (dV,) = vjp(onp.ones_like(Z))
     assert dV.shape == (2, 5, 8) and onp.isfinite(dV).all()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_transposed_operand_is_copied_exactly_where_the_rule_says(dtype):
+    """``_transposed``: a C-contiguous copy of each head's Kᵀ (or Vᵀ) when d_h ≤ _NN_MAX_DH and
+    S ≥ _NN_MIN_KEYS (OpenBLAS's plain kernel then pays for the copy), the transposed view
+    otherwise; the same numbers either way, and the products agree with the view's."""
+    At = importlib.import_module("minipeft.nn.attention")  # (minipeft.nn.attention is also a function's name)
+    for S, d_h, copied in [(At._NN_MIN_KEYS, At._NN_MAX_DH, True), (At._NN_MIN_KEYS - 1, 8, False),
+                           (64, At._NN_MAX_DH + 1, False), (100, 4, True)]:
+        X = _x((2, 3, S, d_h), dtype, 30)
+        Xt = At._transposed(X)
+        assert Xt.shape == (2, 3, d_h, S) and Xt.flags.c_contiguous == copied and (Xt.base is None) == copied
+        onp.testing.assert_array_equal(Xt, X.swapaxes(-1, -2))
+        Q = _x((2, 3, 7, d_h), dtype, 31)
+        _close(onp.matmul(Q, Xt), onp.matmul(Q, X.swapaxes(-1, -2)), dtype, "Q Kᵀ with the copied Kᵀ")

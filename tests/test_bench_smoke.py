@@ -364,3 +364,20 @@ def test_bench_quick_end_to_end_with_the_headline(tmp_path):
     for s in ("Headline: fresh processes", "Whole process: `minipeft train", "Peak memory of one step", "BLAS: NumPy",
               "Targets of issue 16", "In one process", "What is reachable", "reachable (information, not a target)"):
         assert s in text, s
+
+
+def test_the_transpose_benchmark_runs_and_states_the_rule_it_checks(tmp_path):
+    """benchmarks/transpose_bench.py: its grid (2 dtypes × 3 head widths × 5 key counts), each
+    cell's two ways checked to agree before timing, and the way ``nn.attention._transposed``'s rule
+    picks, read from the module's own constants."""
+    At = importlib.import_module("minipeft.nn.attention")
+    out = tmp_path / "t.md"
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
+    p = subprocess.run([sys.executable, str(BENCH / "transpose_bench.py"), "--rounds", "1", "--out", str(out)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if re.match(r"\| float(32|64) \|", line)]
+    assert len(rows) == 30
+    for dtype, d_h, S, *_, picks, verdict in (map(str.strip, r) for r in rows):
+        rule = "copy" if int(d_h) <= At._NN_MAX_DH and int(S) >= At._NN_MIN_KEYS else "view"
+        assert picks == rule and verdict in ("yes", "tie", "NO"), (dtype, d_h, S, picks, verdict)

@@ -4,13 +4,14 @@
 (split heads, Q Kᵀ, softmax, ·V, concat heads): the version to read beside the notes.
 ``attention`` computes the same with two fused primitives, ``attention_weights`` and
 ``attend``, each with a hand-written VJP: two graph nodes per layer instead of about
-fifteen, heads read as strided views of (B, T, d) with no transposed copies, the key mask
-added inside softmax's blocks, and the softmax backward fused into the score gradient, which
-is formed a group of heads at a time in one reused buffer and read by ∂Q's and ∂K's products
-while it is in cache. Traced without the weights returned (a training step), the two are one
-node, ``_attention_node``, whose backward forms ∂L/∂A = G Vᵀ in that buffer too, so no
-(B, h, T, S) gradient array is made (the same bits as the two nodes). Tests check all agree in
-value and gradient (tests/test_kernels.py, tests/test_attention_kernels.py).
+fifteen, heads read as strided views of (B, T, d) (copied only where BLAS's plain kernel pays
+for it: Kᵀ and Vᵀ of Q Kᵀ and G Vᵀ, ``_transposed``), the key mask added inside softmax's
+blocks, and the softmax backward fused into the score gradient, which is formed a group of
+heads at a time in one reused buffer and read by ∂Q's and ∂K's products while it is in cache.
+Traced without the weights returned (a training step), the two are one node,
+``_attention_node``, whose backward forms ∂L/∂A = G Vᵀ in that buffer too, so no (B, h, T, S)
+gradient array is made (the same bits as the two nodes). Tests check all agree in value and
+gradient (tests/test_kernels.py, tests/test_attention_kernels.py).
 """
 from __future__ import annotations
 
@@ -52,6 +53,30 @@ def _heads(X, h):
     """(B, T, d) -> (B, h, T, d_h) as a strided view (no copy; plain NumPy)."""
     B, T, d = X.shape
     return X.reshape(B, T, h, d // h).transpose(0, 2, 1, 3)
+
+
+#: where the per-head products A Bᵀ of attention (Q Kᵀ, G Vᵀ) first copy Bᵀ into C order: head
+#: width d_h ≤ _NN_MAX_DH and S ≥ _NN_MIN_KEYS keys. There OpenBLAS's plain (NN) kernel on these
+#: small matrices beat its kernel for a transposed operand by more than the copy cost; for wider
+#: heads or fewer keys it did not (``benchmarks/transpose_bench.py`` times the grid on this
+#: machine). The choice depends on the shape only: the same shapes always give the same bits.
+_NN_MAX_DH, _NN_MIN_KEYS = 32, 33
+
+
+def copies_transposed(S, d_h) -> bool:
+    """The rule above: whether A Bᵀ over S keys of heads d_h wide copies Bᵀ into C order (host arrays)."""
+    return d_h <= _NN_MAX_DH and S >= _NN_MIN_KEYS
+
+
+def _transposed(X):
+    """Each head's matrix transposed: (B, h, S, d_h) -> (B, h, d_h, S), for the products A Bᵀ.
+    A C-contiguous copy on the host where ``copies_transposed(S, d_h)``, else a view."""
+    T = X.swapaxes(-1, -2)
+    if type(X) is not onp.ndarray or not copies_transposed(X.shape[-2], X.shape[-1]):
+        return T
+    out = onp.empty(T.shape, X.dtype)
+    onp.copyto(out, T)
+    return out
 
 
 def _heads_matmul(a, b, h):
@@ -122,7 +147,7 @@ def attention_weights(Q, K, h, mask=None):
     """
     # exercise attention [3 pts] "Transformer": A = softmax(Q Kᵀ / sqrt(d_h) + M) per head, (B, h, T, S), plain NumPy (M: −∞ on hidden keys)
     scale = 1.0 / math.sqrt(Q.shape[-1] // h)
-    S = onp.matmul(_heads(Q, h), _heads(K, h).transpose(0, 1, 3, 2))  # (B, h, T, S)
+    S = onp.matmul(_heads(Q, h), _transposed(_heads(K, h)))  # (B, h, T, S)
     M = None if mask is None else key_bias(mask, S.dtype)  # (B, 1, 1, S), or (B or 1, 1, T, S) per query
     return _softmax(S, inplace=True, scale=scale, bias=M)  # A in S's buffer: softmax(scale · S + M)
     # end exercise
@@ -175,7 +200,7 @@ def attend(A, V):
 
 def _attend_vjp_A(Z, A, V):
     h = A.shape[1]  # ∂L/∂A = G Vᵀ reads V, not A
-    return lambda G: onp.matmul(_heads(G, h), _heads(V, h).transpose(0, 1, 3, 2))  # (B, h, T, S)
+    return lambda G: onp.matmul(_heads(G, h), _transposed(_heads(V, h)))  # (B, h, T, S)
 
 
 def _attend_vjp_V(Z, A, V):
@@ -233,19 +258,20 @@ def _attention_vjp(argnums, Z, args, kwargs):
         if type(A) is not onp.ndarray or type(G) is not onp.ndarray or not A.dtype == G.dtype == v_dtype:
             # a device array (one kernel per step over everything), or mixed dtypes: the two nodes' VJPs
             dV = _heads_matmul(A.transpose(0, 1, 3, 2), Gh, h) if 2 in argnums else None  # (B, S, d)
-            dQK = weights_vjp(onp.matmul(Gh, Vh.transpose(0, 1, 3, 2))) if qk else ()  # through ∂L/∂A (B, h, T, S)
+            dQK = weights_vjp(onp.matmul(Gh, _transposed(Vh))) if qk else ()  # through ∂L/∂A (B, h, T, S)
             return tuple(dQK) + ((dV,) if 2 in argnums else ())
         groups = _head_groups(A)
         out, heads = _grad_buffers(rows, {0: Kh, 1: Qh, 2: Gh}, A, h)
         # ∂Q (B, T, h, d_h), ∂K, ∂V (B, S, h, d_h): concat_heads layout; heads: (B, h, ·, d_h) views
         buf = onp.empty(A[groups[0]].size, A.dtype) if qk and groups else None  # (no groups: an empty batch)
+        Vt = _transposed(Vh) if qk else None  # (B, h, d_h, S)
         for g in groups:
             a = A[g]
             if 2 in out:
                 onp.matmul(a.swapaxes(-1, -2), Gh[g], out=heads[2][g])  # Aᵀ G
             if not qk:
                 continue
-            dS = onp.matmul(Gh[g], Vh[g].swapaxes(-1, -2), out=buf[:a.size].reshape(a.shape))  # ∂L/∂A = G Vᵀ
+            dS = onp.matmul(Gh[g], Vt[g], out=buf[:a.size].reshape(a.shape))  # ∂L/∂A = G Vᵀ
             _softmax_vjp_of(a, dS, scale, out=dS)  # ∂L/∂S (times 1/sqrt(d_h)), in place
             _score_grads(dS, g, heads, Kh, Qh)
         return _merged(out, argnums)  # (B, ·, d)

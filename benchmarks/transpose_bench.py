@@ -1,0 +1,109 @@
+"""Attention's per-head products A Bᵀ (Q Kᵀ, G Vᵀ) two ways, side by side, over a grid of head
+widths d_h and key counts S, float32 and float64, one thread:
+
+    view   np.matmul(A, B.swapaxes(-1, -2))       BLAS's kernel for a transposed operand
+    copy   Bᵀ copied into C order, then np.matmul   its plain kernel, plus the copy
+
+A, B are heads of (batch, n, h·d_h) activations (strided views, as in ``nn.attention``), batch
+64, h = 4, T = S. ``nn.attention._transposed`` takes "copy" where d_h ≤ _NN_MAX_DH and
+S ≥ _NN_MIN_KEYS; the table says, for each cell, which was faster here and whether that rule
+picked it, so the rule can be checked on another machine or BLAS build.
+
+    python benchmarks/transpose_bench.py --out benchmarks/transpose_results.md
+"""
+from __future__ import annotations
+
+import os
+
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_v] = "1"  # before NumPy loads its BLAS
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import importlib  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as onp  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import measure  # noqa: E402
+
+At = importlib.import_module("minipeft.nn.attention")
+BATCH, HEADS = 64, 4
+D_H = (16, 32, 64)
+KEYS = (9, 17, 33, 65, 129)
+
+
+def pair(dtype, d_h, S, rng):
+    """{"view": fn, "copy": fn}: the product Q Kᵀ per head at (BATCH, HEADS, S, d_h), each into one
+    preallocated output; the two results are checked to agree first."""
+    Q, K = (rng.standard_normal((BATCH, S, HEADS * d_h)).astype(dtype) for _ in range(2))
+    Qh, Kh = (X.reshape(BATCH, S, HEADS, d_h).transpose(0, 2, 1, 3) for X in (Q, K))  # (B, h, S, d_h) views
+    out, Kt = onp.empty((BATCH, HEADS, S, S), dtype), onp.empty((BATCH, HEADS, d_h, S), dtype)
+
+    def view():
+        onp.matmul(Qh, Kh.swapaxes(-1, -2), out=out)
+
+    def copy():
+        onp.copyto(Kt, Kh.swapaxes(-1, -2))
+        onp.matmul(Qh, Kt, out=out)
+
+    want = onp.matmul(Qh, Kh.swapaxes(-1, -2))
+    copy()
+    tol = 1e-4 if dtype == "float32" else 1e-12
+    if not onp.allclose(out, want, rtol=tol, atol=tol * onp.abs(want).max()):
+        raise SystemExit(f"d_h={d_h}, S={S}, {dtype}: the two ways disagree")
+    return {"view": view, "copy": copy}
+
+
+def repeated(fn, reps):
+    def run():
+        for _ in range(reps):
+            fn()
+    return run
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=11)
+    ap.add_argument("--out", default=None, help="also write the table to this markdown file")
+    a = ap.parse_args(argv)
+    from minipeft import runtime
+    runtime.apply()
+    out = measure.Report()
+    out(f"numpy {onp.__version__}; BLAS {runtime.blas_libraries()}; one thread; batch {BATCH}, h = {HEADS}, "
+        f"T = S; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {measure.load_line('at the start')}")
+    out(f"copy / view = CPU time of the copied-operand product over the transposed-view product (median of "
+        f"{a.rounds} interleaved rounds, IQR after it; < 1: copying pays). Rule: copy where d_h ≤ "
+        f"{At._NN_MAX_DH} and S ≥ {At._NN_MIN_KEYS}.")
+    out()
+    out("| dtype | d_h | S | view ms | copy ms | copy / view (IQR) | faster | rule picks | rule right |")
+    out("|---|---:|---:|---:|---:|---|---|---|---|")
+    rng = onp.random.default_rng(0)
+    right = total = 0
+    for dtype in ("float32", "float64"):
+        for d_h in D_H:
+            for S in KEYS:
+                fns = pair(dtype, d_h, S, rng)
+                reps = max(1, int(0.005 / max(measure.interleave({"x": fns["view"]}, 3)["x"]["cpu"]["median"], 1e-6)))
+                res = measure.interleave({k: repeated(f, reps) for k, f in fns.items()}, a.rounds)
+                r = measure.ratio(res, "copy", "view")
+                ms = {k: res[k]["cpu"]["median"] / reps * 1e3 for k in res}
+                faster = "copy" if r["cpu"] < 1 else "view"
+                picks = "copy" if d_h <= At._NN_MAX_DH and S >= At._NN_MIN_KEYS else "view"
+                tie = r["iqr"][0] <= 1 <= r["iqr"][1]  # the interquartile range straddles 1: either way
+                verdict = "yes" if faster == picks else ("tie" if tie else "NO")
+                right, total = right + (verdict != "NO"), total + 1
+                out(f"| {dtype} | {d_h} | {S} | {ms['view']:.3f} | {ms['copy']:.3f} | {r['cpu']:.2f} "
+                    f"({r['iqr'][0]:.2f}-{r['iqr'][1]:.2f}) | {faster} | {picks} | {verdict} |")
+    out()
+    out(f"the rule picks the faster way, or one of two that tie (IQR of the ratio around 1), in {right} of "
+        f"{total} cells; {measure.load_line('at the end')}")
+    if a.out:
+        out.write(a.out, "transpose_bench.py")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
