@@ -8,15 +8,60 @@ the function is a plain dict of ArrayBoxes, and the backward pass keeps the cota
 that reaches each root: O(P). Each node's VJP closure is dropped once it has run, so the
 activations it held are freed during the backward pass, not after it (autograd's own
 ``backward_pass`` keeps them all until the end); a node's cotangent is handed to its
-VJP without a second reference, and what the VJP returns is dropped before the next runs. Pinned to autograd 1.9's tracer (``trace_stack``,
+VJP without a second reference, and what the VJP returns is dropped before the next runs.
+Where a node feeds several others (the residual stream, LN₁'s output read by q, k and v), their
+contributions are summed into a buffer nothing else holds (``_accumulate``), not into a new one. Pinned to autograd 1.9's tracer (``trace_stack``,
 ``new_box``, ``VJPNode.new_root``, ``toposort``, ``add_outgrads``, ``vspace``).
 """
 from __future__ import annotations
 
+import sys
+
+import numpy as onp
 from autograd.core import VJPNode, add_outgrads, vspace
 from autograd.tracer import isbox, new_box, toposort, trace_stack
 
 from .tree import leaves, rebuild
+
+#: the references an array has, as ``_accumulate`` looks at it, when nothing else holds it: the
+#: first contribution, p: the (cotangent, mutable) pair in the backward pass's table, the name p,
+#: ``sys.getrefcount``'s argument; the new one, g: the caller's name for it, the name g, the argument
+_OWNED_REFS = 3
+
+
+def _owned(a, like) -> bool:
+    """Whether ``_accumulate`` may add into a's own buffer: a writeable host NumPy array of the
+    sum's shape and dtype (``like``: the other term) that nothing else holds, and that owns its
+    memory or is a whole reshaped view of an array held by it alone (a product's 2-D output
+    seen as (B, T, d))."""
+    if (type(a) is not onp.ndarray or not a.flags.writeable or a.shape != like.shape
+            or a.dtype != onp.result_type(a, like) or sys.getrefcount(a) > _OWNED_REFS + 1):
+        return False
+    b = a.base
+    # b's references: a's .base, the name b, getrefcount's argument
+    return b is None or (type(b) is onp.ndarray and b.base is None and b.dtype == a.dtype and b.size == a.size
+                         and a.flags.c_contiguous and sys.getrefcount(b) <= 3)
+
+
+def _accumulate(prev, g):
+    """A node's cotangent so far plus one more contribution g (autograd's ``add_outgrads``:
+    ∂L/∂x = Σ over x's consumers of their contributions), as the (sum, mutable) pair it keeps.
+
+    autograd adds the second contribution into a new array and only the third and later in
+    place. Here the second goes into the buffer of the first, or else of the new one, when
+    nothing else can see that buffer (``_owned``: a VJP that handed the same array to two
+    parents, kept it, or viewed it raises its reference count, and gets autograd's new array).
+    p + g = g + p exactly, so the same bits; one (B, T, d) allocation and pass fewer per fan-out."""
+    if prev is not None and not prev[1] and type(g) is onp.ndarray and type(prev[0]) is onp.ndarray:
+        p = prev[0]
+        if _owned(p, g):  # (+1: the name ``a`` in _owned)
+            p += g
+            return p, True
+        del p
+        if _owned(g, prev[0]):
+            g += prev[0]
+            return g, True
+    return add_outgrads(prev, g)
 
 
 def value_and_grad(fun, theta):
@@ -43,8 +88,9 @@ def value_and_grad(fun, theta):
             continue
         # the cotangent is handed over, not kept here: a VJP that is done with it can free it;
         # the closure is dropped once it has run, so its activations free as we go
-        ingrads, node.vjp = node.vjp(outgrads.pop(node)[0]), None
-        for parent, ingrad in zip(node.parents, ingrads):
-            outgrads[parent] = add_outgrads(outgrads.get(parent), ingrad)
+        ingrads, node.vjp = list(node.vjp(outgrads.pop(node)[0])), None
+        for i, parent in enumerate(node.parents):
+            ingrad, ingrads[i] = ingrads[i], None  # held by this name alone (``_accumulate`` may add into it)
+            outgrads[parent] = _accumulate(outgrads.get(parent), ingrad)
         ingrads = ingrad = None  # else this node's cotangents stay alive through the next node's VJP
     return value, rebuild(theta, [g if g is not None else vspace(leaf).zeros() for leaf, g in zip(flat, found)])
