@@ -10,8 +10,9 @@ activations it held are freed during the backward pass, not after it (autograd's
 ``backward_pass`` keeps them all until the end); a node's cotangent is handed to its
 VJP without a second reference, and what the VJP returns is dropped before the next runs.
 Where a node feeds several others (the residual stream, LN₁'s output read by q, k and v), their
-contributions are summed into a buffer nothing else holds (``_accumulate``), not into a new one. Pinned to autograd 1.9's tracer (``trace_stack``,
-``new_box``, ``VJPNode.new_root``, ``toposort``, ``add_outgrads``, ``vspace``).
+contributions are summed into a buffer nothing else holds (``_accumulate``), not into a new one.
+Pinned to autograd 1.9's tracer (``trace_stack``, ``new_box``, ``VJPNode.new_root``, ``toposort``,
+``add_outgrads``, ``vspace``) and to CPython's reference counts (``sys.getrefcount``).
 """
 from __future__ import annotations
 
