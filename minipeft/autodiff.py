@@ -53,7 +53,7 @@ def _accumulate(prev, g):
     nothing else can see that buffer (``_owned``: a VJP that handed the same array to two
     parents, kept it, or viewed it raises its reference count, and gets autograd's new array).
     p + g = g + p exactly, so the same bits; one (B, T, d) allocation and pass fewer per fan-out."""
-    if prev is not None and not prev[1] and type(g) is onp.ndarray and type(prev[0]) is onp.ndarray:
+    if _IN_PLACE and prev is not None and not prev[1] and type(g) is onp.ndarray and type(prev[0]) is onp.ndarray:
         p = prev[0]
         if _owned(p, g):  # (+1: the name ``a`` in _owned)
             p += g
@@ -63,6 +63,29 @@ def _accumulate(prev, g):
             g += prev[0]
             return g, True
     return add_outgrads(prev, g)
+
+
+def _counts_hold() -> bool:
+    """Whether this interpreter's reference counts tell a held array from a lone one the way
+    ``_owned`` assumes (CPython's): ``_accumulate`` itself, called as the backward pass calls it,
+    must add into a lone first term, into a lone new term, and into neither when both are held
+    once more elsewhere. If not (another implementation, a CPython that counts some references
+    differently), every sum is autograd's own."""
+    if not hasattr(sys, "getrefcount"):
+        return False
+    lone, g = (onp.zeros(2), False), onp.ones(2)
+    into_first = _accumulate(lone, g)[0] is lone[0]
+    arr, g2 = onp.zeros(2), onp.ones(2)
+    extra = [g2]  # a second reference to g2 (arr's is the name arr)
+    out = _accumulate((arr, False), g2)[0]
+    into_neither = out is not arr and out is not extra[0]
+    g3 = onp.ones(2)
+    into_new = _accumulate((arr, False), g3)[0] is g3
+    return into_first and into_neither and into_new and arr.tolist() == [0.0, 0.0] and g2.tolist() == [1.0, 1.0]
+
+
+_IN_PLACE = True  # (for the probe's own calls)
+_IN_PLACE = _counts_hold()  # False: ``_accumulate`` is autograd's ``add_outgrads``
 
 
 def value_and_grad(fun, theta):

@@ -126,3 +126,19 @@ def test_a_cotangent_held_elsewhere_is_not_written():
     assert out.dtype == onp.float64 and narrow.tolist() == [0.0, 1.0, 2.0]
     out, mutable = AD._accumulate((onp.arange(3.0), False), onp.ones(3))
     assert out.tolist() == [1.0, 2.0, 3.0] and mutable
+
+
+def test_the_interpreter_probe_enables_the_in_place_sums_only_where_counts_hold(monkeypatch):
+    """On this CPython the probe passes and the sums run in place; were the counts one higher
+    than an array's real references (a held array taken for a lone one), the probe fails, and
+    with it switched off ``_accumulate`` is autograd's sum."""
+    import platform
+
+    if platform.python_implementation() == "CPython":
+        assert AD._IN_PLACE and AD._counts_hold()
+    monkeypatch.setattr(AD, "_OWNED_REFS", AD._OWNED_REFS + 1)
+    assert not AD._counts_hold()
+    monkeypatch.setattr(AD, "_IN_PLACE", False)
+    first = onp.arange(3.0)
+    out, mutable = AD._accumulate((first, False), onp.ones(3))
+    assert out is not first and mutable and first.tolist() == [0.0, 1.0, 2.0]

@@ -147,7 +147,7 @@ def attention_weights(Q, K, h, mask=None):
     """
     # exercise attention [3 pts] "Transformer": A = softmax(Q Kᵀ / sqrt(d_h) + M) per head, (B, h, T, S), plain NumPy (M: −∞ on hidden keys)
     scale = 1.0 / math.sqrt(Q.shape[-1] // h)
-    S = onp.matmul(_heads(Q, h), _transposed(_heads(K, h)))  # (B, h, T, S)
+    S = onp.matmul(_heads(Q, h), _transposed(_heads(K, h)))  # Q Kᵀ (B, h, T, S) (Kᵀ copied where that is faster)
     M = None if mask is None else key_bias(mask, S.dtype)  # (B, 1, 1, S), or (B or 1, 1, T, S) per query
     return _softmax(S, inplace=True, scale=scale, bias=M)  # A in S's buffer: softmax(scale · S + M)
     # end exercise
