@@ -58,6 +58,7 @@ def pair(dtype, d_h, S, rng):
 
 
 def repeated(fn, reps):
+    """fn called ``reps`` times in a row, as one timed call (CPU-clock granularity)."""
     def run():
         for _ in range(reps):
             fn()
@@ -65,6 +66,7 @@ def repeated(fn, reps):
 
 
 def main(argv=None):
+    """Time the grid (module docstring), print the table, and with --out write it; returns 0."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--out", default=None, help="also write the table to this markdown file")

@@ -33,6 +33,15 @@ def _same(a, b):
         assert g.dtype == h.dtype and g.tobytes() == h.tobytes(), path
 
 
+_C = onp.linspace(-1.0, 1.0, 24)  # a constant weight
+
+
+def _held_base(u, w):
+    """w + reshape(u): the add hands one array to w and to the reshape, whose VJP gives u a whole
+    view of it; u then gets a second contribution while w's still holds that array."""
+    return anp.sum(w * 5.0) + anp.sum(u * 3.0) + anp.sum((w + anp.reshape(u, (24,))) * _C)
+
+
 GRAPHS = {
     # the add VJP hands one array to both of its parents; a is also read again
     "shared": lambda t: anp.sum(((t["a"] + t["b"]) * 2.0 + t["a"]) ** 2),
@@ -45,6 +54,8 @@ GRAPHS = {
     # reshaped views of cotangents meeting at one node, and a fan-out of four
     "views": lambda t: anp.sum(anp.reshape(t["a"], (-1,)) ** 2) + anp.sum(t["a"] * t["b"]) + anp.sum(anp.tanh(t["a"]))
     + anp.sum(anp.reshape(t["a"] * 3.0, (2, -1))),
+    # a whole reshaped view of a cotangent that another node still holds (its base is shared)
+    "held_base": lambda t: _held_base(t["a"] * 2.0, anp.sin(anp.reshape(t["b"], (24,)))),
     # a sum over the batch broadcast back (a cotangent of another shape meets a full one)
     "broadcast": lambda t: anp.sum((t["a"] + anp.sum(t["a"], axis=0)) * t["b"]) + anp.sum(t["a"] ** 3),
 }
@@ -68,9 +79,9 @@ def test_the_sums_are_autograds_bit_for_bit(name, dtype, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["full", "lora", "prompt", "ia3"])
 def test_a_training_step_has_the_bits_of_autograds_sums_and_sums_in_place(tiny_cfg, kind, monkeypatch):
-    """Every second contribution of a real step (the residual stream, LN₁'s input read by q, k, v
-    and the residual, …) is added in place — none takes autograd's new array — and the loss and
-    every gradient are the bits of the step with autograd's sums."""
+    """Every second contribution of a real step (the residual stream; LN₁'s output, read by q, k
+    and v; …) is added in place — none takes autograd's new array, where the interpreter's counts
+    pass the probe — and the loss and every gradient are the bits of the step with autograd's sums."""
     m = {"full": None, "lora": mp.method_class("lora")(), "prompt": mp.method_class("prompt")(),
          "ia3": mp.method_class("ia3")()}[kind]
     methods = [] if m is None else [m]
@@ -96,7 +107,7 @@ def test_a_training_step_has_the_bits_of_autograds_sums_and_sums_in_place(tiny_c
 
     monkeypatch.setattr(AD, "add_outgrads", counting)
     ours = mp.value_and_grad(f, theta)
-    assert onp.isfinite(ours[0]) and fallback[0] == 0
+    assert onp.isfinite(ours[0]) and (fallback[0] == 0 or not AD._IN_PLACE)
     monkeypatch.setattr(AD, "_accumulate", seen)  # (seen's own frame holds g: it counts, nothing more)
     mp.value_and_grad(f, theta)
     assert seconds[0] >= 2 * tiny_cfg.N  # fan-outs met: at least the residual stream's, twice per block
@@ -117,6 +128,12 @@ def test_a_cotangent_held_elsewhere_is_not_written():
     view = base[:3]
     out, _ = AD._accumulate((view, False), onp.ones(3))
     assert out is not view and base.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    pair = (base.reshape(2, 3), False)  # a whole view, held by the table alone, of a base another name holds
+    out, _ = AD._accumulate(pair, onp.ones((2, 3)))
+    assert out is not pair[0] and base.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    pair = (onp.arange(6.0).reshape(2, 3), False)  # a whole view of a base nothing else holds: into it
+    out, _ = AD._accumulate(pair, onp.ones((2, 3)))
+    assert (out is pair[0] or not AD._IN_PLACE) and out.tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
     ro = onp.arange(3.0)
     ro.flags.writeable = False
     out, _ = AD._accumulate((ro, False), onp.ones(3))
@@ -133,9 +150,11 @@ def test_the_interpreter_probe_enables_the_in_place_sums_only_where_counts_hold(
     than an array's real references (a held array taken for a lone one), the probe fails, and
     with it switched off ``_accumulate`` is autograd's sum."""
     import platform
+    import sys
 
-    if platform.python_implementation() == "CPython":
-        assert AD._IN_PLACE and AD._counts_hold()
+    assert AD._IN_PLACE == AD._counts_hold()
+    if platform.python_implementation() == "CPython" and (3, 11) <= sys.version_info[:2] <= (3, 13):
+        assert AD._IN_PLACE  # (3.10 keeps one more reference per call, so the probe turns it off there)
     monkeypatch.setattr(AD, "_OWNED_REFS", AD._OWNED_REFS + 1)
     assert not AD._counts_hold()
     monkeypatch.setattr(AD, "_IN_PLACE", False)

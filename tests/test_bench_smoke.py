@@ -378,6 +378,9 @@ def test_the_transpose_benchmark_runs_and_states_the_rule_it_checks(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if re.match(r"\| float(32|64) \|", line)]
     assert len(rows) == 30
-    for dtype, d_h, S, *_, picks, verdict in (map(str.strip, r) for r in rows):
+    for dtype, d_h, S, _, _, ratio, faster, picks, verdict in (map(str.strip, r) for r in rows):
         rule = "copy" if int(d_h) <= At._NN_MAX_DH and int(S) >= At._NN_MIN_KEYS else "view"
-        assert picks == rule and verdict in ("yes", "tie", "NO"), (dtype, d_h, S, picks, verdict)
+        r, lo, hi = map(float, re.match(r"([\d.]+) \(([\d.]+)-([\d.]+)\)", ratio).groups())
+        # the columns agree with each other: the faster way from the ratio, the verdict from both
+        assert picks == rule and faster == ("copy" if r < 1 else "view"), (dtype, d_h, S, ratio, faster, picks)
+        assert verdict == ("yes" if faster == picks else ("tie" if lo <= 1 <= hi else "NO")), (dtype, d_h, S, verdict)

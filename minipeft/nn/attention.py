@@ -64,7 +64,9 @@ _NN_MAX_DH, _NN_MIN_KEYS = 32, 33
 
 
 def copies_transposed(S, d_h) -> bool:
-    """The rule above: whether A Bᵀ over S keys of heads d_h wide copies Bᵀ into C order (host arrays)."""
+    """Whether a per-head product A Bᵀ, A (…, T, d_h), B (…, S, d_h) -> (…, T, S) (Q Kᵀ, or
+    G Vᵀ: S keys, heads d_h wide), first copies Bᵀ (…, d_h, S) into C order on the host:
+    d_h ≤ ``_NN_MAX_DH`` and S ≥ ``_NN_MIN_KEYS`` (the comment above says why)."""
     return d_h <= _NN_MAX_DH and S >= _NN_MIN_KEYS
 
 
