@@ -21,6 +21,7 @@ for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import importlib  # noqa: E402
+import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -65,11 +66,30 @@ def repeated(fn, reps):
     return run
 
 
+def cell(dtype, d_h, S, rounds, rng):
+    """One cell of the grid, timed: {"dtype", "d_h", "S", "view_ms", "copy_ms", "ratio" (copy / view,
+    median of the per-round ratios), "iqr", "faster", "picks" (the rule's way), "verdict"}. The
+    verdict is "yes" when the rule picks the faster way, "tie" when it does not but the ratio's
+    interquartile range straddles 1, else "NO"."""
+    fns = pair(dtype, d_h, S, rng)
+    reps = max(1, int(0.005 / max(measure.interleave({"x": fns["view"]}, 3)["x"]["cpu"]["median"], 1e-6)))
+    res = measure.interleave({k: repeated(f, reps) for k, f in fns.items()}, rounds)
+    r = measure.ratio(res, "copy", "view")
+    faster = "copy" if r["cpu"] < 1 else "view"
+    picks = "copy" if At.copies_transposed(S, d_h) else "view"
+    tie = r["iqr"][0] <= 1 <= r["iqr"][1]
+    return {"dtype": dtype, "d_h": d_h, "S": S, "view_ms": res["view"]["cpu"]["median"] / reps * 1e3,
+            "copy_ms": res["copy"]["cpu"]["median"] / reps * 1e3, "ratio": r["cpu"], "iqr": list(r["iqr"]),
+            "faster": faster, "picks": picks, "verdict": "yes" if faster == picks else ("tie" if tie else "NO")}
+
+
 def main(argv=None):
-    """Time the grid (module docstring), print the table, and with --out write it; returns 0."""
+    """Time the grid (module docstring), print the table, and with --out write it (--json: the
+    cells' exact figures too); returns 0."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--out", default=None, help="also write the table to this markdown file")
+    ap.add_argument("--json", default=None, help="also write the cells to this JSON file")
     a = ap.parse_args(argv)
     from minipeft import runtime
     runtime.apply()
@@ -83,27 +103,22 @@ def main(argv=None):
     out("| dtype | d_h | S | view ms | copy ms | copy / view (IQR) | faster | rule picks | rule right |")
     out("|---|---:|---:|---:|---:|---|---|---|---|")
     rng = onp.random.default_rng(0)
-    right = total = 0
+    cells = []
     for dtype in ("float32", "float64"):
         for d_h in D_H:
             for S in KEYS:
-                fns = pair(dtype, d_h, S, rng)
-                reps = max(1, int(0.005 / max(measure.interleave({"x": fns["view"]}, 3)["x"]["cpu"]["median"], 1e-6)))
-                res = measure.interleave({k: repeated(f, reps) for k, f in fns.items()}, a.rounds)
-                r = measure.ratio(res, "copy", "view")
-                ms = {k: res[k]["cpu"]["median"] / reps * 1e3 for k in res}
-                faster = "copy" if r["cpu"] < 1 else "view"
-                picks = "copy" if d_h <= At._NN_MAX_DH and S >= At._NN_MIN_KEYS else "view"
-                tie = r["iqr"][0] <= 1 <= r["iqr"][1]  # the interquartile range straddles 1: either way
-                verdict = "yes" if faster == picks else ("tie" if tie else "NO")
-                right, total = right + (verdict != "NO"), total + 1
-                out(f"| {dtype} | {d_h} | {S} | {ms['view']:.3f} | {ms['copy']:.3f} | {r['cpu']:.2f} "
-                    f"({r['iqr'][0]:.2f}-{r['iqr'][1]:.2f}) | {faster} | {picks} | {verdict} |")
+                c = cell(dtype, d_h, S, a.rounds, rng)
+                cells.append(c)
+                out(f"| {dtype} | {d_h} | {S} | {c['view_ms']:.3f} | {c['copy_ms']:.3f} | {c['ratio']:.3f} "
+                    f"({c['iqr'][0]:.3f}-{c['iqr'][1]:.3f}) | {c['faster']} | {c['picks']} | {c['verdict']} |")
     out()
+    right = sum(c["verdict"] != "NO" for c in cells)
     out(f"the rule picks the faster way, or one of two that tie (IQR of the ratio around 1), in {right} of "
-        f"{total} cells; {measure.load_line('at the end')}")
+        f"{len(cells)} cells; {measure.load_line('at the end')}")
     if a.out:
         out.write(a.out, "transpose_bench.py")
+    if a.json:
+        Path(a.json).write_text(json.dumps(cells, indent=1))
     return 0
 
 

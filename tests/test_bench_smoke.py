@@ -368,19 +368,21 @@ def test_bench_quick_end_to_end_with_the_headline(tmp_path):
 
 def test_the_transpose_benchmark_runs_and_states_the_rule_it_checks(tmp_path):
     """benchmarks/transpose_bench.py: its grid (2 dtypes × 3 head widths × 5 key counts), each
-    cell's two ways checked to agree before timing, and the way ``nn.attention._transposed``'s rule
-    picks, read from the module's own constants."""
+    cell's two ways checked to agree before timing, the way ``nn.attention.copies_transposed``
+    picks, and a verdict that follows from the cell's own figures; the table has a row per cell."""
+    import json
+
     At = importlib.import_module("minipeft.nn.attention")
-    out = tmp_path / "t.md"
+    out, js = tmp_path / "t.md", tmp_path / "t.json"
     env = {**os.environ, "PYTHONPATH": str(BENCH.parent)}
-    p = subprocess.run([sys.executable, str(BENCH / "transpose_bench.py"), "--rounds", "1", "--out", str(out)],
-                       capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run([sys.executable, str(BENCH / "transpose_bench.py"), "--rounds", "1", "--out", str(out),
+                        "--json", str(js)], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if re.match(r"\| float(32|64) \|", line)]
-    assert len(rows) == 30
-    for dtype, d_h, S, _, _, ratio, faster, picks, verdict in (map(str.strip, r) for r in rows):
-        rule = "copy" if int(d_h) <= At._NN_MAX_DH and int(S) >= At._NN_MIN_KEYS else "view"
-        r, lo, hi = map(float, re.match(r"([\d.]+) \(([\d.]+)-([\d.]+)\)", ratio).groups())
-        # the columns agree with each other: the faster way from the ratio, the verdict from both
-        assert picks == rule and faster == ("copy" if r < 1 else "view"), (dtype, d_h, S, ratio, faster, picks)
-        assert verdict == ("yes" if faster == picks else ("tie" if lo <= 1 <= hi else "NO")), (dtype, d_h, S, verdict)
+    rows = [line for line in out.read_text().splitlines() if re.match(r"\| float(32|64) \|", line)]
+    cells = json.loads(js.read_text())
+    assert len(rows) == len(cells) == 30
+    for c in cells:
+        assert c["picks"] == ("copy" if c["d_h"] <= At._NN_MAX_DH and c["S"] >= At._NN_MIN_KEYS else "view")
+        assert c["faster"] == ("copy" if c["ratio"] < 1 else "view"), c
+        tie = c["iqr"][0] <= 1 <= c["iqr"][1]
+        assert c["verdict"] == ("yes" if c["faster"] == c["picks"] else ("tie" if tie else "NO")), c
